@@ -1,0 +1,3 @@
+"""zstag: zero-shot image tagging with any vocabulary."""
+
+__version__ = "0.1.0"

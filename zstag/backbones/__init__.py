@@ -1,0 +1,32 @@
+"""Backbone registry: `--backbone NAME` -> a feature extractor (see `base.Backbone`)."""
+
+from __future__ import annotations
+
+from zstag.backbones.base import Backbone
+from zstag.errors import UsageError
+
+BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101")
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build backbone `name`.
+
+    `pretrained=False` builds the architecture only (with its classifier head shaped as when
+    pretrained) for a model directory whose own weights file carries the backbone's tensors.
+    """
+    if name == "small":
+        from zstag.backbones.small import SmallBackbone
+
+        return SmallBackbone()
+    if name == "bundled":
+        from zstag.backbones.bundled import load_bundled
+
+        return load_bundled(pretrained)
+    if name in ("vgg19", "resnet50", "resnet101"):
+        from zstag.backbones.torchvision_nets import build_torchvision
+
+        return build_torchvision(name, pretrained)
+    raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone"]

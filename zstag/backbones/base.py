@@ -1,0 +1,60 @@
+"""What every feature extractor offers the methods.
+
+A backbone maps a batch of normalised images (B, 3, H, W) to the feature maps of its last three
+stages, at strides 8, 16 and 32 (28x28, 14x14 and 7x7 at 224 px). Methods pick what their paper
+uses: `region_stage` names the "last convolutional map" that LESA and SGMA attend over (VGG19
+conv5_4, 14x14; ResNet layer4, 7x7), (ML)^2P stacks all three, RGCN-PosVAE pools one and also uses
+the pretraining classifier's probabilities.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module, ABC):
+    """Base class of feature extractors.
+
+    Subclasses set `channels` (the three stages' channel counts), `region_stage` (index into the
+    stages of the map methods attend over) and implement `stages`. Where the network was pretrained
+    as a classifier, `classifier` maps the pooled last stage to logits over `class_names`.
+    """
+
+    name: str = ""
+    channels: tuple[int, int, int] = (0, 0, 0)
+    region_stage: int = 2
+    mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
+    std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier: nn.Module | None = None
+        self.class_names: list[str] | None = None
+
+    @abstractmethod
+    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The three feature maps [stride 8, stride 16, stride 32] for normalised images."""
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.stages(images)
+
+    def regions(self, images: torch.Tensor) -> torch.Tensor:
+        """The region map that attention methods use, (B, C, h, w)."""
+        return self.stages(images)[self.region_stage]
+
+    @property
+    def region_channels(self) -> int:
+        return self.channels[self.region_stage]
+
+    def class_logits(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """Pretraining-classifier logits from already computed stages (no second forward pass)."""
+        if self.classifier is None:
+            raise ValueError(f"backbone {self.name!r} has no pretraining classifier")
+        return self.classifier(stages[-1])

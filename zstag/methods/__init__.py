@@ -1,0 +1,29 @@
+"""The method registry: `--method NAME` -> the class implementing it (imported lazily)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from zstag.errors import UsageError
+
+# name -> "module:Class"; modules are imported only when used, to keep start-up fast.
+METHODS: dict[str, str] = {
+    "lesa": "zstag.methods.lesa:LESA",
+    "sgma": "zstag.methods.sgma:SGMA",
+    "rgcn-posvae": "zstag.methods.rgcn_posvae:RGCNPosVAE",
+    "ml2p": "zstag.methods.ml2p:ML2P",
+    "fast0tag": "zstag.methods.fast0tag:Fast0Tag",
+    "conse": "zstag.methods.conse:ConSE",
+}
+
+
+def method_class(name: str):
+    """The class of method `name`; a UsageError listing the choices when it is unknown."""
+    target = METHODS.get(name)
+    if target is None:
+        raise UsageError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    module, cls = target.split(":")
+    try:
+        return getattr(import_module(module), cls)
+    except ModuleNotFoundError as exc:  # a method listed but not installed in this build
+        raise UsageError(f"method {name!r} is not available in this build ({exc})") from exc
