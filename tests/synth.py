@@ -94,3 +94,17 @@ def make_dataset(root: Path, n: int = 120, size: int = 64, seed: int = 0, single
     unseen = root / "unseen.txt"
     unseen.write_text("\n".join(UNSEEN) + "\n")
     return {"manifest": manifest, "vocab": vocab, "unseen": unseen, "images": images}
+
+
+def mean_ap(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Plain mean over labels (with a positive) of non-interpolated AP: a test yardstick."""
+    aps = []
+    for j in range(targets.shape[1]):
+        t = targets[:, j]
+        if t.sum() == 0:
+            continue
+        order = torch.argsort(scores[:, j], descending=True)
+        hits = t[order]
+        precision = torch.cumsum(hits, 0) / torch.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum() / hits.sum()))
+    return sum(aps) / len(aps)

@@ -1,0 +1,1 @@
+"""Data: manifests and sidecar folders, vocabularies, splits, robust image decoding."""

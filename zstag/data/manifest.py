@@ -1,0 +1,122 @@
+"""Training and truth data: JSONL / CSV manifests and sidecar folders (GUIDE §1, "Data formats")."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from zstag.data.vocab import unique_labels
+from zstag.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its tags; `image` is absolute and resolved, so samples compare by file."""
+
+    image: Path
+    tags: list[str]
+
+
+def _resolve(root: Path, raw: str, where: str) -> Path:
+    """An image path from a manifest, relative to the manifest's folder.
+
+    A relative path may not climb out of that folder ('../x.png'): such a manifest is more likely
+    a mistake or a hostile file than intent. Absolute paths are allowed, being explicit.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise UsageError(f"{where}: 'image' must be a non-empty string")
+    path = Path(raw)
+    if path.is_absolute():
+        return Path(os.path.abspath(path))
+    full = Path(os.path.abspath(root / path))
+    if not full.is_relative_to(root):
+        raise UsageError(f"{where}: image path {raw!r} escapes the dataset folder {root} (use an absolute path if you mean it)")
+    return full
+
+
+def _tags(value: object, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = value.split("|")
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise UsageError(f"{where}: 'tags' must be a list of strings")
+    return unique_labels(value, where)
+
+
+def _read_jsonl(path: Path, root: Path) -> list[Sample]:
+    samples = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict) or "image" not in row or "tags" not in row:
+                raise UsageError(f"{where}: each line must be an object with 'image' and 'tags'")
+            samples.append(Sample(_resolve(root, row["image"], where), _tags(row["tags"], where)))
+    return samples
+
+
+def _read_csv(path: Path, root: Path) -> list[Sample]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if "image" not in header or "tags" not in header:
+            raise UsageError(f"{path}: CSV manifest needs the header 'image,tags' (found {','.join(header) or 'none'})")
+        extra = [h for h in header if h not in ("image", "tags")]
+        if extra:
+            warnings.warn(f"{path}: ignoring unknown column(s) {', '.join(extra)}", stacklevel=2)
+        return [Sample(_resolve(root, row["image"] or "", f"{path}:{n}"), _tags(row["tags"] or "", f"{path}:{n}"))
+                for n, row in enumerate(reader, 2)]
+
+
+def _read_sidecars(folder: Path) -> list[Sample]:
+    """A folder where each image x.jpg has x.txt beside it with comma-separated tags."""
+    from zstag.data.images import IMAGE_EXTENSIONS
+
+    samples = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            tags = sidecar.read_text(encoding="utf-8", errors="replace").replace("\n", ",").split(",")
+            samples.append(Sample(Path(os.path.abspath(path)), unique_labels(tags, str(sidecar))))
+    if not samples:
+        raise UsageError(f"{folder}: no image with a .txt sidecar of tags found")
+    return samples
+
+
+def read_dataset(path: str | Path) -> list[Sample]:
+    """Samples of a manifest (.jsonl / .csv) or a sidecar folder; images listed twice are merged."""
+    path = Path(path)
+    if path.is_dir():
+        samples = _read_sidecars(path)
+    elif not path.exists():
+        raise UsageError(f"dataset not found: {path}")
+    else:
+        root = Path(os.path.abspath(path.parent))
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            samples = _read_jsonl(path, root)
+        elif suffix == ".csv":
+            samples = _read_csv(path, root)
+        else:
+            raise UsageError(f"{path}: a manifest must be .jsonl or .csv, or give a folder of images with .txt sidecars")
+    merged: dict[Path, list[str]] = {}
+    for s in samples:
+        merged[s.image] = list(dict.fromkeys(merged.get(s.image, []) + s.tags))
+    if len(merged) < len(samples):
+        warnings.warn(f"{path}: {len(samples) - len(merged)} image(s) listed more than once; their tags were merged", stacklevel=2)
+    if not merged:
+        raise UsageError(f"{path}: no images listed")
+    return [Sample(image, tags) for image, tags in merged.items()]
+
+
+def dataset_labels(samples: list[Sample]) -> list[str]:
+    """Every tag of the samples, sorted."""
+    return sorted({t for s in samples for t in s.tags})

@@ -1,0 +1,157 @@
+"""Model directories: `config.json` + `model.safetensors`, never a pickle.
+
+A model is rebuilt from its config (method, backbone, semantics, hyperparameters, training labels)
+and its tensors loaded strictly. A frozen, pretrained backbone is not copied into every model: its
+tensors stay in the fetch cache or `weights/`, and the config says so (`backbone_in_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from zstag import __version__
+from zstag.backbones import build_backbone
+from zstag.errors import ModelError, UsageError
+from zstag.labels import LabelSet
+from zstag.methods import method_class
+from zstag.methods.base import Method
+from zstag.paths import WEIGHTS_DIR
+from zstag.semantics import embed_labels, get_semantics
+from zstag.semantics.base import Semantics
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Model:
+    """A ready-to-use tagger: the method module with what it was trained with."""
+
+    method: Method
+    config: dict[str, Any]
+    semantics: Semantics
+    path: Path | None = None
+    seen: LabelSet | None = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    def embed(self, labels: list[str]) -> LabelSet:
+        return embed_labels(self.semantics, labels)
+
+
+def build_model(method: str, backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
+                image_size: int, pretrained: bool = True) -> Model:
+    """A fresh (or to-be-loaded) model; `hp` holds the user's overrides only."""
+    cls = method_class(method)
+    sem = get_semantics(semantics)
+    net = build_backbone(backbone, pretrained=pretrained)
+    seen = embed_labels(sem, seen_labels)
+    full_hp = cls.hyperparameters(hp)
+    module = cls(net, seen, full_hp, lambda names: embed_labels(sem, names))
+    config = {
+        "format": 1,
+        "zstag_version": __version__,
+        "method": method,
+        "backbone": backbone,
+        "semantics": semantics,
+        "semantic_dim": seen.dim,
+        "image_size": image_size,
+        "hp": full_hp,
+        "seen_labels": list(seen_labels),
+    }
+    return Model(module, config, sem, seen=seen)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: Model, out_dir: Path) -> None:
+    """Write the model directory atomically (each file through a rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep_backbone = bool(model.config["hp"].get("finetune_backbone")) or model.config["backbone"] == "small"
+    model.config["backbone_in_weights"] = keep_backbone
+    state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
+             if keep_backbone or not k.startswith("backbone.")}
+    _atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(model.config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
+
+
+def resolve_model_dir(ref: str | Path) -> Path:
+    """`default` -> the bundled model; a folder; or a fetched name / hf:// URL from the cache."""
+    ref = str(ref)
+    if ref == "default":
+        return WEIGHTS_DIR / "default"
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"--model must be a model directory (config.json + model.safetensors), got a file: {ref}")
+    from zstag import hub
+
+    cached = hub.cached(ref)
+    if cached is None:
+        raise UsageError(f"model not found: {ref} (a model directory, 'default', or a name fetched with `zstag fetch`)")
+    return Path(cached)
+
+
+def load_model(ref: str | Path, semantics: str | None = None) -> Model:
+    """Rebuild a model directory; every problem is a one-line ModelError/UsageError."""
+    folder = resolve_model_dir(ref)
+    config_path, weights_path = folder / CONFIG, folder / WEIGHTS
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise ModelError(f"{folder} is not a model directory: {p.name} is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        method, backbone = config["method"], config["backbone"]
+        seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{config_path}: unreadable model config ({exc})") from None
+    try:
+        method_class(method)
+    except UsageError:
+        raise ModelError(f"{config_path}: unknown method {method!r} (made by a newer zstag?)") from None
+    in_weights = bool(config.get("backbone_in_weights", True))
+    model = build_model(method, backbone, semantics or config.get("semantics", "minilm"), seen_labels, hp,
+                        image_size, pretrained=not in_weights)
+    if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):
+        raise ModelError(f"{folder}: trained with {config['semantic_dim']}-d semantics, but "
+                         f"{model.config['semantics']} gives {model.seen.dim}-d vectors")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    own = model.method.state_dict()
+    expected = {k for k in own if in_weights or not k.startswith("backbone.")}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ModelError(f"{weights_path}: tensors do not match the {method} model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ModelError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.method.load_state_dict(state, strict=False)
+    model.method.eval()
+    model.config = {**model.config, **config}
+    model.path = folder
+    return model

@@ -1,0 +1,145 @@
+"""Writers for `zstag tag` results: jsonl (default), csv, tsv, txt sidecars, xmp sidecars.
+
+A stream writer (jsonl, csv, tsv) writes whole lines and flushes once per batch, so a killed run
+leaves at most one partial last line (dropped by `--resume`). Sidecar writers write one small file
+beside each image, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+Tags = list[tuple[str, float]]
+STREAM_FORMATS = ("jsonl", "csv", "tsv")
+SIDECAR_FORMATS = ("txt", "xmp")
+FORMATS = STREAM_FORMATS + SIDECAR_FORMATS
+
+
+def format_row(fmt: str, image: str, tags: Tags) -> str:
+    """One image's result as text for a stream format (a whole line, newline included)."""
+    if fmt == "jsonl":
+        row = {"image": image, "tags": [{"label": label, "score": round(score, 6)} for label, score in tags]}
+        return json.dumps(row, ensure_ascii=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    writer.writerow([image, "|".join(label for label, _ in tags), "|".join(f"{s:.6g}" for _, s in tags)])
+    return buffer.getvalue()
+
+
+def header(fmt: str) -> str:
+    return {"csv": "image,tags,scores\n", "tsv": "image\ttags\tscores\n"}.get(fmt, "")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "overwrite") -> None:
+    """x.txt beside x.jpg with comma-separated tags (the Stable Diffusion tooling convention)."""
+    sidecar = image_path.with_suffix(".txt")
+    labels = [label for label, _ in tags]
+    if sidecar.exists():
+        if mode == "skip":
+            return
+        if mode == "append":
+            old = [t.strip() for t in sidecar.read_text(encoding="utf-8", errors="replace").split(",") if t.strip()]
+            labels = old + [label for label in labels if label not in old]
+    atomic_write_text(sidecar, ", ".join(labels) + "\n")
+
+
+def sidecar_writer(fmt: str, mode: str) -> Callable[[Path, Tags], None]:
+    if fmt == "txt":
+        return lambda path, tags: write_txt_sidecar(path, tags, mode)
+    from zstag.xmp import write_xmp_sidecar
+
+    return lambda path, tags: write_xmp_sidecar(path, tags, mode)
+
+
+def read_done_images(path: Path, fmt: str) -> set[str]:
+    """Images already in an output file, for --resume; a torn last line is cut off the file."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with path.open("r+b") as f:
+            f.truncate(cut)
+        data = data[:cut]
+    done = set()
+    lines = data.decode("utf-8", errors="surrogateescape").splitlines()
+    if fmt == "jsonl":
+        for line in lines:
+            try:
+                done.add(json.loads(line)["image"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    else:
+        delimiter = "," if fmt == "csv" else "\t"
+        for row in csv.reader(lines[1:], delimiter=delimiter):
+            if row:
+                done.add(row[0])
+    return done
+
+
+class StreamOutput:
+    """A jsonl/csv/tsv destination: stdout, a new file (via a temporary name), or a resumed file."""
+
+    def __init__(self, target: str, fmt: str, resume: bool) -> None:
+        self.fmt, self.target = fmt, target
+        self.done: set[str] = set()
+        self._tmp: str | None = None
+        if target == "-":
+            import sys
+
+            self.file: IO[str] = sys.stdout
+            self.file.write(header(fmt))
+            return
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(f"{target}.partial")
+        if resume and not path.exists() and partial.exists():
+            os.replace(partial, path)  # continue what an interrupted plain run kept
+        if resume and path.exists():
+            self.done = read_done_images(path, fmt)
+            self.file = path.open("a", encoding="utf-8", newline="")
+            if path.stat().st_size == 0:
+                self.file.write(header(fmt))
+        elif resume:
+            self.file = path.open("w", encoding="utf-8", newline="")
+            self.file.write(header(fmt))
+        else:
+            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+            self.file = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            self.file.write(header(fmt))
+
+    def write(self, image: str, tags: Tags) -> None:
+        self.file.write(format_row(self.fmt, image, tags))
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.target != "-":
+            os.fsync(self.file.fileno())
+
+    def close(self, complete: bool) -> None:
+        """Finish. A plain run's output gets its final name only when complete; an interrupted one
+        keeps its rows as `TARGET.partial`, which `--resume` continues."""
+        self.flush()
+        if self.target == "-":
+            return
+        self.file.close()
+        if self._tmp is not None:
+            os.replace(self._tmp, self.target if complete else f"{self.target}.partial")

