@@ -24,21 +24,21 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
 def info(message: str) -> None:
     """A line of progress news (suppressed by --quiet)."""
     if not _state["quiet"]:
-        stderr.print(message, markup=False)
+        stderr.print(message, markup=False, soft_wrap=True)
 
 
 def debug(message: str) -> None:
     if _state["verbose"] and not _state["quiet"]:
-        stderr.print(message, markup=False, style="dim")
+        stderr.print(message, markup=False, soft_wrap=True, style="dim")
 
 
 def warn(message: str) -> None:
     """Warnings always show: they say something was skipped or changed."""
-    stderr.print(f"warning: {message}", markup=False, style="yellow")
+    stderr.print(f"warning: {message}", markup=False, soft_wrap=True, style="yellow")
 
 
 def error(message: str) -> None:
-    stderr.print(f"error: {message}", markup=False, style="bold red")
+    stderr.print(f"error: {message}", markup=False, soft_wrap=True, style="bold red")
 
 
 class _NoProgress:

