@@ -209,7 +209,12 @@ def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     import warnings
 
+    from PIL import Image
+
     warnings.showwarning = lambda message, *args, **kwargs: console.warn(str(message))
+    # Images past Pillow's limit are refused by the decoder; between the limit and twice it Pillow
+    # only warns, which would print once per such image without adding anything.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

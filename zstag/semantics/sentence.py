@@ -29,7 +29,6 @@ def minilm_folder() -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_model(folder: str):
     """One loaded model per folder and process: loading MiniLM costs seconds."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from sentence_transformers import SentenceTransformer
@@ -37,7 +36,7 @@ def _load_model(folder: str):
 
     hf_logging.disable_progress_bar()
     try:
-        return SentenceTransformer(folder, device="cpu")
+        return SentenceTransformer(folder, device="cpu", local_files_only=True)  # a local folder needs no hub
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load sentence-transformers model from {folder}: {exc}") from None
 

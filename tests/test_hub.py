@@ -1,0 +1,364 @@
+"""`zstag.hub` against a tiny Hugging Face-compatible server on 127.0.0.1.
+
+The server implements only what `hf_hub_download` uses (read from huggingface_hub's source):
+HEAD and GET on `/{owner}/{repo}/resolve/{revision}/{path}`, answering with `X-Repo-Commit`,
+`ETag` and `Content-Length`, and 404s tagged with `X-Error-Code` as the real hub does.
+Nothing here reaches huggingface.co: HF_ENDPOINT points at the local server, HF_HOME at a
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from zstag import hub
+from zstag.errors import UsageError, ZstagError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4  # any bytes do
+CONFIG = b'{"method": "lesa"}\n'
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FakeHub:
+    """repo -> {path: bytes}, served at revisions "main" and COMMIT; every request is logged."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.requests: list[tuple[str, str]] = []
+        hub_ = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _answer(self, with_body: bool) -> None:
+                hub_.requests.append((self.command, self.path))
+                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                repo, rest = "/".join(parts[:2]), parts[2:]
+                if len(rest) < 3 or rest[0] != "resolve" or repo not in hub_.repos:
+                    return self._error(404, "RepoNotFound")
+                revision, path = rest[1], "/".join(rest[2:])
+                if revision not in ("main", COMMIT):
+                    return self._error(404, "RevisionNotFound")
+                data = hub_.repos[repo].get(path)
+                if data is None:
+                    return self._error(404, "EntryNotFound")
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{sha(data)}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(data)
+
+            def _error(self, status: int, code: str) -> None:
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+                self._answer(with_body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer(with_body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+            self.running = False
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake = FakeHub()
+    fake.repos["zstag-test/tiny"] = {"model.safetensors": WEIGHTS, "config.json": CONFIG}
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("ZSTAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    yield fake
+    fake.stop()
+
+
+def write_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entries: dict) -> Path:
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(path))
+    return path
+
+
+def tiny_entry(sha256: str | None = None, size: int | None = None, **extra: object) -> dict:
+    return {
+        "repo": "zstag-test/tiny",
+        "revision": "main",
+        "kind": "backbone",
+        "license": "mit",
+        "description": "test weights",
+        "files": [
+            {"name": "model.safetensors", "sha256": sha(WEIGHTS) if sha256 is None else sha256,
+             "size": len(WEIGHTS) if size is None else size},
+            {"name": "config.json", "sha256": None, "size": None},
+        ],
+        **extra,
+    }
+
+
+def test_fetch_downloads_verifies_and_caches(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    seen: list[tuple[str, int, int | None]] = []
+    folder = hub.fetch("tiny", progress=lambda *a: seen.append(a))
+
+    assert folder == tmp_path / "cache" / "hub" / "models--zstag-test--tiny" / "snapshots" / COMMIT
+    assert (folder / "model.safetensors").read_bytes() == WEIGHTS
+    assert (folder / "config.json").read_bytes() == CONFIG
+    assert ("model.safetensors", len(WEIGHTS), len(WEIGHTS)) in seen  # byte counts reach the total
+    assert (folder.parents[1] / "refs" / "main").read_text() == COMMIT  # huggingface_hub's own layout
+    assert hub.cached("tiny") == folder
+    assert {m for m, _ in server.requests} == {"HEAD", "GET"}
+
+
+def test_second_fetch_needs_no_server(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    folder = hub.fetch("tiny")
+    server.stop()
+    assert hub.fetch("tiny") == folder  # hub unreachable: huggingface_hub falls back to the cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.fetch("tiny") == folder
+    assert hub.cached("tiny") == folder
+
+
+def test_environment_wins_over_huggingface_hubs_import_time_flag(server, tmp_path, monkeypatch):
+    """huggingface_hub imported while HF_HUB_OFFLINE=1 (a test harness, a semantics loader) must not
+    keep zstag offline once the variable is gone, nor leave the flag changed afterwards."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    assert (hub.fetch("tiny") / "config.json").read_bytes() == CONFIG
+    assert constants.HF_HUB_OFFLINE is True
+
+
+def test_wrong_sha256_is_refused_and_deleted(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(sha256="0" * 64)})
+    with pytest.raises(ZstagError, match="sha256") as info:
+        hub.fetch("tiny")
+    assert "zstag fetch tiny" in str(info.value)
+    repo_dir = tmp_path / "cache" / "hub" / "models--zstag-test--tiny"
+    assert not (repo_dir / "snapshots" / COMMIT / "model.safetensors").exists()
+    assert not (repo_dir / "blobs" / sha(WEIGHTS)).exists()
+    assert hub.cached("tiny") is None
+
+
+def test_wrong_size_is_refused(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(size=len(WEIGHTS) + 1)})
+    with pytest.raises(ZstagError, match=f"has {len(WEIGHTS)} bytes, expected {len(WEIGHTS) + 1}"):
+        hub.fetch("tiny")
+
+
+def test_a_cached_file_that_went_bad_is_caught_on_the_next_fetch(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    folder = hub.fetch("tiny")
+    blob = (folder / "model.safetensors").resolve()
+    blob.write_bytes(WEIGHTS[:-1] + b"\x00")  # same size, other bytes
+    assert hub.cached("tiny") == folder  # the cheap check only looks at sizes...
+    assert hub.cached("tiny", verify=True) is None  # ...the thorough one hashes
+    with pytest.raises(ZstagError, match="sha256"):
+        hub.fetch("tiny")
+    assert not blob.exists()
+    assert (hub.fetch("tiny") / "model.safetensors").read_bytes() == WEIGHTS  # and fetch repairs it
+
+
+def test_offline_and_not_cached_says_what_to_do(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ZstagError) as info:
+        hub.fetch("tiny")
+    message = str(info.value)
+    assert "not in the cache" in message and "HF_HUB_OFFLINE is set" in message
+    assert "`zstag fetch tiny`" in message and "copy the cache" in message
+    assert server.requests == []
+
+
+def test_force_offline_is_refused(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    with pytest.raises(ZstagError, match="--force needs the network"):
+        hub.fetch("tiny", force=True)
+
+
+@pytest.mark.parametrize("bad", ["../evil.safetensors", "/etc/passwd", "a\\b.json", "C:/x.bin", "a/./b",
+                                 "a//b", "", "x\n.json", "sub/../../up"])
+def test_hostile_file_names_are_refused_before_any_request(server, tmp_path, monkeypatch, bad):
+    entry = tiny_entry()
+    entry["files"].append({"name": bad, "sha256": None, "size": None})
+    write_registry(tmp_path, monkeypatch, {"tiny": entry})
+    with pytest.raises(ZstagError, match="unsafe file name"):
+        hub.fetch("tiny")
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("good", ["model.safetensors", "1_Pooling/config.json", "a.b/c-d_e.txt"])
+def test_plain_relative_names_pass(good):
+    assert hub.check_relative_name(good) == good
+
+
+def test_hostile_archive_member_is_refused(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(
+        extract={"archive": "model.safetensors", "members": ["../../outside.txt"]})})
+    with pytest.raises(ZstagError, match="unsafe file name"):
+        hub.fetch("tiny")
+    assert server.requests == []
+
+
+def test_hf_url_fetches_a_model_repository(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {})
+    server.repos["someone/tagger"] = {"config.json": CONFIG, "model.safetensors": WEIGHTS}
+    folder = hub.fetch("hf://someone/tagger")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert hub.fetch(f"hf://someone/tagger@{COMMIT}") == folder
+    assert hub.cached("hf://someone/tagger") == folder
+    assert hub.cached("hf://someone/other") is None
+    with pytest.raises(ZstagError, match="revision 'v9'"):
+        hub.fetch("hf://someone/tagger@v9")
+    with pytest.raises(ZstagError, match="not found"):
+        hub.fetch("hf://someone/missing")
+
+
+def test_hf_url_with_a_missing_file(server, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {})
+    server.repos["someone/half"] = {"config.json": CONFIG}
+    with pytest.raises(ZstagError, match="has no file 'model.safetensors'"):
+        hub.fetch("hf://someone/half")
+
+
+@pytest.mark.parametrize("url", ["hf://", "hf://only-owner", "hf://../x", "hf://a/b@", "hf://a/b/c"])
+def test_malformed_hf_urls(url):
+    with pytest.raises(ZstagError):
+        hub.resolve(url)
+
+
+def test_parse_hf_url():
+    assert hub.parse_hf_url("hf://me/model") == ("me/model", "main")
+    assert hub.parse_hf_url("hf://me/model@v1.2") == ("me/model", "v1.2")
+
+
+def test_unknown_name_lists_the_registry(tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(), "other": tiny_entry()})
+    with pytest.raises(UsageError, match="other, tiny"):
+        hub.resolve("nope")
+
+
+def test_list_registry_rows(server, tmp_path, monkeypatch):
+    server.repos["zstag-test/zipped"] = {}
+    write_registry(tmp_path, monkeypatch, {
+        "tiny": tiny_entry(),
+        "sized": {"repo": "zstag-test/tiny", "revision": COMMIT, "kind": "semantics",
+                  "files": [{"name": "model.safetensors", "sha256": None, "size": len(WEIGHTS)}]},
+        "absent": {"repo": "zstag-test/zipped", "files": [{"name": "nothing.bin"}]},
+    })
+    hub.fetch("tiny")
+    rows = {row["name"]: row for row in hub.list_registry()}
+    assert list(rows) == ["tiny", "sized", "absent"]
+    assert rows["tiny"]["cached"] and rows["tiny"]["path"] == str(hub.cached("tiny"))
+    assert rows["tiny"]["size"] is None  # config.json has no known size
+    assert rows["sized"]["cached"] and rows["sized"]["size"] == len(WEIGHTS)  # same commit, already there
+    assert rows["absent"] == {
+        "name": "absent", "kind": "model", "repo": "zstag-test/zipped", "revision": "main", "license": None,
+        "description": "", "files": ["nothing.bin"], "size": None, "cached": False, "path": None,
+    }
+    assert server.requests and all("zipped" not in path for _, path in server.requests)
+
+
+def test_the_shipped_registry_is_valid():
+    rows = {row["name"]: row for row in hub.list_registry(cache_dir="/nonexistent-zstag-cache")}
+    assert {"vgg19", "resnet101", "resnet50", "minilm", "glove-300"} <= set(rows)
+    assert {rows[n]["kind"] for n in ("vgg19", "resnet101", "resnet50")} == {"backbone"}
+    for name in rows:
+        spec = hub.resolve(name)
+        assert spec.files and all(f.sha256 is None or len(f.sha256) == 64 for f in spec.files)
+
+
+def test_archive_members_are_extracted_once(server, tmp_path, monkeypatch):
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("vec.300d.txt", "cat 0.1 0.2\ndog 0.3 0.4\n")
+        zf.writestr("vec.50d.txt", "not wanted\n")
+    server.repos["zstag-test/vectors"] = {"vectors.zip": payload.getvalue()}
+    write_registry(tmp_path, monkeypatch, {"vec": {
+        "repo": "zstag-test/vectors", "kind": "semantics",
+        "files": [{"name": "vectors.zip", "sha256": sha(payload.getvalue()), "size": None}],
+        "extract": {"archive": "vectors.zip", "members": ["vec.300d.txt"]},
+    }})
+    folder = hub.fetch("vec")
+    assert sorted(p.name for p in folder.iterdir()) == [".complete", "vec.300d.txt"]
+    assert (folder / "vec.300d.txt").read_text() == "cat 0.1 0.2\ndog 0.3 0.4\n"
+    assert hub.cached("vec") == folder
+    (folder / ".complete").unlink()  # an interrupted extraction is not "cached"
+    assert hub.cached("vec") is None
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.fetch("vec") == folder  # re-extracted from the cached archive, no network
+    assert hub.cached("vec") == folder
+
+
+def test_weights_in_the_standard_hf_cache_are_reused(server, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    shared = tmp_path / "hf-home" / "hub"
+    for name in ("model.safetensors", "config.json"):  # as timm or transformers would have cached them
+        hf_hub_download("zstag-test/tiny", name, cache_dir=str(shared), endpoint=server.url)
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    expected = shared / "models--zstag-test--tiny" / "snapshots" / COMMIT
+    assert hub.cached("tiny") == expected
+    assert hub.fetch("tiny") == expected
+    assert not (tmp_path / "cache" / "hub").exists()
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZSTAG_CACHE", str(tmp_path / "env"))
+    assert hub.cache_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert hub.cache_dir() == tmp_path / "env"
+    assert hub.hub_dir() == tmp_path / "env" / "hub"
+    monkeypatch.delenv("ZSTAG_CACHE")
+    assert hub.cache_dir().name.lower() == "zstag"
+
+
+def test_unreachable_hub_and_not_cached_says_what_to_do(server, tmp_path, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    # huggingface_hub retries a refused connection with back-off (~25 s); skip the waiting.
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    server.stop()
+    with pytest.raises(ZstagError) as info:
+        hub.fetch("tiny")
+    message = str(info.value)
+    assert "not in the cache" in message and f"the hub ({server.url}) cannot be reached" in message
+    assert "`zstag fetch tiny`" in message
