@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from zstag import __version__
 from zstag.backbones import build_backbone
-from zstag.errors import ModelError, UsageError
+from zstag.errors import ModelError, UsageError, ZstagError
 from zstag.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
@@ -108,7 +108,10 @@ def resolve_model_dir(ref: str | Path) -> Path:
         raise UsageError(f"--model must be a model directory (config.json + model.safetensors), got a file: {ref}")
     from zstag import hub
 
-    cached = hub.cached(ref)
+    try:
+        cached = hub.cached(ref)
+    except ZstagError:  # not a registry name or hf:// URL either
+        cached = None
     if cached is None:
         raise UsageError(f"model not found: {ref} (a model directory, 'default', or a name fetched with `zstag fetch`)")
     return Path(cached)

@@ -18,6 +18,7 @@ NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
     "dc": "http://purl.org/dc/elements/1.1/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",  # registered so a merged sidecar keeps its usual prefix
     "zstag": "https://github.com/zstag/zstag/ns/1.0/",
 }
 for _prefix, _uri in NS.items():

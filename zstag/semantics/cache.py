@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from zstag.paths import cache_root
@@ -47,7 +47,7 @@ class EmbeddingCache:
                     if rows:
                         vectors = f.get_tensor("vectors")
                         found.update((names[i], vectors[i]) for i in rows)
-            except (OSError, ValueError, json.JSONDecodeError):
+            except (OSError, ValueError, SafetensorError):
                 continue  # a damaged shard is only a cache miss
             if len(found) == len(wanted):
                 break

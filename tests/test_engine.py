@@ -1,0 +1,156 @@
+"""The inference engine: device resolution, chunked vocabulary scoring, per-image failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import synth
+from zstag import engine as engine_module
+from zstag.backbones.small import SmallBackbone
+from zstag.engine import Engine, resolve_device
+from zstag.errors import UsageError
+from zstag.labels import LabelSet
+from zstag.methods.fast0tag import Fast0Tag
+
+N_LABELS, DIM, SIZE = 10, 8, 32
+
+
+@pytest.fixture(scope="module")
+def method() -> Fast0Tag:
+    torch.manual_seed(0)
+    seen = LabelSet([f"l{i}" for i in range(4)], synth.random_label_vectors(4, DIM, seed=1))
+    module = Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def labels() -> LabelSet:
+    return LabelSet([f"label{i}" for i in range(N_LABELS)], synth.random_label_vectors(N_LABELS, DIM, seed=2))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("engine-images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = folder / f"good{i}.png"
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("engine-bad")
+    garbage = folder / "garbage.png"
+    garbage.write_bytes(b"this is not a PNG")
+    return [garbage, folder / "missing.jpg"]
+
+
+def test_resolve_device_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus", "unknown device 'bogus'"),
+    ("cuda:x", "unknown device 'cuda:x'"),
+    ("mps", "unsupported device 'mps'"),
+    ("meta", "unsupported device 'meta'"),
+])
+def test_resolve_device_rejects_unknown_devices(spec, message):
+    with pytest.raises(UsageError, match=message):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:7"])
+def test_resolve_device_cuda_without_cuda(spec):
+    with pytest.raises(UsageError, match=f"--device {spec}: CUDA is not available"):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resolve_device_cuda_index_out_of_range():
+    with pytest.raises(UsageError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_chunked_scoring_equals_unchunked(method, labels, monkeypatch):
+    engine = Engine("cpu", workers=0)
+    with torch.no_grad():
+        code = method.encode(torch.randn(2, 3, SIZE, SIZE))
+    whole = engine.score(method, code, labels)
+    calls = []
+    original = Fast0Tag.score
+    monkeypatch.setattr(Fast0Tag, "score", lambda self, c, ls: calls.append(ls.names) or original(self, c, ls))
+    monkeypatch.setattr(engine_module, "LABEL_CHUNK", 3)
+    chunked = engine.score(method, code, labels)
+    assert calls == [labels.names[0:3], labels.names[3:6], labels.names[6:9], labels.names[9:10]]
+    assert chunked.shape == (2, N_LABELS) and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_unchunkable_method_is_scored_at_once(method, labels, monkeypatch):
+    engine = Engine("cpu", workers=0)
+    code = torch.randn(2, DIM)
+    calls = []
+    original = Fast0Tag.score
+    monkeypatch.setattr(Fast0Tag, "score", lambda self, c, ls: calls.append(len(ls)) or original(self, c, ls))
+    monkeypatch.setattr(Fast0Tag, "chunkable", False)
+    monkeypatch.setattr(engine_module, "LABEL_CHUNK", 3)
+    engine.score(method, code, labels)
+    assert calls == [N_LABELS]
+
+
+def run_all(engine: Engine, method, paths, labels):
+    batches = list(engine.run(method, paths, labels, SIZE))
+    indices = [i for b in batches for i in b.indices]
+    scores = torch.cat([b.scores for b in batches]) if batches else torch.zeros(0, len(labels))
+    failures = [f for b in batches for f in b.failures]
+    return batches, indices, scores, failures
+
+
+def test_failures_are_reported_and_the_others_keep_their_order(method, labels, images, bad):
+    engine = Engine("cpu", batch_size=3, workers=0)
+    _, _, alone, _ = run_all(engine, method, images, labels)
+    paths = [bad[0], images[0], images[1], bad[1], images[2]]
+    batches, indices, scores, failures = run_all(engine, method, paths, labels)
+    assert len(batches) == 2
+    assert indices == [1, 2, 4]
+    torch.testing.assert_close(scores, alone, rtol=1e-5, atol=1e-5)  # each row belongs to its own image
+    assert [i for i, _ in failures] == [0, 3]
+    reasons = dict(failures)
+    assert reasons[0] and reasons[3] and reasons[0] != reasons[3]
+    assert "no such file" in reasons[3].lower() or "not found" in reasons[3].lower()
+
+
+def test_a_batch_made_only_of_failures(method, labels, images, bad):
+    engine = Engine("cpu", batch_size=2, workers=0)
+    batches, indices, scores, failures = run_all(engine, method, [images[0], images[1], *bad, images[2]], labels)
+    assert [b.indices for b in batches] == [[0, 1], [], [4]]
+    empty = batches[1]
+    assert empty.scores.shape == (0, N_LABELS)
+    assert [i for i, _ in empty.failures] == [2, 3]
+    assert indices == [0, 1, 4] and scores.shape == (3, N_LABELS)
+
+
+def test_run_scores_match_direct_scoring(method, labels, images):
+    """The engine's decode + normalise path gives what the method gives on the same pixels."""
+    from zstag.data.images import decode_image, to_tensor
+
+    engine = Engine("cpu", batch_size=8, workers=0)
+    _, indices, scores, failures = run_all(engine, method, images, labels)
+    assert indices == [0, 1, 2] and failures == []
+    pixels = torch.stack([to_tensor(decode_image(p, SIZE), SIZE) for p in images]).float() / 255
+    mean = torch.tensor(method.backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(method.backbone.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        direct = method.score(method.encode((pixels - mean) / std), labels)
+    torch.testing.assert_close(scores, direct, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,102 @@
+"""The training loop: augmentation, reproducibility, `--set` parsing, the optimiser choice.
+
+Training runs here are tiny (12 images at 32 px: one step of 8 and a validation batch of 3,
+workers=0) so that the reproducibility check costs seconds on a loaded CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import synth
+from zstag.cli import parse_sets
+from zstag.errors import UsageError
+from zstag.methods.base import RECIPE_DEFAULTS
+from zstag.train import TrainOptions, augment, make_optimizer, train
+
+
+def test_augment_without_crop_flips_or_keeps_each_image_exactly():
+    torch.manual_seed(0)
+    images = torch.rand(32, 3, 9, 12)  # odd and even sides: the mirror must be exact for both
+    out = augment(images, {"flip": True, "crop_scale": 1.0})
+    assert out.shape == images.shape
+    kept = flipped = 0
+    for before, after in zip(images, out):
+        if torch.allclose(after, before, atol=1e-5):
+            kept += 1
+        elif torch.allclose(after, before.flip(-1), atol=1e-5):
+            flipped += 1
+    assert kept + flipped == len(images)  # nothing else: no shift, no blur, no vertical flip
+    assert kept > 4 and flipped > 4  # and both happen
+
+
+def test_augment_off_is_the_identity():
+    images = torch.rand(4, 3, 8, 8)
+    assert torch.equal(augment(images, {"flip": False, "crop_scale": 1.0}), images)
+
+
+def test_augment_crop_changes_images_but_not_their_shape():
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 16, 16)
+    out = augment(images, {"flip": False, "crop_scale": 0.5})
+    assert out.shape == images.shape
+    assert not torch.allclose(out, images, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    return synth.make_dataset(tmp_path_factory.mktemp("tiny"), n=12, size=32, seed=3)
+
+
+def options(tiny_data, word_vectors, out: Path, **extra) -> TrainOptions:
+    settings = dict(data=tiny_data["manifest"], method="fast0tag", out=out, unseen=tiny_data["unseen"],
+                    backbone="small", semantics=str(word_vectors), epochs=1, batch_size=8, image_size=32,
+                    device="cpu", seed=7, val_fraction=0.25, workers=0, overrides={"hidden": 32, "crop_scale": 0.8})
+    settings.update(extra)
+    return TrainOptions(**settings)
+
+
+def test_training_is_reproducible_on_cpu(tiny_data, word_vectors, tmp_path):
+    first = train(options(tiny_data, word_vectors, tmp_path / "a"))
+    train(options(tiny_data, word_vectors, tmp_path / "b"))
+    weights_a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert weights_a == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert first.config["training"]["n_train"] == 9 and first.config["training"]["n_val"] == 3
+    # A different seed gives different weights: the check above is not vacuous.
+    train(options(tiny_data, word_vectors, tmp_path / "c", seed=8))
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != weights_a
+
+
+def test_unknown_optimizer_is_a_usage_error(tiny_data, word_vectors, tmp_path):
+    with pytest.raises(UsageError, match="unknown optimizer 'lbfgs'"):
+        train(options(tiny_data, word_vectors, tmp_path / "m", overrides={"optimizer": "lbfgs"}))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                        ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+def test_make_optimizer_choices(name, kind):
+    hp = {**RECIPE_DEFAULTS, "optimizer": name, "lr": 0.01, "weight_decay": 1e-4}
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], hp)
+    assert type(optimizer) is kind
+    assert optimizer.param_groups[0]["lr"] == 0.01 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_parse_sets_values():
+    assert parse_sets([
+        "hidden=1024", "lr=1e-4", "finetune_backbone=true", "flip=false", "lr_milestones=[10, 20]",
+        "optimizer=sgd", "name = coral reef", "empty=", "expr=a=b", "quoted=\"42\"", "nothing=null",
+    ]) == {
+        "hidden": 1024, "lr": 1e-4, "finetune_backbone": True, "flip": False, "lr_milestones": [10, 20],
+        "optimizer": "sgd", "name": " coral reef", "empty": "", "expr": "a=b", "quoted": "42", "nothing": None,
+    }
+    assert isinstance(parse_sets(["n=3"])["n"], int) and isinstance(parse_sets(["x=3.0"])["x"], float)
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=3", " =3"])
+def test_parse_sets_rejects_pairs_without_a_key(pair):
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_sets([pair])
