@@ -23,11 +23,11 @@ DEFAULT_SEMANTICS = "minilm"
 
 def get_semantics(name: str) -> Semantics:
     """The semantics source called `name` (a registry name or a path)."""
-    from zstag.semantics.sentence import SentenceSemantics, minilm_folder
+    from zstag.semantics.sentence import SentenceSemantics
     from zstag.semantics.vectors import VectorFileSemantics
 
     if name == "minilm":
-        return SentenceSemantics(minilm_folder(), key="minilm")
+        return SentenceSemantics(None, key="minilm")
     if name == "glove-300":
         from zstag import hub
 

@@ -42,12 +42,15 @@ def _load_model(folder: str):
 
 
 class SentenceSemantics(Semantics):
-    def __init__(self, folder: Path, key: str) -> None:
+    """`folder=None` means MiniLM, found only when the model is needed: a run whose labels are all
+    in the embedding cache works without the model installed."""
+
+    def __init__(self, folder: Path | None, key: str) -> None:
         self.folder = folder
         self.key = key
 
     def _load(self):
-        return _load_model(str(self.folder))
+        return _load_model(str(self.folder or minilm_folder()))
 
     @property
     def dim(self) -> int:
