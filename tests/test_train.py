@@ -100,3 +100,29 @@ def test_parse_sets_values():
 def test_parse_sets_rejects_pairs_without_a_key(pair):
     with pytest.raises(UsageError, match="KEY=VALUE"):
         parse_sets([pair])
+
+
+def test_frozen_backbone_trains_on_cached_features(dataset, word_vectors, tmp_path):
+    """A frozen backbone's maps are computed once; the method trains on them and the saved model
+    tags real images with the same scores as the model in memory (the cache leaves no trace)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from zstag.model_io import load_model
+    from zstag.train import TrainOptions, train
+
+    out = tmp_path / "lesa"
+    model = train(TrainOptions(data=dataset["manifest"], method="lesa", out=out, backbone="small",
+                               semantics=str(word_vectors), epochs=2, image_size=32, device="cpu", workers=0,
+                               overrides={"finetune_backbone": False, "attentions": 2}))
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["cached_features"] is True
+    assert len(config["training"]["history"]) == 2
+    assert not any(k.startswith("backbone.cached") for k in load_file(str(out / "model.safetensors")))
+    loaded = load_model(out)
+    images = torch.randn(3, 3, 32, 32)
+    labels = loaded.embed(["red circle", "blue square"])
+    with torch.no_grad():
+        assert torch.allclose(model.method(images, labels), loaded.method(images, labels), atol=1e-5)

@@ -24,7 +24,10 @@ from zstag.engine import Engine, ImageFiles
 from zstag.errors import UsageError
 from zstag.metrics import mean_ap
 from zstag.model_io import Model, build_model, save_model
+from zstag.backbones.base import Backbone
+from zstag.labels import LabelSet
 from zstag.methods import method_class
+from zstag.methods.base import Method
 
 
 @dataclass
@@ -134,19 +137,100 @@ def prepare_samples(opts: TrainOptions) -> tuple[list[Sample], list[str], list[s
     return samples, seen, unseen, removed
 
 
-def validate(model: Model, engine: Engine, loader, seen) -> float:
+class StageCache(Backbone):
+    """Stands in for a frozen backbone whose feature maps were computed once per image.
+
+    With a frozen backbone every epoch would recompute the same features (LESA's and (ML)^2P's
+    public code precompute them for this reason). The training loop then feeds methods a tensor of
+    row indices instead of images; methods only hand their input to the backbone, so they run
+    unchanged. The cached maps are plain attributes, never part of the state dict.
+    """
+
+    def __init__(self, backbone: Backbone, stages: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.name, self.channels, self.region_stage = backbone.name, backbone.channels, backbone.region_stage
+        self.classifier, self.class_names = backbone.classifier, backbone.class_names
+        self.cached = stages
+
+    def stages(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        index = rows.to(self.cached[0].device)
+        return [s[index].to(rows.device).float() for s in self.cached]
+
+
+class ImageBatches:
+    """Training batches as normalised, augmented images from the data loader."""
+
+    def __init__(self, engine: Engine, loader, method: Method, hp: dict[str, Any], augmenting: bool) -> None:
+        self.engine, self.loader, self.method, self.hp, self.augmenting = engine, loader, method, hp, augmenting
+        self.failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        backbone = self.method.backbone
+        for images, targets, failures in self.loader:
+            self.failed.update(i for i, _ in failures)
+            if images is None:
+                continue
+            x = self.engine.normalise(images, backbone.mean, backbone.std)
+            yield (augment(x, self.hp) if self.augmenting else x), targets.to(self.engine.device)
+
+
+class CachedBatches:
+    """Training batches as row indices into a StageCache, shuffled with the trainer's generator."""
+
+    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
+                 generator: torch.Generator | None, drop_last: bool) -> None:
+        self.rows, self.targets, self.batch_size, self.device = rows, targets, batch_size, device
+        self.generator, self.drop_last = generator, drop_last
+        self.failed: set[int] = set()
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.rows), generator=self.generator) if self.generator is not None else torch.arange(len(self.rows))
+        for b in range(len(self)):
+            pick = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.rows[pick].to(self.device), self.targets[pick].to(self.device)
+
+
+def cache_stages(engine: Engine, backbone: Backbone, loaders) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, set[int]]]]:
+    """Run the frozen backbone once over each loader; returns the stacked maps (fp16, on the
+    device when it is a GPU) and, per loader, (rows, targets, failed inputs)."""
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    spans, offset = [], 0
+    keep_on = engine.device if engine.device.type == "cuda" else torch.device("cpu")
+    with torch.inference_mode(), console.progress("computing backbone features", sum(len(l) for l in loaders)) as bar:
+        for loader in loaders:
+            targets, failed = [], set()
+            for images, batch_targets, failures in loader:
+                failed.update(i for i, _ in failures)
+                bar.update(1)
+                if images is None:
+                    continue
+                with engine.autocast():
+                    stages = backbone.stages(engine.normalise(images, backbone.mean, backbone.std))
+                for store, stage in zip(parts, stages):
+                    store.append(stage.to(keep_on, torch.float16))
+                targets.append(batch_targets)
+            n = sum(len(t) for t in targets)
+            spans.append((torch.arange(offset, offset + n), torch.cat(targets) if targets else torch.zeros(0), failed))
+            offset += n
+    return [torch.cat(p) for p in parts], spans
+
+
+def validate(method: Method, engine: Engine, batches, seen: LabelSet) -> float:
     """mAP (zstag protocol) over the seen labels on the validation split."""
-    method = model.method
     method.eval()
     scores, truths = [], []
     with torch.inference_mode():
-        for images, targets, _ in loader:
-            if images is None:
-                continue
-            x = engine.normalise(images, method.backbone.mean, method.backbone.std)
+        for x, targets in batches:
             with engine.autocast():
                 scores.append(method.score(method.encode(x), seen).float().cpu())
-            truths.append(targets)
+            truths.append(targets.cpu())
     if not scores:
         return float("nan")
     value, _ = mean_ap(torch.cat(scores).numpy(), torch.cat(truths).numpy() > 0)
@@ -170,23 +254,35 @@ def train(opts: TrainOptions) -> Model:
     hp = model.config["hp"]
     method = model.method.to(engine.device)
     seen = model.seen.to(engine.device)
-    finetune = bool(hp["finetune_backbone"]) or opts.backbone == "small"
+    # A randomly initialised backbone is trained unless the user freezes it explicitly.
+    finetune = bool(hp["finetune_backbone"]) or (opts.backbone == "small" and "finetune_backbone" not in overrides)
     if not finetune:
         method.backbone.requires_grad_(False)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"method {opts.method} has nothing to train with a frozen backbone")
     optimizer = make_optimizer(params, hp)
-    train_loader = engine.loader(TaggedImages(train_set, seen_labels, opts.image_size), shuffle=True,
-                                 collate_fn=collate_tagged, generator=generator, drop_last=len(train_set) > int(hp["batch_size"]))
-    val_loader = engine.loader(TaggedImages(val_set, seen_labels, opts.image_size), collate_fn=collate_tagged) if val_set else None
+    batch_size = int(hp["batch_size"])
+    drop_last = len(train_set) > batch_size
+    train_images = TaggedImages(train_set, seen_labels, opts.image_size)
+    val_images = TaggedImages(val_set, seen_labels, opts.image_size)
     console.info(f"training {opts.method} on {len(train_set)} images ({len(val_set)} for validation), "
                  f"{len(seen_labels)} seen labels, backbone {opts.backbone}, device {engine.device}")
-
-    def batches():
-        for images, targets, _ in train_loader:
-            if images is not None:
-                yield engine.normalise(images, method.backbone.mean, method.backbone.std), targets.to(engine.device)
+    backbone = method.backbone
+    cached = not finetune and bool(hp["cache_features"])
+    if cached:
+        backbone.eval()
+        stages, spans = cache_stages(engine, backbone, [engine.loader(d, collate_fn=collate_tagged) for d in (train_images, val_images)])
+        method.backbone = StageCache(backbone, stages)
+        (train_rows, train_targets, failed), (val_rows, val_targets, val_failed) = spans
+        failed |= val_failed
+        train_batches = CachedBatches(train_rows, train_targets, batch_size, engine.device, generator, drop_last)
+        val_batches = CachedBatches(val_rows, val_targets, batch_size, engine.device, None, False) if val_set else None
+    else:
+        train_batches = ImageBatches(engine, engine.loader(train_images, shuffle=True, collate_fn=collate_tagged,
+                                                            generator=generator, drop_last=drop_last), method, hp, True)
+        val_batches = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method, hp, False) if val_set else None
+        failed = set()
 
     def train_mode() -> None:
         method.train()
@@ -194,63 +290,71 @@ def train(opts: TrainOptions) -> Model:
             method.backbone.eval()  # frozen batch-norm statistics
 
     train_mode()
-    method.on_train_start(batches(), seen)
+    method.on_train_start(iter(train_batches), seen)
     epochs, lr = int(hp["epochs"]), float(hp["lr"])
-    best, best_epoch, best_state, stale, failed = -math.inf, 0, None, 0, set()
+    best, best_epoch, best_state, stale = -math.inf, 0, None, 0
     history = []
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        train_mode()
-        if hp["schedule"] == "step" and epoch - 1 in [int(m) for m in hp["lr_milestones"]] and epoch > 1:
-            lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
-            _set_lr(optimizer, lr)
-        totals: dict[str, float] = {}
-        steps = 0
-        with console.progress(f"epoch {epoch}/{epochs}", len(train_loader)) as bar:
-            for images, targets, failures in train_loader:
-                failed.update(i for i, _ in failures)
-                bar.update(1)
-                if images is None:
-                    continue
-                x = augment(engine.normalise(images, method.backbone.mean, method.backbone.std), hp)
-                with engine.autocast():
-                    loss, parts = method.loss(x, targets.to(engine.device), seen)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
-        means = {k: v / max(steps, 1) for k, v in totals.items()}
-        val = validate(model, engine, val_loader, seen) if val_loader is not None else -means.get("loss", 0.0)
-        history.append({"epoch": epoch, "lr": lr, "val_mAP": val if val_loader is not None else None, **means})
-        parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-        console.info(f"epoch {epoch}/{epochs}  {parts_text}  " + (f"val mAP {100 * val:.2f}  " if val_loader is not None else "")
-                     + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
-        if val > best or best_state is None:
-            best, best_epoch, stale = val, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
-        else:
-            stale += 1
-            if hp["schedule"] == "plateau":
+
+    def record(complete: bool) -> None:
+        """Write the model directory: after each improvement (so an interrupted run keeps its best
+        epoch) and at the end."""
+        model.config["unseen_labels"] = unseen
+        model.config["training"] = {
+            "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
+            "best_epoch": best_epoch, "best_val_mAP": best if val_batches is not None else None,
+            "seconds": round(time.perf_counter() - start, 2), "device": str(engine.device), "seed": opts.seed,
+            "history": history, "unreadable_images": len(failed), "cached_features": cached, "complete": complete,
+        }
+        save_model(model, opts.out)
+
+    try:
+        for epoch in range(1, epochs + 1):
+            train_mode()
+            if hp["schedule"] == "step" and epoch > 1 and epoch - 1 in [int(m) for m in hp["lr_milestones"]]:
                 lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
                 _set_lr(optimizer, lr)
-            if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
-                console.info(f"early stop: no improvement for {stale} epoch(s)")
-                break
+            totals: dict[str, float] = {}
+            steps = 0
+            with console.progress(f"epoch {epoch}/{epochs}", len(train_batches)) as bar:
+                for x, targets in train_batches:
+                    bar.update(1)
+                    with engine.autocast():
+                        loss, parts = method.loss(x, targets, seen)
+                    if not torch.isfinite(loss):
+                        raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    for k, v in {"loss": loss.item(), **parts}.items():
+                        totals[k] = totals.get(k, 0.0) + float(v)
+            means = {k: v / max(steps, 1) for k, v in totals.items()}
+            val = validate(method, engine, val_batches, seen) if val_batches is not None else -means.get("loss", 0.0)
+            history.append({"epoch": epoch, "lr": lr, "val_mAP": val if val_batches is not None else None, **means})
+            parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
+            console.info(f"epoch {epoch}/{epochs}  {parts_text}  " + (f"val mAP {100 * val:.2f}  " if val_batches is not None else "")
+                         + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
+            if val > best or best_state is None:
+                best, best_epoch, stale = val, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
+                record(complete=False)
+            else:
+                stale += 1
+                if hp["schedule"] == "plateau":
+                    lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
+                    _set_lr(optimizer, lr)
+                if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
+                    console.info(f"early stop: no improvement for {stale} epoch(s)")
+                    break
+    finally:
+        method.backbone = backbone
+    failed |= getattr(train_batches, "failed", set())
     if failed:
         console.warn(f"{len(failed)} training image(s) could not be read and were skipped")
-    method.load_state_dict(best_state)
+    # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
+    method.load_state_dict({**method.state_dict(), **best_state})
     method.eval()
-    model.config["unseen_labels"] = unseen
-    model.config["training"] = {
-        "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
-        "best_epoch": best_epoch, "best_val_mAP": best if val_loader is not None else None,
-        "seconds": round(time.perf_counter() - start, 2), "device": str(engine.device), "seed": opts.seed,
-        "history": history, "unreadable_images": len(failed),
-    }
-    save_model(model, opts.out)
+    record(complete=True)
     console.info(f"saved {opts.out} (best epoch {best_epoch})")
     return model

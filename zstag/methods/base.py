@@ -46,6 +46,9 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "finetune_backbone": False,
     "flip": True,  # random horizontal flips during training
     "crop_scale": 1.0,  # < 1: random crops covering this fraction of the side or more, resized back
+    # With a frozen backbone, compute its feature maps once per image instead of every epoch
+    # (no flips or crops then: they would need the backbone again).
+    "cache_features": True,
 }
 
 

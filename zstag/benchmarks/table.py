@@ -1,0 +1,148 @@
+"""The results table of docs/benchmarks.md, end to end: train every method on the same split with
+the same backbone, evaluate each on the test split (ZS and GZS), and write JSON and Markdown.
+
+    python -m zstag.benchmarks.table DATA_DIR --out RESULTS_DIR [--image-size 128] [--epochs N]
+        [--device auto] [--only lesa,fast0tag] [--seeds 0]
+
+DATA_DIR is a set built by `python -m zstag.benchmarks.openclipart`. Every row uses
+`--backbone bundled` (frozen unless the method's recipe fine-tunes it), MiniLM semantics and the
+same seeds; `--epochs` caps each method's own recipe so the whole table fits a time budget (the
+cap is recorded in the output). A "random scores" row gives the floor every method must clear.
+Rows already in RESULTS_DIR/results.json are kept, so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zstag import __version__
+from zstag.data.manifest import read_dataset
+from zstag.data.vocab import read_vocabulary
+from zstag.evaluate import evaluate, evaluation_labels
+from zstag.evaluation_run import EvalOptions, run_eval
+from zstag.train import TrainOptions, train
+
+# (row name, method, --set overrides): the paper methods, their variants and ablations, the baselines.
+ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("lesa", "lesa", {}),
+    ("lesa M=1", "lesa", {"attentions": 1}),
+    ("lesa one attention per cluster", "lesa", {"cluster": True}),
+    ("lesa without L_div", "lesa", {"use_div": False}),
+    ("lesa without L_rel", "lesa", {"use_rel": False}),
+    ("lesa without L_dist", "lesa", {"use_dist": False}),
+    ("lesa L_rank only", "lesa", {"use_div": False, "use_rel": False, "use_dist": False}),
+    ("ml2p", "ml2p", {}),
+    ("rgcn-posvae", "rgcn-posvae", {}),
+    ("rgcn", "rgcn-posvae", {"variant": "rgcn"}),
+    ("rgcn-xl", "rgcn-posvae", {"variant": "rgcn-xl"}),
+    ("sgma (multi-label)", "sgma", {}),
+    ("fast0tag", "fast0tag", {}),
+    ("conse", "conse", {}),
+]
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU {platform.processor() or platform.machine()}, {cores} cores (torch {torch.__version__})"
+
+
+def random_row(data: Path, seed: int) -> dict[str, Any]:
+    """The report of uniformly random scores on the test split."""
+    samples = read_dataset(data / "test.jsonl")
+    unseen = read_vocabulary(data / "unseen.txt")
+    labels = evaluation_labels([], samples, read_vocabulary(data / "vocab.txt"), unseen)
+    truth = np.array([[label in set(s.tags) for label in labels] for s in samples])
+    scores = np.random.default_rng(seed).random(truth.shape)
+    return evaluate(scores, truth, labels, unseen)
+
+
+def summarise(report: dict[str, Any]) -> dict[str, float | None]:
+    out = {}
+    for setting in ("zs", "gzs"):
+        section = report[setting]
+        out[f"{setting}_mAP"] = section["mAP"]
+        out[f"{setting}_miAP"] = section["miAP"]
+        for k in ("3", "5"):
+            out[f"{setting}_F1@{k}"] = section["at_k"][k]["F1"]
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cols = ["zs_mAP", "zs_F1@3", "zs_F1@5", "zs_miAP", "gzs_mAP", "gzs_F1@3", "gzs_F1@5", "gzs_miAP"]
+    head = "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " | train s |\n"
+    head += "|" + " --- |" * (len(cols) + 2) + "\n"
+    lines = []
+    for name, row in results["rows"].items():
+        cells = [("-" if row["metrics"][c] is None else f"{100 * row['metrics'][c]:.2f}") for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('train_seconds', 0):.0f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zstag.benchmarks.table", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=None, help="cap on each method's epochs")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated row names to run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    results.update({"machine": machine(), "zstag": __version__, "image_size": args.image_size,
+                    "epochs_cap": args.epochs, "data": str(args.data), "seed": args.seed})
+    if "random scores" not in results["rows"]:
+        results["rows"]["random scores"] = {"metrics": summarise(random_row(args.data, args.seed)), "train_seconds": 0}
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+    for name, method, sets in ROWS:
+        if (wanted and name not in wanted) or name in results["rows"]:
+            continue
+        model_dir = args.out / "models" / name.replace(" ", "_").replace("=", "")
+        overrides = dict(sets)
+        start = time.perf_counter()
+        try:
+            from zstag.methods import method_class
+
+            recipe = method_class(method).hyperparameters(overrides)
+            epochs = min(int(recipe["epochs"]), args.epochs) if args.epochs else None
+            train(TrainOptions(data=args.data / "train.jsonl", method=method, out=model_dir,
+                               unseen=args.data / "unseen.txt", backbone="bundled", image_size=args.image_size,
+                               epochs=epochs, device=args.device, seed=args.seed, overrides=overrides,
+                               workers=args.workers))
+            seconds = time.perf_counter() - start
+            report = run_eval(EvalOptions(truth=args.data / "test.jsonl", model=str(model_dir),
+                                          labels=args.data / "vocab.txt", unseen=args.data / "unseen.txt",
+                                          device=args.device, workers=args.workers))
+        except Exception as exc:  # one failing row must not lose the others
+            results["rows"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"{name}: FAILED {exc}", flush=True)
+            continue
+        results["rows"][name] = {"method": method, "set": sets, "metrics": summarise(report),
+                                 "train_seconds": round(seconds, 1), "epochs": epochs}
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{name}: ZS mAP {100 * report['zs']['mAP']:.2f}  GZS mAP {100 * report['gzs']['mAP']:.2f}  "
+              f"({seconds:.0f} s)", flush=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    ok = {k: v for k, v in results["rows"].items() if "metrics" in v}
+    (args.out / "table.md").write_text(markdown({"rows": ok}))
+    print(markdown({"rows": ok}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
