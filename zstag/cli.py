@@ -205,6 +205,26 @@ def eval_(
     print(json.dumps(report) if as_json else render_report(report))
 
 
+@app.command()
+def explain(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, quoted globs, or '-' for paths on stdin.")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="Vocabulary file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs (one per image).")],
+    model: Annotated[str, typer.Option("--model", help="Model directory, 'default' (bundled), or a fetched name.")] = "default",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Tags to explain per image.")] = 3,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Draw where the model looked for each image's top tags (attention maps, part boxes, or occlusion maps).
+
+    Examples:\n
+      zstag explain photo.jpg --labels vocab.txt --out explained/\n
+      zstag explain ./photos --labels vocab.txt --model models/sgma --top-k 5 -o explained/
+    """
+    from zstag.explain import ExplainOptions, explain as run_explain
+
+    raise typer.Exit(run_explain(ExplainOptions(inputs=inputs, labels=labels, out=out, model=model, top_k=top_k, device=device)))
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     import warnings
