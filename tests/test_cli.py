@@ -161,3 +161,26 @@ def test_version_and_help(cli):
     for command in ("fetch", "train", "tag", "eval"):
         result = cli(command, "--help")
         assert result.code == 0 and "Example" in result.out
+
+
+@pytest.mark.parametrize("method, sets", [("lesa", []), ("lesa", ["attentions=1"]), ("ml2p", []), ("sgma", []),
+                                          ("conse", []), ("rgcn-posvae", ["variant=rgcn"])])
+def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vectors, cli, tmp_path):
+    """Each method goes through the standard commands (one short epoch; learning is pinned per method)."""
+    out = tmp_path / "model"
+    args = ["train", dataset["manifest"], "--method", method, "--backbone", "small", "--semantics", word_vectors,
+            "--unseen", dataset["unseen"], "--epochs", "1", "--image-size", "32", "--device", "cpu",
+            "--workers", "0", "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    result = cli("-q", *args)
+    assert result.code == 0, result.err
+    pred = tmp_path / "pred.jsonl"
+    images = sorted(dataset["images"].iterdir())[:8]
+    assert cli("tag", *images, "--labels", dataset["vocab"], "--model", out, "--top-k", "0", "-o", pred,
+               "--device", "cpu", "--workers", "0").code == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["tags"]) == 18 for r in rows)
+    report = json.loads(cli("eval", "--model", out, "--truth", dataset["manifest"], "--unseen", dataset["unseen"],
+                            "--json", "--device", "cpu", "--workers", "0").out)
+    assert 0 <= report["gzs"]["mAP"] <= 1 and 0 <= report["zs"]["mAP"] <= 1

@@ -269,7 +269,7 @@ def train(opts: TrainOptions) -> Model:
     console.info(f"training {opts.method} on {len(train_set)} images ({len(val_set)} for validation), "
                  f"{len(seen_labels)} seen labels, backbone {opts.backbone}, device {engine.device}")
     backbone = method.backbone
-    cached = not finetune and bool(hp["cache_features"])
+    cached = not finetune and bool(hp["cache_features"]) and not cls.reads_images
     if cached:
         backbone.eval()
         stages, spans = cache_stages(engine, backbone, [engine.loader(d, collate_fn=collate_tagged) for d in (train_images, val_images)])

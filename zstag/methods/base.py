@@ -62,6 +62,9 @@ class Method(nn.Module, ABC):
     # so the engine may chunk large vocabularies. A method whose scores depend on the whole
     # vocabulary at once (a graph over it) sets False.
     chunkable: ClassVar[bool] = True
+    # True when the method reads the images themselves, not only the backbone's maps of them
+    # (SGMA crops parts): the trainer then never substitutes cached feature maps for images.
+    reads_images: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
         super().__init__()

@@ -243,6 +243,7 @@ class SGMA(Method):
     """Global + part branches with late-fused compatibility scores and a class-center path."""
 
     name = "sgma"
+    reads_images = True  # the cropping subnet zooms into the images themselves
     defaults: dict[str, Any] = {
         # Recipe of Sec. 4.1: SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32,
         # lr x 0.1 on plateau down to 5e-4; the CNNs are trained end to end.
