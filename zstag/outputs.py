@@ -122,8 +122,9 @@ class StreamOutput:
             self.file = path.open("w", encoding="utf-8", newline="")
             self.file.write(header(fmt))
         else:
-            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-            self.file = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            # A fixed name, so that even a run killed with -9 leaves rows that --resume finds.
+            self._tmp = str(partial)
+            self.file = partial.open("w", encoding="utf-8", newline="")
             self.file.write(header(fmt))
 
     def write(self, image: str, tags: Tags) -> None:
@@ -142,4 +143,5 @@ class StreamOutput:
             return
         self.file.close()
         if self._tmp is not None:
-            os.replace(self._tmp, self.target if complete else f"{self.target}.partial")
+            if complete:
+                os.replace(self._tmp, self.target)
