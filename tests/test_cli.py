@@ -184,3 +184,21 @@ def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vect
     report = json.loads(cli("eval", "--model", out, "--truth", dataset["manifest"], "--unseen", dataset["unseen"],
                             "--json", "--device", "cpu", "--workers", "0").out)
     assert 0 <= report["gzs"]["mAP"] <= 1 and 0 <= report["zs"]["mAP"] <= 1
+
+
+def test_sgma_single_label_protocol(word_vectors, cli, tmp_path):
+    """Single-label data: SGMA trains with the paper's softmax, and eval reports MCA, A_U, A_S and H."""
+    import synth
+
+    data = synth.make_dataset(tmp_path / "single", n=60, single_label=True)
+    out = tmp_path / "sgma"
+    result = cli("-q", "train", data["manifest"], "--method", "sgma", "--backbone", "small", "--semantics", word_vectors,
+                 "--unseen", data["unseen"], "--epochs", "1", "--image-size", "32", "--device", "cpu", "--workers", "0",
+                 "--out", out)
+    assert result.code == 0, result.err
+    assert json.loads((out / "config.json").read_text())["hp"]["single_label"] is True
+    report = json.loads(cli("eval", "--model", out, "--truth", data["manifest"], "--unseen", data["unseen"], "--json",
+                            "--device", "cpu", "--workers", "0").out)
+    single = report["single_label"]
+    assert set(single) >= {"MCA", "A_U", "A_S", "H", "MCA_zs"}
+    assert all(0 <= v <= 1 for v in single.values() if v is not None)

@@ -248,7 +248,12 @@ def train(opts: TrainOptions) -> Model:
         if value is not None:
             overrides[key] = value
     if "single_label" in cls.defaults and "single_label" not in overrides:
-        overrides["single_label"] = all(len(s.tags) == 1 for s in train_set)
+        # Single-label data: every image has one tag (images of unseen classes have none left).
+        overrides["single_label"] = all(len(s.tags) <= 1 for s in samples) and any(s.tags for s in samples)
+    if overrides.get("single_label"):
+        # The softmax protocol trains on seen-class images only, as in SGMA's zero-shot splits.
+        train_set = [s for s in train_set if s.tags]
+        val_set = [s for s in val_set if s.tags]
     engine = Engine(opts.device, batch_size=int(cls.hyperparameters(overrides)["batch_size"]), workers=opts.workers)
     model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
     hp = model.config["hp"]
