@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,9 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("rgcn-posvae", "rgcn-posvae", {}),
     ("rgcn", "rgcn-posvae", {"variant": "rgcn"}),
     ("rgcn-xl", "rgcn-posvae", {"variant": "rgcn-xl"}),
-    ("sgma (multi-label)", "sgma", {}),
     ("fast0tag", "fast0tag", {}),
     ("conse", "conse", {}),
+    ("sgma (multi-label)", "sgma", {}),
 ]
 
 
@@ -100,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--only", default="", help="comma-separated row names to run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune", action="store_true", help="keep each method's own fine-tuning recipe")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     results.update({"machine": machine(), "zstag": __version__, "image_size": args.image_size,
-                    "epochs_cap": args.epochs, "data": str(args.data), "seed": args.seed})
+                    "epochs_cap": args.epochs, "data": str(args.data), "seed": args.seed,
+                    "command": "python -m zstag.benchmarks.table " + " ".join(argv if argv is not None else sys.argv[1:])})
     if "random scores" not in results["rows"]:
         results["rows"]["random scores"] = {"metrics": summarise(random_row(args.data, args.seed)), "train_seconds": 0}
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if (wanted and name not in wanted) or name in results["rows"]:
             continue
         model_dir = args.out / "models" / name.replace(" ", "_").replace("=", "")
-        overrides = dict(sets)
+        # Same backbone for every row: frozen, as the papers' comparison methods use it (ML2P and
+        # SGMA fine-tune in their own recipes; --finetune keeps those recipes).
+        overrides = dict(sets) if args.finetune else {"finetune_backbone": False, **sets}
         start = time.perf_counter()
         try:
             from zstag.methods import method_class
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"{name}: FAILED {exc}", flush=True)
             continue
-        results["rows"][name] = {"method": method, "set": sets, "metrics": summarise(report),
+        results["rows"][name] = {"method": method, "set": overrides, "metrics": summarise(report),
                                  "train_seconds": round(seconds, 1), "epochs": epochs}
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{name}: ZS mAP {100 * report['zs']['mAP']:.2f}  GZS mAP {100 * report['gzs']['mAP']:.2f}  "
