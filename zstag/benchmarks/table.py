@@ -35,19 +35,19 @@ from zstag.train import TrainOptions, train
 # (row name, method, --set overrides): the paper methods, their variants and ablations, the baselines.
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("lesa", "lesa", {}),
+    ("ml2p", "ml2p", {}),
+    ("rgcn-posvae", "rgcn-posvae", {}),
+    ("fast0tag", "fast0tag", {}),
+    ("conse", "conse", {}),
     ("lesa M=1", "lesa", {"attentions": 1}),
     ("lesa one attention per cluster", "lesa", {"cluster": True}),
+    ("rgcn", "rgcn-posvae", {"variant": "rgcn"}),
+    ("rgcn-xl", "rgcn-posvae", {"variant": "rgcn-xl"}),
+    ("sgma (multi-label)", "sgma", {}),
     ("lesa without L_div", "lesa", {"use_div": False}),
     ("lesa without L_rel", "lesa", {"use_rel": False}),
     ("lesa without L_dist", "lesa", {"use_dist": False}),
     ("lesa L_rank only", "lesa", {"use_div": False, "use_rel": False, "use_dist": False}),
-    ("ml2p", "ml2p", {}),
-    ("rgcn-posvae", "rgcn-posvae", {}),
-    ("rgcn", "rgcn-posvae", {"variant": "rgcn"}),
-    ("rgcn-xl", "rgcn-posvae", {"variant": "rgcn-xl"}),
-    ("fast0tag", "fast0tag", {}),
-    ("conse", "conse", {}),
-    ("sgma (multi-label)", "sgma", {}),
 ]
 
 
