@@ -81,12 +81,12 @@ def summarise(report: dict[str, Any]) -> dict[str, float | None]:
 
 def markdown(results: dict[str, Any]) -> str:
     cols = ["zs_mAP", "zs_F1@3", "zs_F1@5", "zs_miAP", "gzs_mAP", "gzs_F1@3", "gzs_F1@5", "gzs_miAP"]
-    head = "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " | train s |\n"
-    head += "|" + " --- |" * (len(cols) + 2) + "\n"
+    head = "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " | epochs | train s |\n"
+    head += "|" + " --- |" * (len(cols) + 3) + "\n"
     lines = []
     for name, row in results["rows"].items():
         cells = [("-" if row["metrics"][c] is None else f"{100 * row['metrics'][c]:.2f}") for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('train_seconds', 0):.0f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('epochs') or '-'} | {row.get('train_seconds', 0):.0f} |")
     return head + "\n".join(lines) + "\n"
 
 
