@@ -327,8 +327,10 @@ def test_archive_members_are_extracted_once(server, tmp_path, monkeypatch):
 
 
 def test_weights_in_the_standard_hf_cache_are_reused(server, tmp_path, monkeypatch):
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
+    # huggingface_hub freezes HF_HUB_OFFLINE at import; an earlier test may have imported it offline.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
     shared = tmp_path / "hf-home" / "hub"
     for name in ("model.safetensors", "config.json"):  # as timm or transformers would have cached them
