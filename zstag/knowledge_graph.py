@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zstag import console
 from zstag.paths import cache_root
 from zstag.wordnet import DEFAULT_DIR, WordNet, load_wordnet
 
@@ -97,10 +99,14 @@ def build_graph(
     disk = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"{key}.npz"
     graph = _read(disk) if disk is not None else None
     if graph is None:
+        started = time.perf_counter()
         adj, in_wordnet = _build(names, vectors, wup_threshold, cosine_threshold, folder)
         if disk is not None:
             _write(disk, adj, in_wordnet)
         graph = _from_adjacency(adj, in_wordnet)
+        # The one cost a new vocabulary adds: say what it was (later runs read the cache).
+        console.info(f"built the label graph for {len(names)} nodes ({int(adj.sum())} edges) in "
+                     f"{time.perf_counter() - started:.1f}s" + (f"; cached in {disk.parent}" if disk is not None else ""))
     _memory_cache[key] = graph
     while len(_memory_cache) > _MEMORY_CACHE_SIZE:
         _memory_cache.popitem(last=False)
