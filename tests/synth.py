@@ -108,3 +108,21 @@ def mean_ap(scores: torch.Tensor, targets: torch.Tensor) -> float:
         precision = torch.cumsum(hits, 0) / torch.arange(1, len(hits) + 1)
         aps.append(float((precision * hits).sum() / hits.sum()))
     return sum(aps) / len(aps)
+
+
+def fit(model: torch.nn.Module, seen, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 1e-3,
+        batch: int = 32, frozen_backbone: bool = False) -> None:
+    """Train a method for `steps` Adam steps on random batches (seeded): the methods' learning tests
+    share this loop so that each test only states its data, its model and its bar."""
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        model.train()
+        if frozen_backbone:
+            model.backbone.eval()  # as the trainer keeps a frozen backbone (finetune_backbone=False)
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        total, _ = model.loss(x[idx], y[idx], seen)
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+    model.eval()

@@ -358,15 +358,8 @@ def test_learns_synthetic_tags_from_scratch(one_thread):
     test_x, test_y = synth.make_tensors(96, size=64, seed=2)
     train_x, test_x = normalise(train_x), normalise(test_x)
     model = LESA(SmallBackbone(), seen, LESA.hyperparameters({"finetune_backbone": True}), embed=None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(80):
-        idx = torch.randint(0, len(train_x), (32,), generator=g)
-        total, _ = model.loss(train_x[idx], train_y[idx], seen)
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-    model.eval()
+    synth.fit(model, seen, train_x, train_y, steps=80)
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         learned = synth.mean_ap(model(test_x, seen), test_y)
     chance = sum(synth.mean_ap(torch.rand(test_y.shape, generator=g), test_y) for _ in range(5)) / 5
@@ -393,15 +386,8 @@ def test_transfers_to_unseen_labels_through_semantic_vectors(one_thread):
     test_x, test_y = synth.make_tensors(128, size=64, seed=2)
     train_x, test_x = normalise(train_x), normalise(test_x)
     model = LESA(SmallBackbone(), seen, LESA.hyperparameters({"finetune_backbone": True}), embed=None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, len(train_x), (32,), generator=g)
-        total, _ = model.loss(train_x[idx], train_y[idx][:, seen_idx], seen)
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-    model.eval()
+    synth.fit(model, seen, train_x, train_y[:, seen_idx], steps=150)
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         learned = synth.mean_ap(model(test_x, unseen), test_y[:, unseen_idx])
     chance = sum(synth.mean_ap(torch.rand(len(test_x), len(unseen), generator=g), test_y[:, unseen_idx]) for _ in range(5)) / 5

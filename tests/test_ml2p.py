@@ -261,14 +261,7 @@ def test_learns_synthetic_shapes():
     labels = LabelSet(synth.LABELS, synth.random_label_vectors(len(synth.LABELS), 32))
     hp = ML2P.hyperparameters({"grid": 2, "finetune_backbone": True})
     model = ML2P(SmallBackbone(), labels, hp, embed=None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(STEPS):
-        batch = torch.randint(0, len(train_x), (32,), generator=torch.Generator().manual_seed(step))
-        total, _ = model.loss(train_x[batch], train_y[batch], labels)
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-    model.eval()
+    synth.fit(model, labels, train_x, train_y, steps=STEPS)
     with torch.no_grad():
         scores = model(test_x, labels)
     random_map = synth.mean_ap(torch.rand(scores.shape, generator=torch.Generator().manual_seed(0)), test_y)

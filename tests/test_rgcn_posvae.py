@@ -215,23 +215,6 @@ def test_without_wordnet_the_method_warns_and_trains(tmp_path):
     assert model.backbone.stage5[0].weight.grad is not None  # finetune_backbone=True trains through it
 
 
-def train(model: RGCNPosVAE, seen: LabelSet, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-          frozen_backbone: bool = False) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=lr)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        model.train()
-        if frozen_backbone:
-            model.backbone.eval()  # as the trainer keeps a frozen backbone (finetune_backbone=False)
-        idx = torch.randint(0, len(x), (32,), generator=g)
-        total, _ = model.loss(x[idx], y[idx], seen)
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-    model.eval()
-
-
 def held_out_map(model: RGCNPosVAE, seen: LabelSet) -> tuple[float, float]:
     """mAP of the model on 96 fresh synthetic images, and the mean mAP of random scores."""
     test_x, test_y = synth.make_tensors(96, size=64, seed=2)
@@ -270,7 +253,7 @@ def test_learns_synthetic_tags_on_fixed_features():
     seen = LabelSet(list(synth.LABELS), synth.random_label_vectors(len(synth.LABELS), 32))
     model = RGCNPosVAE(ColourBackbone(), seen, RGCNPosVAE.hyperparameters(), embedder(32))
     x, y = synth.make_tensors(192, size=64, seed=1)
-    train(model, seen, normalise(x), y, steps=40, lr=2e-3)
+    synth.fit(model, seen, normalise(x), y, steps=40, lr=2e-3)
     learned, chance = held_out_map(model, seen)
     assert learned > chance + 0.15, (learned, chance)
 
@@ -307,7 +290,7 @@ def test_learns_on_a_backbone_pretrained_from_scratch():
     seen = LabelSet(list(synth.LABELS), synth.random_label_vectors(len(synth.LABELS), 32))
     torch.manual_seed(0)
     model = RGCNPosVAE(backbone, seen, RGCNPosVAE.hyperparameters(), embedder(32))
-    train(model, seen, x, y, steps=60, lr=2e-3, frozen_backbone=True)
+    synth.fit(model, seen, x, y, steps=60, lr=2e-3, frozen_backbone=True)
     learned, chance = held_out_map(model, seen)
     assert learned > chance + 0.15, (learned, chance)
 
