@@ -1,5 +1,5 @@
-"""A `zstag tag` run killed with SIGKILL mid-way loses nothing: `--resume` finishes the same
-output with every image exactly once and no torn line."""
+"""A `zstag tag` run killed with SIGKILL, or stopped with Ctrl-C, mid-way loses nothing: `--resume`
+finishes the same output with every image exactly once and no torn line."""
 
 from __future__ import annotations
 
@@ -14,32 +14,53 @@ from pathlib import Path
 from zstag.model_io import build_model, save_model
 
 
-def test_kill_9_then_resume(dataset, word_vectors, tmp_path):
+def start_run(dataset, word_vectors, tmp_path) -> tuple[subprocess.Popen, list[str], list[str], Path]:
+    """Start tagging the synthetic images from stdin; returns once at least 4 rows are written."""
     model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {}, image_size=224)
     model.config["training"] = {}
     save_model(model, tmp_path / "model")
     out = tmp_path / "tags.jsonl"
     images = [str(p) for p in sorted(dataset["images"].iterdir())]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "zstag", "-q", "tag", "-", "--labels", str(dataset["vocab"]), "--model",
+    args = [sys.executable, "-m", "zstag", "tag", "-", "--labels", str(dataset["vocab"]), "--model",
             str(tmp_path / "model"), "--batch-size", "2", "--device", "cpu", "--workers", "0", "-o", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    # 224-px inputs keep each batch of 2 at tens of milliseconds: the kill lands mid-way.
+    # 224-px inputs keep each batch of 2 at tens of milliseconds: the signal lands mid-way.
     partial = Path(f"{out}.partial")
     proc.stdin.write("\n".join(images).encode())
     proc.stdin.close()
     deadline = time.time() + 120
     while time.time() < deadline and (not partial.exists() or partial.read_text().count("\n") < 4):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists(), "a killed plain run must not leave output under the final name"
-    kept = partial.read_text().count("\n")
-    assert 4 <= kept < len(images)
+    return proc, args, images, out
 
-    resumed = subprocess.run(args + ["--resume"], input="\n".join(images), capture_output=True, text=True, env=env, timeout=300)
+
+def resume_and_check(args: list[str], images: list[str], out: Path) -> None:
+    resumed = subprocess.run(args + ["--resume"], input="\n".join(images), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line whole JSON
     assert sorted(r["image"] for r in rows) == sorted(images)
     assert len(rows) == len(images)
-    assert not partial.exists()
+    assert not Path(f"{out}.partial").exists()
+
+
+def test_kill_9_then_resume(dataset, word_vectors, tmp_path):
+    proc, args, images, out = start_run(dataset, word_vectors, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed plain run must not leave output under the final name"
+    kept = Path(f"{out}.partial").read_text().count("\n")
+    assert 4 <= kept < len(images)
+    resume_and_check(args, images, out)
+
+
+def test_ctrl_c_flushes_the_rows_so_far_and_says_how_to_continue(dataset, word_vectors, tmp_path):
+    proc, args, images, out = start_run(dataset, word_vectors, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    stderr = proc.stderr.read().decode()
+    assert "interrupted after" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    text = Path(f"{out}.partial").read_text()
+    assert text.endswith("\n") and len(text.splitlines()) >= 4  # whole rows, flushed
+    resume_and_check(args, images, out)

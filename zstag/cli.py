@@ -107,20 +107,22 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation.")] = 0.1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable), e.g. --set attentions=1.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT's last epoch checkpoint (same options; --epochs may grow).")] = False,
 ) -> None:
     """Train a tagger on a folder or manifest of tagged images.
 
     Examples:\n
       zstag train data/train.jsonl --method lesa --out models/lesa --unseen data/unseen.txt\n
       zstag train photos/ --method fast0tag --backbone small --epochs 5 --out models/f0t\n
-      zstag train data.csv --method lesa --set attentions=1 --out models/lesa-m1
+      zstag train data.csv --method lesa --set attentions=1 --out models/lesa-m1\n
+      zstag train data/train.jsonl --method lesa --out models/lesa --resume   (after an interruption)
     """
     from zstag.train import TrainOptions, train as run_train
 
     run_train(TrainOptions(data=data, method=method, out=out, unseen=unseen, labels=labels, backbone=backbone,
                            semantics=semantics, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                            device=device, seed=seed, val_fraction=val_fraction, overrides=parse_sets(set_ or []),
-                           workers=workers))
+                           workers=workers, resume=resume))
 
 
 @app.command()

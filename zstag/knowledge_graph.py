@@ -27,8 +27,6 @@ platformdirs.user_cache_dir("zstag"); read with allow_pickle=False).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import warnings
 from collections import OrderedDict
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 
 from zstag import console
+from zstag.atomic import atomic_write
 from zstag.paths import cache_root
 from zstag.wordnet import DEFAULT_DIR, WordNet, load_wordnet
 
@@ -247,14 +246,12 @@ def _read(path: Path) -> Graph | None:
 
 def _write(path: Path, adj: np.ndarray, in_wordnet: np.ndarray) -> None:
     """Save atomically (write a temporary file, then rename) so concurrent runs never see half a file."""
-    tmp = None
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, num_nodes=np.int64(adj.shape[0]), adjacency=np.packbits(adj), in_wordnet=in_wordnet)
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, num_nodes=np.int64(adj.shape[0]), adjacency=np.packbits(adj), in_wordnet=in_wordnet)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as exc:  # a read-only cache is not fatal: the graph is simply rebuilt next time
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
         warnings.warn(f"could not cache the label graph in {path.parent}: {exc}", RuntimeWarning, stacklevel=3)

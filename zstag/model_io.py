@@ -8,17 +8,15 @@ tensors stay in the fetch cache or `weights/`, and the config says so (`backbone
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zstag import __version__
+from zstag.atomic import atomic_write
 from zstag.backbones import build_backbone
 from zstag.errors import ModelError, UsageError, ZstagError
 from zstag.labels import LabelSet
@@ -73,20 +71,6 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
     return Model(module, config, sem, seen=seen)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(model: Model, out_dir: Path) -> None:
     """Write the model directory atomically (each file through a rename)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,9 +78,9 @@ def save_model(model: Model, out_dir: Path) -> None:
     model.config["backbone_in_weights"] = keep_backbone
     state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
              if keep_backbone or not k.startswith("backbone.")}
-    _atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(model.config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
 
 def resolve_model_dir(ref: str | Path) -> Path:

@@ -11,10 +11,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from zstag.atomic import atomic_write_text
 
 Tags = list[tuple[str, float]]
 STREAM_FORMATS = ("jsonl", "csv", "tsv")
@@ -35,17 +36,6 @@ def format_row(fmt: str, image: str, tags: Tags) -> str:
 
 def header(fmt: str) -> str:
     return {"csv": "image,tags,scores\n", "tsv": "image\ttags\tscores\n"}.get(fmt, "")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "overwrite") -> None:

@@ -1,10 +1,11 @@
 """The one training loop. Methods supply modules and losses; this file owns everything else:
-data, splits, optimiser and schedule, validation, the best checkpoint and the model directory.
+data, splits, optimiser and schedule, validation, the best model, the epoch checkpoint that
+`--resume` continues from, and the model directory.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 import random
 import time
@@ -17,17 +18,18 @@ import torch
 from torch.utils.data import Dataset
 
 from zstag import console
+from zstag.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, save_checkpoint
+from zstag.backbones.base import Backbone
 from zstag.data.manifest import Sample, dataset_labels, read_dataset
 from zstag.data.splits import remove_unseen, split_validation
 from zstag.data.vocab import read_vocabulary
 from zstag.engine import Engine, ImageFiles
 from zstag.errors import UsageError
-from zstag.metrics import mean_ap
-from zstag.model_io import Model, build_model, save_model
-from zstag.backbones.base import Backbone
 from zstag.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
+from zstag.metrics import mean_ap
+from zstag.model_io import Model, build_model, save_model
 
 
 @dataclass
@@ -48,6 +50,18 @@ class TrainOptions:
     val_fraction: float = 0.1
     overrides: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
+    resume: bool = False
+
+    def signature(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues (epochs may grow, the device
+        and the number of decoding workers may change)."""
+        overrides = {k: v for k, v in self.overrides.items() if k != "epochs"}
+        return {"data": str(Path(self.data).resolve()), "method": self.method,
+                "unseen": str(Path(self.unseen).resolve()) if self.unseen else None,
+                "labels": str(Path(self.labels).resolve()) if self.labels else None,
+                "backbone": self.backbone, "semantics": self.semantics, "batch_size": self.batch_size,
+                "lr": self.lr, "image_size": self.image_size, "seed": self.seed,
+                "val_fraction": self.val_fraction, "overrides": overrides}
 
 
 class TaggedImages(Dataset):
@@ -242,9 +256,39 @@ def validate(method: Method, engine: Engine, batches, seen: LabelSet) -> float:
     return float(value)
 
 
+def kept_state(method: Method, finetune: bool) -> dict[str, torch.Tensor]:
+    """The tensors training changes (a frozen backbone's never do), detached copies on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in method.state_dict().items()
+            if finetune or not k.startswith("backbone.")}
+
+
+def read_resume_point(opts: TrainOptions) -> dict[str, Any]:
+    """The checkpoint to continue from, after checking it belongs to the same run."""
+    path = Path(opts.out) / CHECKPOINT
+    if not path.exists():
+        done = (Path(opts.out) / "config.json").exists()
+        raise UsageError(f"nothing to resume in {opts.out}: no {CHECKPOINT}"
+                         + (" (the run there finished; a finished run keeps no checkpoint)" if done else "")
+                         + "; start again without --resume")
+    checkpoint = load_checkpoint(path)
+    before, now = checkpoint["progress"]["options"], json.loads(json.dumps(opts.signature()))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+        raise UsageError(f"--resume must repeat the interrupted run's options (only --epochs, --device and "
+                         f"--workers may change): {details}")
+    return checkpoint
+
+
 def train(opts: TrainOptions) -> Model:
-    """Train a model and write its directory; returns the best model (by validation mAP)."""
+    """Train a model and write its directory; returns the best model (by validation mAP).
+
+    After every epoch a checkpoint (weights, optimiser, random generators, counters) is written
+    atomically next to the model; `resume=True` continues from it as if the run had never stopped,
+    and a run that finishes removes it.
+    """
     cls = method_class(opts.method)
+    resume_point = read_resume_point(opts) if opts.resume else None
     generator = seed_everything(opts.seed)
     samples, seen_labels, unseen, removed = prepare_samples(opts)
     train_set, val_set = split_validation(samples, opts.val_fraction, opts.seed)
@@ -308,11 +352,22 @@ def train(opts: TrainOptions) -> Model:
             method.backbone.eval()  # frozen batch-norm statistics
 
     train_mode()
-    method.on_train_start(iter(train_batches), seen)
     epochs, lr = int(hp["epochs"]), float(hp["lr"])
-    best, best_epoch, best_state, stale = -math.inf, 0, None, 0
-    history = []
+    best, best_epoch, best_state, stale, first_epoch = -math.inf, 0, None, 0, 1
+    history: list[dict[str, Any]] = []
     start = time.perf_counter()
+    if resume_point is None:
+        method.on_train_start(iter(train_batches), seen)
+    else:  # the warm-up's results are in the checkpoint's weights
+        progress = resume_point["progress"]
+        method.load_state_dict({**method.state_dict(), **resume_point["current"]})
+        optimizer.load_state_dict(resume_point["optimizer"])
+        restore_rng(resume_point["rng_tensors"], resume_point["rng"], generator)
+        best_state = resume_point["best"]
+        best, best_epoch, stale, lr = progress["best"], progress["best_epoch"], progress["stale"], progress["lr"]
+        history, first_epoch = progress["history"], progress["epoch"] + 1
+        start -= progress["seconds"]
+        console.info(f"resuming after epoch {progress['epoch']} (best epoch {best_epoch})")
 
     def record(complete: bool) -> None:
         """Write the model directory: after each improvement (so an interrupted run keeps its best
@@ -326,8 +381,14 @@ def train(opts: TrainOptions) -> Model:
         }
         save_model(model, opts.out)
 
+    def checkpoint(epoch: int) -> None:
+        save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer, generator, {
+            "epoch": epoch, "lr": lr, "best": best, "best_epoch": best_epoch, "stale": stale, "history": history,
+            "seconds": time.perf_counter() - start, "options": opts.signature()})
+
+    epoch = first_epoch
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             train_mode()
             if hp["schedule"] == "step" and epoch > 1 and epoch - 1 in [int(m) for m in hp["lr_milestones"]]:
                 lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
@@ -355,16 +416,21 @@ def train(opts: TrainOptions) -> Model:
                          + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
             if val > best or best_state is None:
                 best, best_epoch, stale = val, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
+                best_state = kept_state(method, finetune)
                 record(complete=False)
             else:
                 stale += 1
                 if hp["schedule"] == "plateau":
                     lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
                     _set_lr(optimizer, lr)
-                if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
-                    console.info(f"early stop: no improvement for {stale} epoch(s)")
-                    break
+            checkpoint(epoch)
+            if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
+                console.info(f"early stop: no improvement for {stale} epoch(s)")
+                break
+    except KeyboardInterrupt:
+        console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
+                     "of the last finished epoch; run the same command with --resume to continue")
+        raise
     finally:
         method.backbone = backbone
     failed |= getattr(train_batches, "failed", set())
@@ -374,5 +440,7 @@ def train(opts: TrainOptions) -> Model:
     method.load_state_dict({**method.state_dict(), **best_state})
     method.eval()
     record(complete=True)
+    (Path(opts.out) / CHECKPOINT).unlink(missing_ok=True)
     console.info(f"saved {opts.out} (best epoch {best_epoch})")
     return model
+

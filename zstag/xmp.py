@@ -11,8 +11,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from zstag.atomic import atomic_write_text
 from zstag.errors import ImageError
-from zstag.outputs import Tags, atomic_write_text
+from zstag.outputs import Tags
 
 NS = {
     "x": "adobe:ns:meta/",

@@ -21,7 +21,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from zstag.benchmarks.openclipart import normalise_keyword

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from zstag.atomic import atomic_write
 from zstag.paths import cache_root
 
 
@@ -61,9 +60,7 @@ class EmbeddingCache:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.txt").write_text(key + "\n")
             name = hashlib.sha256("\n".join(labels).encode()).hexdigest()[:24] + ".safetensors"
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            os.close(fd)
-            save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, tmp, metadata={"labels": json.dumps(labels)})
-            os.replace(tmp, folder / name)
+            atomic_write(folder / name, lambda tmp: save_file(
+                {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, tmp, metadata={"labels": json.dumps(labels)}))
         except OSError:
             return  # a read-only cache only costs recomputation
