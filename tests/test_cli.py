@@ -22,14 +22,17 @@ def random_map(manifest, labels) -> float:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, dataset, word_vectors):
-    """One small fast0tag model trained through the CLI (shared by the tests of this module)."""
+    """One small fast0tag model trained through the CLI (shared by the tests of this module).
+
+    Batches of 8 give 52 optimiser steps in 4 epochs: with the recipe's 32 (12 steps) whether
+    the model clears the bar below depended on the seed; with 8 it did for each of seeds 0-4."""
     from zstag.cli import main
     import sys
 
     out = tmp_path_factory.mktemp("models") / "f0t"
     argv = sys.argv
     sys.argv = ["zstag", "--quiet", "train", str(dataset["manifest"]), "--method", "fast0tag", "--backbone", "small",
-                "--semantics", str(word_vectors), "--unseen", str(dataset["unseen"]), "--epochs", "4",
+                "--semantics", str(word_vectors), "--unseen", str(dataset["unseen"]), "--epochs", "4", "--batch-size", "8",
                 "--image-size", "64", "--device", "cpu", "--out", str(out), "--workers", "0"]
     try:
         with pytest.raises(SystemExit) as exit_info:

@@ -1,106 +1,30 @@
-"""`zstag.hub` against a tiny Hugging Face-compatible server on 127.0.0.1.
+"""`zstag.hub` against a tiny Hugging Face-compatible server on 127.0.0.1 (tests/fakehub.py).
 
-The server implements only what `hf_hub_download` uses (read from huggingface_hub's source):
-HEAD and GET on `/{owner}/{repo}/resolve/{revision}/{path}`, answering with `X-Repo-Commit`,
-`ETag` and `Content-Length`, and 404s tagged with `X-Error-Code` as the real hub does.
 Nothing here reaches huggingface.co: HF_ENDPOINT points at the local server, HF_HOME at a
 temporary folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
+from fakehub import COMMIT, serve, sha
 
 from zstag import hub
 from zstag.errors import UsageError, ZstagError
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4  # any bytes do
 CONFIG = b'{"method": "lesa"}\n'
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class FakeHub:
-    """repo -> {path: bytes}, served at revisions "main" and COMMIT; every request is logged."""
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.requests: list[tuple[str, str]] = []
-        hub_ = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _answer(self, with_body: bool) -> None:
-                hub_.requests.append((self.command, self.path))
-                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
-                repo, rest = "/".join(parts[:2]), parts[2:]
-                if len(rest) < 3 or rest[0] != "resolve" or repo not in hub_.repos:
-                    return self._error(404, "RepoNotFound")
-                revision, path = rest[1], "/".join(rest[2:])
-                if revision not in ("main", COMMIT):
-                    return self._error(404, "RevisionNotFound")
-                data = hub_.repos[repo].get(path)
-                if data is None:
-                    return self._error(404, "EntryNotFound")
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{sha(data)}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(data)
-
-            def _error(self, status: int, code: str) -> None:
-                self.send_response(status)
-                self.send_header("X-Error-Code", code)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
-                self._answer(with_body=False)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(with_body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.running = True
-
-    def stop(self) -> None:
-        if self.running:
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join()
-            self.running = False
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    fake = FakeHub()
+    fake = serve(tmp_path, monkeypatch)
     fake.repos["zstag-test/tiny"] = {"model.safetensors": WEIGHTS, "config.json": CONFIG}
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("ZSTAG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(var, raising=False)
     yield fake
     fake.stop()
 

@@ -90,6 +90,70 @@ def fetch(
 
 
 @app.command()
+def models(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Model directories, or folders to search for them (e.g. runs/).")] = None,
+    search: Annotated[Optional[list[Path]], typer.Option("--path", help="Also list the model directories under this folder (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model instead of tab-separated lines.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Fetch cache to list (default: $ZSTAG_CACHE or the user cache).")] = None,
+) -> None:
+    """List the models usable as --model: bundled, fetched and local, from their config.json only.
+
+    On a terminal: a table. Otherwise (pipes, files): a header line and one tab-separated line
+    per model, or JSON lines with --json. Columns: name (what --model takes), where, method,
+    backbone, semantics, seen, unseen, image_size, size (bytes), best_val_mAP, epochs, path, error
+    (set for a broken directory). Exit code 3 when a directory named on the command line is broken.
+
+    Examples:\n
+      zstag models\n
+      zstag models runs/ --json | jq -r 'select(.error == null) | .name'\n
+      zstag models --path ~/models | sort -t$'\\t' -k10 -g
+    """
+    from zstag import catalog
+
+    rows, broken = catalog.list_models(paths or [], search or [], cache_dir=cache_dir)
+    if as_json:
+        for row in rows:
+            print(json.dumps(catalog.as_dict(row)))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console(highlight=False).print(catalog.table(rows))
+    else:
+        for line in catalog.tsv_lines(rows):
+            print(line)
+    for row in broken:
+        console.warn(str(row.error))  # the message names the directory
+    raise typer.Exit(3 if broken else 0)
+
+
+@app.command()
+def push(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory to publish (config.json + model.safetensors).")],
+    url: Annotated[str, typer.Argument(help="Destination: hf://OWNER/REPO (created when missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private (an existing one keeps its visibility).")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created from main when missing).")] = None,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
+) -> None:
+    """Publish a trained model on the Hugging Face Hub, in the layout `zstag fetch hf://...` pulls.
+
+    Uploads config.json, model.safetensors and a generated model card (README.md), nothing else.
+    Needs a token with write access: `hf auth login` or HF_TOKEN. Prints the reference to fetch,
+    the commit and its URL, tab-separated.
+
+    Examples:\n
+      zstag push models/lesa hf://me/zstag-lesa-photos\n
+      zstag push models/lesa hf://me/zstag-lesa-photos --revision v2 --private -m "more epochs"\n
+      zstag fetch hf://me/zstag-lesa-photos && zstag tag photos/ --labels vocab.txt --model hf://me/zstag-lesa-photos
+    """
+    from zstag.publish import push as run_push
+
+    result = run_push(model_dir, url, private=private, revision=revision, message=message)
+    for warning in result.warnings:
+        console.warn(warning)
+    print(f"{result.reference}\t{result.commit}\t{result.url}")
+
+
+@app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Training data: a .jsonl / .csv manifest or a folder of images with .txt sidecars.")],
     method: Annotated[str, typer.Option("--method", "-m", help="lesa, sgma, rgcn-posvae, ml2p, fast0tag or conse.")],
@@ -131,7 +195,9 @@ def tag(
     labels: Annotated[Path, typer.Option("--labels", "-l", help="Vocabulary file: one label per line, any labels you like.")],
     model: Annotated[str, typer.Option("--model", help="Model directory, 'default' (bundled), or a fetched name.")] = "default",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=0, help="Tags per image (0 = every label).")] = 10,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Keep only tags scoring at least this.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Keep only tags scoring at least this (a probability when the model is calibrated).")] = None,
+    thresholds: Annotated[Optional[Path], typer.Option("--thresholds", help="Per-label thresholds: 'label<TAB>threshold' per line (others use --threshold).")] = None,
+    raw_scores: Annotated[bool, typer.Option("--raw-scores", help="Write the method's raw scores instead of calibrated probabilities.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.xmp sidecars).")] = "jsonl",
     output: Annotated[str, typer.Option("--output", "-o", help="Output file, or '-' for stdout.")] = "-",
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
@@ -142,13 +208,17 @@ def tag(
     extensions: Annotated[Optional[str], typer.Option("--extensions", help="Comma-separated extensions that count as images in folders.")] = None,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Append unreadable inputs to this file as JSON lines.")] = None,
     sidecar_mode: Annotated[str, typer.Option("--sidecar-mode", help="For txt/xmp: overwrite, append or skip existing sidecars.")] = "overwrite",
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Tag only block I of N of the inputs (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")] = None,
 ) -> None:
     """Tag images with the labels of a vocabulary (any labels, seen in training or not).
 
     Examples:\n
       zstag tag ./photos --labels vocab.txt > tags.jsonl\n
       find . -name '*.jpg' | zstag tag - --labels vocab.txt --top-k 5 --format csv -o tags.csv\n
-      zstag tag ./photos --labels vocab.txt --model models/lesa --format xmp
+      zstag tag ./photos --labels vocab.txt --model models/lesa --format xmp\n
+      zstag tag ./photos --labels vocab.txt --top-k 0 --threshold 0.5 --thresholds strict.tsv\n
+      zstag tag /data --labels vocab.txt --shard 3/16 -o tags.3.jsonl   (one task of a job array)\n
+      torchrun --nproc-per-node 8 -m zstag tag /data --labels vocab.txt -o tags.jsonl
     """
     from zstag.errors import UsageError
     from zstag.outputs import FORMATS
@@ -163,7 +233,8 @@ def tag(
     exts = [e.strip().lower() if e.strip().startswith(".") else "." + e.strip().lower() for e in extensions.split(",")] if extensions else None
     code = run_tag(TagOptions(inputs=inputs, labels=labels, model=model, top_k=top_k, threshold=threshold, fmt=fmt,
                               output=output, recursive=recursive, batch_size=batch_size, device=device, workers=workers,
-                              resume=resume, extensions=exts, errors=errors, sidecar_mode=sidecar_mode))
+                              resume=resume, extensions=exts, errors=errors, sidecar_mode=sidecar_mode,
+                              thresholds=thresholds, raw_scores=raw_scores, shard=shard))
     raise typer.Exit(code)
 
 
@@ -208,6 +279,30 @@ def eval_(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Model directory to calibrate (its config.json is updated).")],
+    data: Annotated[Path, typer.Option("--data", help="Tagged images the model did not train on: a manifest or sidecar folder.")],
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels to fit on (default: every tag in DATA).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
+    device: DeviceOpt = "auto",
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes.")] = None,
+) -> None:
+    """Fit score calibration (Platt scaling) on tagged images, so thresholds are probabilities.
+
+    Training already calibrates on its validation split; use this for older models or to
+    calibrate on your own images. Prints the fitted scale and bias as JSON.
+
+    Example:\n
+      zstag calibrate models/lesa --data data/val.jsonl
+    """
+    from zstag.evaluation_run import EvalOptions, run_calibrate
+
+    fitted = run_calibrate(EvalOptions(truth=data, model=model, labels=labels, batch_size=batch_size, device=device,
+                                       workers=workers))
+    print(json.dumps(fitted))
+
+
+@app.command()
 def explain(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, quoted globs, or '-' for paths on stdin.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="Vocabulary file.")],
@@ -225,6 +320,37 @@ def explain(
     from zstag.explain import ExplainOptions, explain as run_explain
 
     raise typer.Exit(run_explain(ExplainOptions(inputs=inputs, labels=labels, out=out, model=model, top_k=top_k, device=device)))
+
+
+@app.command()
+def bench(
+    device: DeviceOpt = "auto",
+    model: Annotated[str, typer.Option("--model", help="Model directory, 'default' (bundled), or a fetched name.")] = "default",
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Measure the model's method on this backbone instead (vgg19, resnet101, ...).")] = None,
+    images: Annotated[Optional[int], typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 4096 on GPU).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Square input size (default: the model's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default 32 on CPU, 256 on GPU).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes for end-to-end runs.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a check that everything runs, not numbers to quote.")] = False,
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated sections: end-to-end, forward, vocab-scale, methods, decode.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements as JSON to this file ('-' for stdout).")] = None,
+) -> None:
+    """Measure tagging speed on this machine: end to end against a plain loop, model, vocabulary size, methods, decoding.
+
+    Tables go to stderr; numbers are measured, never looked up.
+
+    Examples:\n
+      zstag bench --device cpu --json bench.json\n
+      zstag bench --device cuda --backbone vgg19 --image-size 224\n
+      zstag bench --quick --only forward,vocab-scale
+    """
+    from zstag.bench import BenchOptions, run as run_bench
+
+    sections = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    report = run_bench(BenchOptions(device=device, model=model, backbone=backbone, images=images, image_size=image_size,
+                                    batch_size=batch_size, workers=workers, quick=quick, only=sections, json_path=json_out))
+    if json_out is not None and str(json_out) == "-":
+        print(json.dumps(report, indent=2))
 
 
 def main() -> None:

@@ -5,6 +5,13 @@ data path. Images are decoded and resized to uint8 tensors in DataLoader workers
 draft decoding), moved to the device with pinned, non-blocking copies, normalised there, and encoded
 once per image; the label vectors of the vocabulary are embedded once per run and scored in chunks
 so that memory stays bounded for any vocabulary size.
+
+On CUDA, plain JPEGs skip Pillow: the workers only read their bytes, and the main process decodes
+them in batches with nvJPEG (`torchvision.io.decode_jpeg`) and resizes them on the GPU, because
+Pillow on every core caps a GPU near a tenth of what it can tag (docs/performance.md). Workers may
+not touch CUDA (they are forked), hence the split. `decode_route` decides per file; every file it
+does not send to the GPU, and every batch nvJPEG refuses, takes the Pillow path, so results and
+error reports for odd files stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off.
 """
 
 from __future__ import annotations
@@ -16,20 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zstag.data.jpeg import read_header, read_jpeg
 from zstag.errors import ImageError, UsageError
 from zstag.labels import LabelSet
 from zstag.methods.base import ImageCode, Method
 
 # Labels scored at once; a (batch x chunk) score block stays small whatever the vocabulary.
 LABEL_CHUNK = 8192
+# decode_route's answers.
+GPU_JPEG, CPU = "gpu-jpeg", "cpu"
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present; `cuda[:i]` without CUDA is a usage error, not a crash later."""
+    """`auto` picks CUDA when present (under torchrun, the rank's LOCAL_RANK GPU); `cuda[:i]`
+    without CUDA is a usage error, not a crash later."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        from zstag.distributed import local_rank
+
+        rank = local_rank()
+        return torch.device("cuda", rank % torch.cuda.device_count()) if rank is not None else torch.device("cuda")
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -50,31 +67,87 @@ def default_workers(device: torch.device) -> int:
     return min(16, max(cores - 1, 0)) if device.type == "cuda" else min(1, cores - 1)
 
 
-class ImageFiles(Dataset):
-    """Decodes image files to uint8 (3, size, size) tensors; a failure becomes a reason, not an exception."""
+def decode_route(data: bytes | bytearray, device: torch.device) -> str:
+    """Where a file's pixels are decoded: "gpu-jpeg" (nvJPEG on `device`) or "cpu" (Pillow).
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
+    `data` is the whole file. Only what nvJPEG decodes exactly as Pillow would goes to the GPU: an
+    8-bit baseline or extended-sequential JPEG, grey or YCbCr, complete up to its EOI marker, with
+    no EXIF rotation to apply, no further pictures (MPO) and within Pillow's pixel limit. CMYK,
+    progressive, rotated, truncated and oversized files, and anything that is not a JPEG, keep the
+    Pillow path and its conversions and error messages.
+    """
+    if device.type != "cuda":
+        return CPU
+    header = read_header(data)
+    if header is None or not header.complete or header.process not in (0xC0, 0xC1) or header.precision != 8:
+        return CPU
+    if header.components not in (1, 3) or (header.components == 3 and header.adobe_transform == 0):
+        return CPU  # CMYK / YCCK, or samples stored as RGB (Adobe transform 0) that a YCbCr decode would miscolour
+    if header.orientation != 1 or header.multi_picture or not header.width or not header.height:
+        return CPU
+    limit = Image.MAX_IMAGE_PIXELS
+    return CPU if limit is not None and header.width * header.height > limit else GPU_JPEG
+
+
+class ImageFiles(Dataset):
+    """Decodes image files to uint8 (3, size, size) tensors; a failure becomes a reason, not an exception.
+
+    With `jpeg_device` set, a file that `decode_route` sends to that device comes back undecoded,
+    as its bytes (a 1-D uint8 tensor), for the engine to decode in the main process.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int, jpeg_device: torch.device | None = None) -> None:
         self.paths = paths
         self.size = size
+        self.jpeg_device = jpeg_device
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        if self.jpeg_device is not None:
+            data = read_jpeg(self.paths[index])
+            if data is not None and decode_route(data, self.jpeg_device) == GPU_JPEG:
+                return index, torch.frombuffer(data, dtype=torch.uint8), None
+        return (index, *self.decode(index))
+
+    def decode(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        """Pillow's pixels of one file, or the reason it cannot be read."""
         from zstag.data.images import decode_image, to_tensor
 
         try:
-            return index, to_tensor(decode_image(self.paths[index], self.size), self.size), None
+            return to_tensor(decode_image(self.paths[index], self.size), self.size), None
         except ImageError as exc:
-            return index, None, str(exc)
+            return None, str(exc)
 
 
 def collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
-    """(indices of decoded images, their stacked uint8 batch or None, [(index, reason)] failures)."""
-    ok = [(i, t) for i, t, _ in items if t is not None]
+    """(indices of decoded images, their stacked uint8 batch or None, [(index, reason)] failures,
+    [(index, file bytes)] JPEGs left for the device to decode)."""
+    ok = [(i, t) for i, t, _ in items if t is not None and t.ndim == 3]
+    encoded = [(i, t) for i, t, _ in items if t is not None and t.ndim == 1]
     failures = [(i, reason) for i, t, reason in items if t is None]
     batch = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, failures
+    return [i for i, _ in ok], batch, failures, encoded
+
+
+def resize_square(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size) from uint8 (3, H, W) images of any sizes, on their device.
+
+    Squashed with antialiased bilinear filtering, torch's port of the Pillow filter `to_tensor`
+    uses, and rounded back to 8 bits as Pillow does. Images of one shape (a camera's) are resized
+    in one call.
+    """
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=images[0].device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for members in groups.values():
+        pixels = torch.stack([images[i] for i in members]).float()
+        square = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                                 align_corners=False)
+        out[members] = square.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 @dataclass
@@ -87,10 +160,18 @@ class Batch:
 class Engine:
     """Runs a method over images on one device, in one precision, in batches."""
 
-    def __init__(self, device: str = "auto", batch_size: int = 64, workers: int | None = None) -> None:
+    def __init__(self, device: str = "auto", batch_size: int = 64, workers: int | None = None,
+                 gpu_decode: bool | None = None) -> None:
+        """`gpu_decode`: decode plain JPEGs with nvJPEG on CUDA (None: yes unless ZSTAG_GPU_DECODE=0)."""
         self.device = resolve_device(device)
         self.batch_size = max(1, batch_size)
         self.workers = default_workers(self.device) if workers is None else max(0, workers)
+        if gpu_decode is None:
+            gpu_decode = os.environ.get("ZSTAG_GPU_DECODE", "1") != "0"
+        self.gpu_decode = gpu_decode and self.device.type == "cuda"
+        # Batches whose scores may still be on their way to the host when the next batch is queued:
+        # on CUDA one, so the GPU computes batch i+1 while the caller writes out batch i.
+        self.in_flight = 1 if self.device.type == "cuda" else 0
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -102,25 +183,34 @@ class Engine:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def loader(self, dataset: Dataset, shuffle: bool = False, batch_size: int | None = None,
-               collate_fn=collate, generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=self.workers,
-                          collate_fn=collate_fn, pin_memory=self.device.type == "cuda", generator=generator,
-                          persistent_workers=False, prefetch_factor=4 if self.workers else None, drop_last=drop_last)
+    def loader(self, dataset: Dataset, batch_size: int | None = None, collate_fn=collate,
+               batch_sampler: Sampler[list[int]] | None = None) -> DataLoader:
+        """Batches in order, or those of `batch_sampler` (the trainer's shuffled, per-rank batches).
+
+        A single batch has nothing to overlap its decoding with, so it is decoded here: starting
+        workers (most of a second on a small machine) would only add to the latency of a few images.
+        """
+        sizing = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size or self.batch_size}
+        batches = len(batch_sampler) if batch_sampler is not None else -(-len(dataset) // sizing["batch_size"])
+        workers = self.workers if batches > 1 else 0
+        return DataLoader(dataset, num_workers=workers, collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if workers else None, **sizing)
 
     def normalise(self, batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-        """uint8 (B, 3, H, W) on any device -> normalised float on this device."""
+        """uint8 (B, 3, H, W) on any device -> normalised float on this device, channels last.
+
+        Channels last on every device: cuDNN and oneDNN both convolve it faster (on a CPU the
+        bundled model runs 1.3-2x faster, docs/performance.md), with the same results up to float
+        rounding (about 1e-6).
+        """
         x = batch.to(self.device, non_blocking=True).float().div_(255)
         m = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         s = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        x = (x - m) / s
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
     def prepare(self, method: Method) -> Method:
-        method.to(self.device).eval()
-        if self.device.type == "cuda":
-            method.to(memory_format=torch.channels_last)
-        return method
+        """The method on this device in eval mode, its convolution weights channels last (see `normalise`)."""
+        return method.to(self.device).eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def score(self, method: Method, code: ImageCode, labels: LabelSet) -> torch.Tensor:
@@ -134,17 +224,84 @@ class Engine:
                 parts.append(method.score(code, labels.subset(slice(start, start + LABEL_CHUNK))).float())
         return torch.cat(parts, dim=1)
 
+    def decode_jpegs(self, files: list[torch.Tensor], size: int) -> torch.Tensor:
+        """uint8 (N, 3, size, size) on this device from JPEG files' bytes, decoded in one batched
+        call (nvJPEG on CUDA). Raises RuntimeError when the decoder refuses any of them."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # nvJPEG can race with work queued on the stream (H100)
+        return resize_square(decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device), size)
+
+    def pixels(self, dataset: ImageFiles, indices: list[int], batch: torch.Tensor | None,
+               failures: list[tuple[int, str]], encoded: list[tuple[int, torch.Tensor]],
+               ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+        """Merge the JPEGs the workers left undecoded into the batch, in input order, on this device.
+
+        A batch nvJPEG refuses is decoded by Pillow instead, one file at a time, so an unreadable
+        file is reported exactly as on the CPU path.
+        """
+        parts = [] if batch is None else [(indices, batch.to(self.device, non_blocking=True))]
+        try:
+            parts.append(([i for i, _ in encoded], self.decode_jpegs([data for _, data in encoded], dataset.size)))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            failures = list(failures)
+            for i, _ in encoded:
+                pixels, reason = dataset.decode(i)
+                if pixels is None:
+                    failures.append((i, reason))
+                else:
+                    parts.append(([i], pixels.unsqueeze(0).to(self.device)))
+            failures.sort()
+        if not parts:
+            return [], None, failures
+        merged = [i for part, _ in parts for i in part]
+        order = sorted(range(len(merged)), key=merged.__getitem__)
+        return [merged[k] for k in order], torch.cat([t for _, t in parts])[order], failures
+
+    @torch.inference_mode()
+    def forward(self, method: Method, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
+        """(B, L) float32 scores of normalised images on this device: encoded once, then scored."""
+        with self.autocast():
+            code = method.encode(images)
+        return self.score(method, code, labels)
+
     @torch.inference_mode()
     def run(self, method: Method, paths: Sequence[Path], labels: LabelSet, image_size: int) -> Iterator[Batch]:
         """Scores of every readable image in `paths` against `labels`, batch by batch, in input order."""
         method = self.prepare(method)
         labels = labels.to(self.device)
         backbone = method.backbone
-        for indices, batch, failures in self.loader(ImageFiles(paths, image_size)):
+        dataset = ImageFiles(paths, image_size, jpeg_device=self.device if self.gpu_decode else None)
+        waiting: list[tuple[Batch, torch.cuda.Event | None]] = []
+        for indices, batch, failures, encoded in self.loader(dataset):
+            if encoded:
+                indices, batch, failures = self.pixels(dataset, indices, batch, failures, encoded)
             if batch is None:
-                yield Batch([], torch.zeros(0, len(labels)), failures)
-                continue
-            images = self.normalise(batch, backbone.mean, backbone.std)
-            with self.autocast():
-                code = method.encode(images)
-            yield Batch(indices, self.score(method, code, labels).cpu(), failures)
+                waiting.append((Batch([], torch.zeros(0, len(labels)), failures), None))
+            else:
+                images = self.normalise(batch, backbone.mean, backbone.std)
+                waiting.append(self.to_host(Batch(indices, self.forward(method, images, labels), failures)))
+            while len(waiting) > self.in_flight:
+                yield self.arrived(*waiting.pop(0))
+        for item in waiting:
+            yield self.arrived(*item)
+
+    def to_host(self, batch: Batch) -> tuple[Batch, torch.cuda.Event | None]:
+        """Start moving a batch's scores to the CPU; on CUDA into pinned memory, without waiting."""
+        if self.device.type != "cuda":
+            return Batch(batch.indices, batch.scores.cpu(), batch.failures), None
+        host = torch.empty(batch.scores.shape, dtype=batch.scores.dtype, pin_memory=True)
+        host.copy_(batch.scores, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return Batch(batch.indices, host, batch.failures), copied
+
+    @staticmethod
+    def arrived(batch: Batch, copied: torch.cuda.Event | None) -> Batch:
+        """The batch once its scores are on the host."""
+        if copied is not None:
+            copied.synchronize()
+        return batch

@@ -3,6 +3,7 @@ and turn them into the report of GUIDE §1, as JSON or as a readable table."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,30 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
                 if t in index:
                     truth[i, index[t]] = True
     return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+
+
+def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
+    """Fit the model's score calibration on a tagged set and store it in the model's config.
+
+    The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
+    (zstag/calibration.py); only config.json changes, through a rename.
+    """
+    from zstag.calibration import fit_platt
+    from zstag.model_io import CONFIG, resolve_model_dir, write_config
+
+    folder = resolve_model_dir(opts.model)
+    samples = read_dataset(opts.truth)
+    labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
+    scores, samples = model_scores(opts, samples, labels)
+    index = {name: j for j, name in enumerate(labels)}
+    truth = np.zeros(scores.shape, dtype=bool)
+    for i, s in enumerate(samples):
+        truth[i, [index[t] for t in s.tags if t in index]] = True
+    fitted = {**fit_platt(scores, truth), "fitted_on": str(opts.truth)}
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))  # model_scores loaded it already
+    config["calibration"] = fitted
+    write_config(folder, config)
+    return fitted
 
 
 def render_report(report: dict[str, Any]) -> str:

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zstag.errors import UsageError, ZstagError
+from zstag.model_dir import CONFIG, WEIGHTS
 from zstag.paths import WEIGHTS_DIR, cache_root
 
 Progress = Callable[[str, int, int | None], None]
 
 REGISTRY_ENV = "ZSTAG_REGISTRY"
 HF_SCHEME = "hf://"
-MODEL_FILES = ("config.json", "model.safetensors")  # what a zstag model repository holds (GUIDE §1)
+MODEL_FILES = (CONFIG, WEIGHTS)  # what a zstag model repository holds (GUIDE §1)
 _CHUNK = 1 << 20
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -109,13 +110,14 @@ def registry_path(registry: str | Path | None = None) -> Path:
     return Path(env) if env else WEIGHTS_DIR / "registry.json"
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is set now, not at huggingface_hub's import."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().lower() in _TRUE
 
 
 @contextmanager
-def _hub_offline_mode(offline: bool) -> Iterator[None]:
+def hub_offline_mode(enabled: bool) -> Iterator[None]:
     """Make huggingface_hub's import-time offline flag agree with the environment for one call.
 
     Its HTTP layer refuses every request when `HF_HUB_OFFLINE` was set at its import (a test
@@ -124,16 +126,17 @@ def _hub_offline_mode(offline: bool) -> Iterator[None]:
     from huggingface_hub import constants
 
     before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = offline
+    constants.HF_HUB_OFFLINE = enabled
     try:
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
 
 
-def _endpoint() -> str | None:
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    return endpoint or None
+def endpoint() -> str | None:
+    """`HF_ENDPOINT` as it is now (a mirror or a test server), else None for huggingface.co."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
 
 
 # --- names and the registry ----------------------------------------------------------------------
@@ -159,7 +162,7 @@ def check_relative_name(name: str) -> str:
     return name
 
 
-def _check_repo(repo: str, revision: str) -> None:
+def check_repo(repo: str, revision: str) -> None:
     if not isinstance(repo, str) or not _REPO_ID.match(repo) or ".." in repo:
         raise ZstagError(f"refusing repository id {repo!r}: expected OWNER/NAME")
     if not isinstance(revision, str) or not revision or ".." in revision or "\\" in revision \
@@ -202,7 +205,7 @@ def _spec_from_entry(name: str, entry: dict) -> Spec:
 
 
 def _validate(spec: Spec) -> None:
-    _check_repo(spec.repo, spec.revision)
+    check_repo(spec.repo, spec.revision)
     if not spec.files:
         raise ZstagError(f"registry entry {spec.name!r} lists no files")
     for f in spec.files:
@@ -344,6 +347,33 @@ def cached(name_or_url: str, cache_dir: str | Path | None = None, registry: str 
     return None
 
 
+def snapshots(cache_dir: str | Path | None = None) -> Iterator[tuple[str, Path]]:
+    """Every cached snapshot as (`hf://` reference that finds it again, folder); no network.
+
+    Walks zstag's cache, then the standard Hugging Face cache. The reference names the branch or
+    tag that points at the snapshot (`hf://OWNER/REPO` for `main`, `@REF` for another), else its
+    commit, so `cached(reference)` and `--model reference` resolve to this very folder.
+    """
+    for root in _roots(cache_dir):
+        if not root.is_dir():
+            continue
+        for repo_dir in sorted(root.glob("models--*--*")):
+            owner, _, name = repo_dir.name[len("models--"):].partition("--")
+            refs = repo_dir / "refs"
+            names: dict[str, list[str]] = {}
+            for ref in sorted(refs.rglob("*")) if refs.is_dir() else ():
+                if ref.is_file():
+                    names.setdefault(ref.read_text(encoding="utf-8").strip(), []).append(
+                        ref.relative_to(refs).as_posix())
+            for snapshot in sorted((repo_dir / "snapshots").glob("*")):
+                if not snapshot.is_dir():
+                    continue
+                labels = names.get(snapshot.name, [])
+                revision = "main" if "main" in labels else (labels[0] if labels else snapshot.name)
+                suffix = "" if revision == "main" else f"@{revision}"
+                yield f"{HF_SCHEME}{owner}/{name}{suffix}", snapshot
+
+
 def _roots(cache_dir: str | Path | None) -> list[Path]:
     roots = [hub_dir(cache_dir)]
     shared = hf_user_cache()
@@ -389,7 +419,7 @@ def _bar_class(file_name: str, progress: Progress | None) -> type | None:
 
 
 def _unreachable(spec: Spec, root: Path, offline: bool) -> ZstagError:
-    hub = _endpoint() or "https://huggingface.co"
+    hub = endpoint() or "https://huggingface.co"
     why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({hub}) cannot be reached"
     return ZstagError(
         f"{spec.name} is not in the cache ({root}) and {why}: run `zstag fetch {spec.name}` on a machine "
@@ -410,24 +440,24 @@ def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progre
         RevisionNotFoundError,
     )
 
-    offline = _offline()
-    if force and offline:
+    is_offline = offline()
+    if force and is_offline:
         raise ZstagError(f"--force needs the network, but HF_HUB_OFFLINE is set ({spec.name})")
     where = f"{spec.repo}@{spec.revision}"
     try:
-        with _hub_offline_mode(offline):
+        with hub_offline_mode(is_offline):
             path = hf_hub_download(
                 spec.repo,
                 f.name,
                 revision=spec.revision,
                 cache_dir=str(root),
                 force_download=force,
-                local_files_only=offline,
-                endpoint=_endpoint(),
+                local_files_only=is_offline,
+                endpoint=endpoint(),
                 tqdm_class=_bar_class(f.name, progress),
             )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise _unreachable(spec, root, offline) from None
+        raise _unreachable(spec, root, is_offline) from None
     except GatedRepoError:
         raise ZstagError(f"{where} is gated: accept its terms on the hub and log in (`hf auth login`)") from None
     except RepositoryNotFoundError:
@@ -440,7 +470,7 @@ def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progre
         raise ZstagError(f"downloading {f.name} from {where} failed: {exc}") from None
     except (httpx2.HTTPError, OSError, ValueError) as exc:
         if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException)):
-            raise _unreachable(spec, root, offline) from None
+            raise _unreachable(spec, root, is_offline) from None
         raise ZstagError(f"downloading {f.name} from {where} failed: {exc}") from None
     return Path(path)
 
@@ -539,12 +569,17 @@ __all__ = [
     "cache_dir",
     "cached",
     "check_relative_name",
+    "check_repo",
+    "endpoint",
     "fetch",
     "hf_user_cache",
     "hub_dir",
+    "hub_offline_mode",
     "list_registry",
     "load_registry",
+    "offline",
     "parse_hf_url",
     "registry_path",
     "resolve",
+    "snapshots",
 ]

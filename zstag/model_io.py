@@ -22,12 +22,10 @@ from zstag.errors import ModelError, UsageError, ZstagError
 from zstag.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
+from zstag.model_dir import CONFIG, WEIGHTS, read_config
 from zstag.paths import WEIGHTS_DIR
 from zstag.semantics import embed_labels, get_semantics
 from zstag.semantics.base import Semantics
-
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -79,8 +77,13 @@ def save_model(model: Model, out_dir: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
              if keep_backbone or not k.startswith("backbone.")}
     atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    text = json.dumps(model.config, indent=2, sort_keys=True) + "\n"
-    atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    write_config(out_dir, model.config)
+
+
+def write_config(model_dir: Path, config: dict[str, Any]) -> None:
+    """Replace a model directory's config.json atomically (e.g. after `zstag calibrate`)."""
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(model_dir) / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
 
 def resolve_model_dir(ref: str | Path) -> Path:
@@ -107,20 +110,10 @@ def resolve_model_dir(ref: str | Path) -> Path:
 def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     """Rebuild a model directory; every problem is a one-line ModelError/UsageError."""
     folder = resolve_model_dir(ref)
-    config_path, weights_path = folder / CONFIG, folder / WEIGHTS
-    for p in (config_path, weights_path):
-        if not p.is_file():
-            raise ModelError(f"{folder} is not a model directory: {p.name} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        method, backbone = config["method"], config["backbone"]
-        seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{config_path}: unreadable model config ({exc})") from None
-    try:
-        method_class(method)
-    except UsageError:
-        raise ModelError(f"{config_path}: unknown method {method!r} (made by a newer zstag?)") from None
+    weights_path = folder / WEIGHTS
+    config = read_config(folder)
+    method, backbone = config["method"], config["backbone"]
+    seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
     in_weights = bool(config.get("backbone_in_weights", True))
     model = build_model(method, backbone, semantics or config.get("semantics", "minilm"), seen_labels, hp,
                         image_size, pretrained=not in_weights)

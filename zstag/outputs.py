@@ -11,11 +11,12 @@ import csv
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from zstag.atomic import atomic_write_text
+from zstag.atomic import atomic_write, atomic_write_text
 
 Tags = list[tuple[str, float]]
 STREAM_FORMATS = ("jsonl", "csv", "tsv")
@@ -26,7 +27,9 @@ FORMATS = STREAM_FORMATS + SIDECAR_FORMATS
 def format_row(fmt: str, image: str, tags: Tags) -> str:
     """One image's result as text for a stream format (a whole line, newline included)."""
     if fmt == "jsonl":
-        row = {"image": image, "tags": [{"label": label, "score": round(score, 6)} for label, score in tags]}
+        # Six significant digits, not six decimals: calibrated probabilities of rare tags are small,
+        # and rounding them to 0.000000 would turn their order into ties.
+        row = {"image": image, "tags": [{"label": label, "score": float(f"{score:.6g}")} for label, score in tags]}
         return json.dumps(row, ensure_ascii=False) + "\n"
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
@@ -57,6 +60,35 @@ def sidecar_writer(fmt: str, mode: str) -> Callable[[Path, Tags], None]:
     from zstag.xmp import write_xmp_sidecar
 
     return lambda path, tags: write_xmp_sidecar(path, tags, mode)
+
+
+def join_shards(parts: list[Path], target: Path, fmt: str, append: bool) -> None:
+    """Concatenate shard files, in order, into `target` with one header, then delete them.
+
+    A fresh target is written through a rename; with `append` (a resumed run) the rows go after
+    those the target already holds.
+    """
+    def copy_rows(out: IO[bytes]) -> None:
+        for part in parts:
+            with part.open("rb") as f:
+                if header(fmt):
+                    f.readline()
+                shutil.copyfileobj(f, out, 1 << 20)
+
+    if append and target.exists():
+        with target.open("ab") as out:
+            copy_rows(out)
+            out.flush()
+            os.fsync(out.fileno())
+    else:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                out.write(header(fmt).encode())
+                copy_rows(out)
+
+        atomic_write(target, write)
+    for part in parts:
+        part.unlink()
 
 
 def read_done_images(path: Path, fmt: str) -> set[str]:

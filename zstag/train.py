@@ -15,14 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from zstag import console
+from zstag import console, distributed
+from zstag.calibration import fit_platt
 from zstag.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, save_checkpoint
 from zstag.backbones.base import Backbone
 from zstag.data.manifest import Sample, dataset_labels, read_dataset
 from zstag.data.splits import remove_unseen, split_validation
 from zstag.data.vocab import read_vocabulary
+from zstag.distributed import Share, current_share
 from zstag.engine import Engine, ImageFiles
 from zstag.errors import UsageError
 from zstag.labels import LabelSet
@@ -176,6 +178,30 @@ class StageCache(Backbone):
         return [s[index].to(rows.device).float() for s in self.cached]
 
 
+class ShuffledBatches(Sampler[list[int]]):
+    """Index batches of one shuffled order per epoch, drawn from the trainer's generator.
+
+    Under torchrun every rank draws the same order (same seed) and takes its block of each global
+    batch, so `batch_size` is the global batch and DDP's gradient average over the ranks equals the
+    single-process gradient of that batch (for losses that average over images).
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool,
+                 share: Share | None = None) -> None:
+        self.n, self.batch_size, self.generator, self.drop_last, self.share = n, batch_size, generator, drop_last, share
+
+    def __len__(self) -> int:
+        if self.drop_last and self.n >= self.batch_size:
+            return self.n // self.batch_size
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
+        for b in range(len(self)):
+            pick = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield (pick[self.share.block(len(pick))] if self.share is not None else pick).tolist()
+
+
 class ImageBatches:
     """Training batches as normalised, augmented images from the data loader."""
 
@@ -197,22 +223,17 @@ class ImageBatches:
 
 
 class CachedBatches:
-    """Training batches as row indices into a StageCache, shuffled with the trainer's generator."""
+    """Training batches as row indices into a StageCache, in the batches of a ShuffledBatches."""
 
-    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None, drop_last: bool) -> None:
-        self.rows, self.targets, self.batch_size, self.device = rows, targets, batch_size, device
-        self.generator, self.drop_last = generator, drop_last
+    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, batches: ShuffledBatches, device: torch.device) -> None:
+        self.rows, self.targets, self.batches, self.device = rows, targets, batches, device
         self.failed: set[int] = set()
 
     def __len__(self) -> int:
-        n = len(self.rows)
-        return n // self.batch_size if self.drop_last and n >= self.batch_size else math.ceil(n / self.batch_size)
+        return len(self.batches)
 
     def __iter__(self):
-        order = torch.randperm(len(self.rows), generator=self.generator) if self.generator is not None else torch.arange(len(self.rows))
-        for b in range(len(self)):
-            pick = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for pick in self.batches:
             yield self.rows[pick].to(self.device), self.targets[pick].to(self.device)
 
 
@@ -241,8 +262,8 @@ def cache_stages(engine: Engine, backbone: Backbone, loaders) -> tuple[list[torc
     return [torch.cat(p) for p in parts], spans
 
 
-def validate(method: Method, engine: Engine, batches, seen: LabelSet) -> float:
-    """mAP (zstag protocol) over the seen labels on the validation split."""
+def split_scores(method: Method, engine: Engine, batches, seen: LabelSet) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, truth) over the seen labels for every image of a split."""
     method.eval()
     scores, truths = [], []
     with torch.inference_mode():
@@ -251,9 +272,42 @@ def validate(method: Method, engine: Engine, batches, seen: LabelSet) -> float:
                 scores.append(method.score(method.encode(x), seen).float().cpu())
             truths.append(targets.cpu())
     if not scores:
+        return np.zeros((0, len(seen))), np.zeros((0, len(seen)), dtype=bool)
+    return torch.cat(scores).numpy(), torch.cat(truths).numpy() > 0
+
+
+def validate(method: Method, engine: Engine, batches, seen: LabelSet) -> float:
+    """mAP (zstag protocol) over the seen labels on the validation split."""
+    scores, truth = split_scores(method, engine, batches, seen)
+    if not len(scores):
         return float("nan")
-    value, _ = mean_ap(torch.cat(scores).numpy(), torch.cat(truths).numpy() > 0)
+    value, _ = mean_ap(scores, truth)
     return float(value)
+
+
+def calibrate(method: Method, engine: Engine, batches, seen: LabelSet) -> dict[str, Any] | None:
+    """Platt scaling fitted on the validation split (zstag/calibration.py); None without one."""
+    if batches is None:
+        console.info("no validation split: scores stay uncalibrated")
+        return None
+    try:
+        fitted = fit_platt(*split_scores(method, engine, batches, seen))
+    except UsageError as exc:
+        console.warn(f"scores stay uncalibrated: {exc}")
+        return None
+    return {**fitted, "fitted_on": "validation split"}
+
+
+class LossStep(torch.nn.Module):
+    """A method's loss as a module's forward: DistributedDataParallel synchronises the gradients
+    of what runs through the forward of the module it wraps."""
+
+    def __init__(self, method: Method, seen: LabelSet) -> None:
+        super().__init__()
+        self.method, self.seen = method, seen
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor):
+        return self.method.loss(x, targets, self.seen)
 
 
 def kept_state(method: Method, finetune: bool) -> dict[str, torch.Tensor]:
@@ -289,6 +343,10 @@ def train(opts: TrainOptions) -> Model:
     """
     cls = method_class(opts.method)
     resume_point = read_resume_point(opts) if opts.resume else None
+    share = current_share()  # under torchrun: DistributedDataParallel, rank 0 writes
+    writes = share is None or share.index == 0
+    if not writes:
+        console.configure(quiet=True)
     generator = seed_everything(opts.seed)
     samples, seen_labels, unseen, removed = prepare_samples(opts)
     train_set, val_set = split_validation(samples, opts.val_fraction, opts.seed)
@@ -338,11 +396,11 @@ def train(opts: TrainOptions) -> Model:
         method.backbone = StageCache(backbone, stages)
         (train_rows, train_targets, failed), (val_rows, val_targets, val_failed) = spans
         failed |= val_failed
-        train_batches = CachedBatches(train_rows, train_targets, batch_size, engine.device, generator, drop_last)
-        val_batches = CachedBatches(val_rows, val_targets, batch_size, engine.device, None, False) if val_set else None
+        train_batches = CachedBatches(train_rows, train_targets, ShuffledBatches(len(train_rows), batch_size, generator, drop_last, share), engine.device)
+        val_batches = CachedBatches(val_rows, val_targets, ShuffledBatches(len(val_rows), batch_size, None, False), engine.device) if val_set else None
     else:
-        train_batches = ImageBatches(engine, engine.loader(train_images, shuffle=True, collate_fn=collate_tagged,
-                                                            generator=generator, drop_last=drop_last), method, hp, True)
+        sampler = ShuffledBatches(len(train_images), batch_size, generator, drop_last, share)
+        train_batches = ImageBatches(engine, engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler), method, hp, True)
         val_batches = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method, hp, False) if val_set else None
         failed = set()
 
@@ -368,10 +426,17 @@ def train(opts: TrainOptions) -> Model:
         history, first_epoch = progress["history"], progress["epoch"] + 1
         start -= progress["seconds"]
         console.info(f"resuming after epoch {progress['epoch']} (best epoch {best_epoch})")
+    step = LossStep(method, seen)
+    if share is not None:
+        distributed.start("nccl" if engine.device.type == "cuda" else "gloo")
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[engine.device.index] if engine.device.type == "cuda" else None, find_unused_parameters=True)
 
     def record(complete: bool) -> None:
         """Write the model directory: after each improvement (so an interrupted run keeps its best
-        epoch) and at the end."""
+        epoch) and at the end. Under torchrun only rank 0 writes."""
+        if not writes:
+            return
         model.config["unseen_labels"] = unseen
         model.config["training"] = {
             "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
@@ -382,9 +447,10 @@ def train(opts: TrainOptions) -> Model:
         save_model(model, opts.out)
 
     def checkpoint(epoch: int) -> None:
-        save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer, generator, {
-            "epoch": epoch, "lr": lr, "best": best, "best_epoch": best_epoch, "stale": stale, "history": history,
-            "seconds": time.perf_counter() - start, "options": opts.signature()})
+        if writes:
+            save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer, generator, {
+                "epoch": epoch, "lr": lr, "best": best, "best_epoch": best_epoch, "stale": stale, "history": history,
+                "seconds": time.perf_counter() - start, "options": opts.signature()})
 
     epoch = first_epoch
     try:
@@ -399,7 +465,7 @@ def train(opts: TrainOptions) -> Model:
                 for x, targets in train_batches:
                     bar.update(1)
                     with engine.autocast():
-                        loss, parts = method.loss(x, targets, seen)
+                        loss, parts = step(x, targets)
                     if not torch.isfinite(loss):
                         raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
                     optimizer.zero_grad(set_to_none=True)
@@ -427,20 +493,24 @@ def train(opts: TrainOptions) -> Model:
             if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
                 console.info(f"early stop: no improvement for {stale} epoch(s)")
                 break
+        # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
+        method.load_state_dict({**method.state_dict(), **best_state})
+        model.config["calibration"] = calibrate(method, engine, val_batches, seen)
     except KeyboardInterrupt:
         console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
                      "of the last finished epoch; run the same command with --resume to continue")
         raise
     finally:
         method.backbone = backbone
+        if share is not None:
+            distributed.close()
     failed |= getattr(train_batches, "failed", set())
     if failed:
         console.warn(f"{len(failed)} training image(s) could not be read and were skipped")
-    # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
-    method.load_state_dict({**method.state_dict(), **best_state})
     method.eval()
     record(complete=True)
-    (Path(opts.out) / CHECKPOINT).unlink(missing_ok=True)
+    if writes:
+        (Path(opts.out) / CHECKPOINT).unlink(missing_ok=True)
     console.info(f"saved {opts.out} (best epoch {best_epoch})")
     return model
 

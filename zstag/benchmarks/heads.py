@@ -20,10 +20,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zstag.backbones import build_backbone
+from zstag.backbones import Backbone, build_backbone
 from zstag.engine import Engine
 from zstag.labels import LabelSet
 from zstag.methods import METHODS, method_class
+from zstag.methods.base import Method
 
 
 def flops(fn) -> int:
@@ -33,14 +34,28 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure(method_name: str, backbone_name: str, size: int, n_labels: int, batch: int, engine: Engine, dim: int = 384) -> dict:
-    backbone = build_backbone(backbone_name, pretrained=False)
-    g = torch.Generator().manual_seed(0)
-    vectors = torch.nn.functional.normalize(torch.randn(n_labels, dim, generator=g), dim=1)
-    seen = LabelSet([f"l{i}" for i in range(n_labels)], vectors)
+def random_labels(n: int, dim: int, seed: int = 0, names: list[str] | None = None) -> LabelSet:
+    """`n` labels with random unit vectors: a method's cost does not depend on what its labels mean,
+    so benchmarks need no text model."""
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
+    return LabelSet(names if names is not None else [f"l{i}" for i in range(n)], vectors)
+
+
+def build_head(method_name: str, backbone: Backbone, seen: LabelSet) -> Method:
+    """`method_name` on `backbone` with its recipe's defaults and random label semantics.
+
+    RGCN-PosVAE falls back to its variant without external nodes when the backbone has no
+    pretraining classifier to supply them.
+    """
     cls = method_class(method_name)
     hp = cls.hyperparameters({"variant": "rgcn"} if method_name == "rgcn-posvae" and backbone.classifier is None else {})
-    method = engine.prepare(cls(backbone, seen, hp, lambda names: LabelSet(names, vectors[: len(names)])))
+    return cls(backbone, seen, hp, lambda names: random_labels(len(names), seen.dim, seed=1, names=names))
+
+
+def measure(method_name: str, backbone_name: str, size: int, n_labels: int, batch: int, engine: Engine, dim: int = 384) -> dict:
+    seen = random_labels(n_labels, dim)
+    method = engine.prepare(build_head(method_name, build_backbone(backbone_name, pretrained=False), seen))
     images = torch.randn(batch, 3, size, size, device=engine.device)
     labels = seen.to(engine.device)
     with torch.inference_mode():

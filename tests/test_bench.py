@@ -1,0 +1,122 @@
+"""`zstag bench`: every section runs on a CPU and reports measured, finite, positive numbers, with
+its ratios computed from the measured values, never typed in."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from zstag.bench import SECTIONS, LargestTensor, PeakMemory, Plan, BenchOptions, write_photos
+from zstag.methods import METHODS
+
+SMALL = ("--quick", "--device", "cpu", "--images", "4", "--batch-size", "2", "--image-size", "64")
+
+
+def numbers(section: dict) -> list[tuple[str, float]]:
+    return [(f"{i}.{k}", float(v)) for i, row in enumerate(section["rows"]) for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def check_common(report: dict, sections: list[str]) -> None:
+    assert list(report["sections"]) == sections
+    assert report["machine"]["torch"] == torch.__version__
+    for name in sections:
+        section = report["sections"][name]
+        assert section["rows"] and section["notes"]
+        for where, value in numbers(section):
+            assert math.isfinite(value), f"{name} {where} = {value}"
+            if not where.endswith("_mib"):  # a block may add no memory at all
+                assert value > 0, f"{name} {where} = {value}"
+        for row in section["rows"]:
+            assert row["device"].startswith("CPU") and row["torch"] == torch.__version__
+            assert row["command"].startswith("zstag bench --quick") and row["batch_size"] > 0 and row["image_size"] > 0
+
+
+def test_bench_tensor_sections(cli, tmp_path):
+    """Everything but end-to-end (whose fresh processes take most of a minute here): see the slow test."""
+    out = tmp_path / "bench.json"
+    only = [s for s in SECTIONS if s != "end-to-end"]
+    result = cli("bench", *SMALL, "--only", ",".join(only), "--json", out)
+    assert result.code == 0, result.err
+    assert result.out == ""  # tables on stderr, JSON in the file
+    assert "zstag bench: vocab-scale" in result.err
+    report = json.loads(out.read_text())
+    check_common(report, only)
+    sections = report["sections"]
+
+    few, many = sections["vocab-scale"]["rows"]
+    assert (few["labels"], many["labels"]) == (100, 10_000)
+    assert many["ratio"] == pytest.approx(many["ms_per_image"] / few["ms_per_image"])
+    assert many["meets_target"] == (many["ratio"] <= many["target"] == 1.10)
+    assert many["bounded"] and many["largest_tensor_elements"] < many["images_x_labels_x_dim"] == 2 * 10_000 * 384
+
+    rows = sections["methods"]["rows"]
+    assert [r["method"] for r in rows] == list(METHODS)
+    assert all(r["backbone"] == "bundled" and r["weights"] == "pretrained" and r["image_size"] == 64 for r in rows)
+    assert sections["forward"]["rows"][0]["image_size"] == 64  # the default model, rebuilt at that size
+    assert all(r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in rows)
+    assert {r["path"].split()[0] for r in sections["decode"]["rows"]} == {"Pillow", "torchvision"}
+    assert sections["forward"]["rows"][0]["images_per_s"] == pytest.approx(2 / (sections["forward"]["rows"][0]["ms_per_batch"] / 1e3))
+
+
+@pytest.mark.slow
+def test_bench_every_section(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli("bench", *SMALL, "--json", out)
+    assert result.code == 0, result.err
+    report = json.loads(out.read_text())
+    check_common(report, list(SECTIONS))
+    batch, single = report["sections"]["end-to-end"]["rows"]
+    assert batch["ratio"] == pytest.approx(batch["zstag_images_per_s"] / batch["loop_images_per_s"])
+    assert batch["meets_target"] == (batch["ratio"] >= batch["target"] == 1.5)
+    assert single["ratio"] == pytest.approx(single["loop_seconds"] / single["zstag_seconds"])
+    assert single["zstag_command"].split()[1:4] == ["-m", "zstag", "-q"]
+
+
+def test_bench_json_to_stdout_and_unknown_section(cli):
+    result = cli("bench", *SMALL, "--only", "decode", "--json", "-")
+    assert result.code == 0, result.err
+    assert list(json.loads(result.out)["sections"]) == ["decode"]
+    bad = cli("bench", *SMALL, "--only", "decode,speed")
+    assert bad.code == 2 and "unknown --only section(s) speed" in bad.err
+
+
+def test_plan_sizes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert Plan.make(BenchOptions(quick=True), cpu).vocab == (100, 10_000)
+    assert Plan.make(BenchOptions(), cpu).vocab == (100, 100_000)
+    assert Plan.make(BenchOptions(), cuda).batch_size == 256
+    assert Plan.make(BenchOptions(images=7, batch_size=3), cpu).images == 7
+
+
+def test_write_photos_links_beyond_the_distinct_ones(tmp_path, monkeypatch):
+    import zstag.bench as bench
+
+    monkeypatch.setattr(bench, "DISTINCT_PHOTOS", 2)
+    paths = write_photos(tmp_path, 3)
+    assert [p.name for p in paths] == ["photo00000.jpg", "photo00001.jpg", "photo00002.jpg"]
+    assert paths[2].read_bytes() == paths[0].read_bytes() != paths[1].read_bytes()
+    from PIL import Image
+
+    with Image.open(paths[0]) as image:
+        assert image.size == (500, 375) and image.format == "JPEG"
+
+
+def test_largest_tensor_sees_intermediates_not_views():
+    a, b = torch.randn(4, 3), torch.randn(3, 5)
+    with LargestTensor() as largest:
+        (a @ b).sum()
+        a[:2].mul_(2)
+        a.expand(1000, 4, 3)
+    assert largest.numel == 20
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
+        block.sum()
+        del block
+    assert memory.mib >= 32

@@ -1,0 +1,146 @@
+"""Calibrated scores (Platt scaling) and per-label thresholds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zstag.calibration import apply, fit_platt
+from zstag.data.vocab import read_thresholds
+from zstag.errors import UsageError
+from zstag.metrics import mean_ap
+from zstag.tagging import label_thresholds, select
+
+
+def test_fit_recovers_the_logistic_model_that_made_the_data():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(3.0, 2.0, size=400_000)  # raw scores on their own, shifted scale
+    truth = rng.random(scores.shape) < 1 / (1 + np.exp(-(1.7 * scores - 6.0)))
+    fitted = fit_platt(scores, truth)
+    assert fitted["scale"] == pytest.approx(1.7, abs=0.03)
+    assert fitted["bias"] == pytest.approx(-6.0, abs=0.08)
+    # Calibrated: among pairs given p ~ 0.7, about 70% are positive.
+    p = apply(torch.tensor(scores), fitted).numpy()
+    band = (p > 0.65) & (p < 0.75)
+    assert truth[band].mean() == pytest.approx(0.7, abs=0.02)
+
+
+def test_fit_survives_separable_data_and_keeps_the_order():
+    scores = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.95]])
+    truth = scores > 0.5
+    fitted = fit_platt(scores, truth)
+    assert math.isfinite(fitted["scale"]) and fitted["scale"] > 0
+    calibrated = apply(torch.tensor(scores), fitted).numpy()
+    assert np.array_equal(np.argsort(calibrated, axis=None), np.argsort(scores, axis=None))
+    assert mean_ap(calibrated, truth)[0] == mean_ap(scores, truth)[0]  # ranking metrics unchanged
+
+
+def test_fit_needs_both_classes():
+    with pytest.raises(UsageError, match="both positive and negative"):
+        fit_platt(np.ones((3, 2)), np.zeros((3, 2), dtype=bool))
+
+
+def test_a_fit_that_would_reverse_the_ranking_is_refused():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=5000)
+    truth = rng.random(5000) < 1 / (1 + np.exp(2 * scores))  # higher score, less often right
+    with pytest.raises(UsageError, match="higher scores are not more often right"):
+        fit_platt(scores, truth)
+
+
+def test_no_calibration_leaves_raw_scores():
+    raw = torch.tensor([[-3.0, 5.0]])
+    assert torch.equal(apply(raw, None), raw)
+
+
+def test_read_thresholds(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("# label<TAB>threshold\nred circle\t0.7\ncafe\u0301\t0.2\n\nred circle\t0.8\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="listed twice"):
+        assert read_thresholds(path) == {"red circle": 0.8, "caf\u00e9": 0.2}
+
+
+@pytest.mark.parametrize("line", ["red circle 0.7", "red circle\tabc", "\t0.5", "red circle\tnan"])
+def test_malformed_threshold_line_names_the_line(tmp_path, line):
+    path = tmp_path / "t.tsv"
+    path.write_text(f"blue square\t0.5\n{line}\n")
+    with pytest.raises(UsageError, match=r"t\.tsv:2: expected 'label<TAB>threshold'"):
+        read_thresholds(path)
+
+
+def test_select_with_per_label_thresholds():
+    names = ["a", "b", "c"]
+    scores = torch.tensor([[0.9, 0.6, 0.3], [0.2, 0.65, 0.95]])
+    thresholds = label_thresholds(names, 0.5, {"c": 0.99, "b": 0.62})
+    assert select(scores, names, 0, thresholds) == [[("a", pytest.approx(0.9))],
+                                                     [("b", pytest.approx(0.65))]]
+    assert label_thresholds(names, None, {}) is None
+    assert select(scores, names, 2, None) == [[("a", pytest.approx(0.9)), ("b", pytest.approx(0.6))],
+                                              [("c", pytest.approx(0.95)), ("b", pytest.approx(0.65))]]
+
+
+def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
+    from zstag.train import TrainOptions, train
+
+    out = tmp_path / "m"
+    train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
+                       semantics=str(word_vectors), epochs=4, image_size=64, device="cpu", workers=0, val_fraction=0.3))
+    calibration = json.loads((out / "config.json").read_text())["calibration"]
+    assert calibration["fitted_on"] == "validation split" and calibration["pairs"] > 0
+    assert math.isfinite(calibration["scale"]) and math.isfinite(calibration["bias"])
+
+    image = sorted(dataset["images"].iterdir())[0]
+    common = ("tag", image, "--labels", dataset["vocab"], "--model", out, "--top-k", "0", "--device", "cpu", "--workers", "0")
+    calibrated = {t["label"]: t["score"] for t in json.loads(cli(*common).out)["tags"]}
+    raw = {t["label"]: t["score"] for t in json.loads(cli(*common, "--raw-scores").out)["tags"]}
+    assert set(calibrated) == set(raw)
+    for label, score in raw.items():
+        expected = 1 / (1 + math.exp(-(calibration["scale"] * score + calibration["bias"])))
+        assert calibrated[label] == pytest.approx(expected, abs=1e-5)
+        assert 0 < calibrated[label] < 1
+
+    # Per-label thresholds through the command line: one label made unreachable, the rest at 0.
+    top = max(calibrated, key=calibrated.get)
+    rules = tmp_path / "thresholds.tsv"
+    rules.write_text(f"{top}\t1.5\nno such label\t0.1\n")
+    result = cli(*common, "--threshold", "0", "--thresholds", rules)
+    assert result.code == 0, result.err
+    kept = {t["label"] for t in json.loads(result.out)["tags"]}
+    assert kept == set(calibrated) - {top}
+    assert "not in the vocabulary" in result.err
+    rules.write_text(f"{top} 0.5\n")
+    bad = cli(*common, "--thresholds", rules)
+    assert bad.code == 2 and "thresholds.tsv:1" in bad.err
+
+
+def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_uncalibrated, dataset, cli):
+    model = trained_uncalibrated
+    before = json.loads((model / "config.json").read_text())
+    assert before["calibration"] is None
+    evaluate = ("eval", "--model", model, "--truth", dataset["manifest"], "--unseen", dataset["unseen"], "--json",
+                "--device", "cpu", "--workers", "0")
+    report_before = json.loads(cli(*evaluate).out)
+    seen = model / "seen.txt"
+    seen.write_text("\n".join(before["seen_labels"]) + "\n")
+    result = cli("calibrate", model, "--data", dataset["manifest"], "--labels", seen, "--device", "cpu", "--workers", "0")
+    assert result.code == 0, result.err
+    fitted = json.loads(result.out)
+    after = json.loads((model / "config.json").read_text())
+    assert after["calibration"] == fitted and after["calibration"]["fitted_on"] == str(dataset["manifest"])
+    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items() if k != "calibration"}
+    assert json.loads(cli(*evaluate).out) == report_before  # an increasing map: same metrics
+
+
+@pytest.fixture
+def trained_uncalibrated(dataset, word_vectors, tmp_path):
+    """A model directory without calibration, as made by older versions or with --val-fraction 0."""
+    from zstag.train import TrainOptions, train
+
+    out = tmp_path / "old"
+    train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
+                       semantics=str(word_vectors), epochs=4, image_size=64, device="cpu", workers=0, val_fraction=0.0))
+    return out
