@@ -48,10 +48,10 @@ def test_bench_tensor_sections(cli, tmp_path):
     sections = report["sections"]
 
     few, many = sections["vocab-scale"]["rows"]
-    assert (few["labels"], many["labels"]) == (100, 10_000)
+    assert (few["labels"], many["labels"]) == (100, 20_000)  # more than one LABEL_CHUNK
     assert many["ratio"] == pytest.approx(many["ms_per_image"] / few["ms_per_image"])
     assert many["meets_target"] == (many["ratio"] <= many["target"] == 1.10)
-    assert many["bounded"] and many["largest_tensor_elements"] < many["images_x_labels_x_dim"] == 2 * 10_000 * 384
+    assert many["bounded"] and many["largest_tensor_elements"] < many["images_x_labels_x_dim"] == 2 * 20_000 * 384
 
     rows = sections["methods"]["rows"]
     assert [r["method"] for r in rows] == list(METHODS)
@@ -86,7 +86,7 @@ def test_bench_json_to_stdout_and_unknown_section(cli):
 
 def test_plan_sizes():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert Plan.make(BenchOptions(quick=True), cpu).vocab == (100, 10_000)
+    assert Plan.make(BenchOptions(quick=True), cpu).vocab == (100, 20_000)
     assert Plan.make(BenchOptions(), cpu).vocab == (100, 100_000)
     assert Plan.make(BenchOptions(), cuda).batch_size == 256
     assert Plan.make(BenchOptions(images=7, batch_size=3), cpu).images == 7

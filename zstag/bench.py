@@ -49,11 +49,13 @@ from zstag import __version__, console
 from zstag.engine import Engine, ImageFiles
 from zstag.errors import MissingWeightsError, UsageError
 from zstag.labels import LabelSet
+from zstag.methods.base import Method
 from zstag.model_io import Model
 
 SECTIONS = ("end-to-end", "forward", "vocab-scale", "methods", "decode")
 PHOTO_SIZE = (500, 375)
 DISTINCT_PHOTOS = 256  # beyond this, photos are hard links to the first ones (generating costs ~30 ms each)
+DECODE_PHOTOS = 2048  # the decode section's share: Pillow on one core takes seconds for these already
 # Everyday photo words for the end-to-end runs (embedded once by the model's text encoder).
 VOCABULARY = ("dog", "cat", "person", "car", "tree", "beach", "mountain", "sky", "building", "flower",
               "food", "boat", "bicycle", "bird", "horse", "sunset", "snow", "river", "street", "house")
@@ -92,9 +94,9 @@ class Plan:
     @classmethod
     def make(cls, opts: BenchOptions, device: torch.device) -> "Plan":
         if opts.quick:
-            plan = cls(images=16, batch_size=8, repeats=1, train_steps=1, vocab=(100, 10_000))
+            plan = cls(images=16, batch_size=8, repeats=1, train_steps=1, vocab=(100, 20_000))
         elif device.type == "cuda":
-            plan = cls(images=4096, batch_size=256, repeats=3, train_steps=5, vocab=(100, 100_000))
+            plan = cls(images=16384, batch_size=256, repeats=3, train_steps=5, vocab=(100, 100_000))
         else:
             plan = cls(images=256, batch_size=32, repeats=3, train_steps=3, vocab=(100, 100_000))
         return cls(images=opts.images or plan.images, batch_size=opts.batch_size or plan.batch_size,
@@ -198,12 +200,14 @@ class Bench:
     def model_ref(self) -> str:
         """How `zstag tag` and the loop name the model: a rebuilt one is saved in the work folder first."""
         model = self.model()
+        if model.config["weights"] == "trained":
+            return self.opts.model
         if model.path is None:
             from zstag.model_io import save_model
 
-            save_model(model, self.work / "model")
             model.path = self.work / "model"
-        return self.opts.model if model.config["weights"] == "trained" else str(model.path)
+            save_model(model, model.path)
+        return str(model.path)
 
     def describe_model(self) -> dict[str, Any]:
         config = self.model().config
@@ -347,7 +351,6 @@ def methods(bench: Bench) -> dict[str, Any]:
     from zstag.backbones import build_backbone
     from zstag.benchmarks.heads import build_head, random_labels
     from zstag.methods import METHODS
-    from zstag.train import make_optimizer
 
     engine, batch = bench.engine, bench.plan.batch_size
     if bench.opts.backbone:
@@ -363,45 +366,57 @@ def methods(bench: Bench) -> dict[str, Any]:
     rows = []
     for name in names:
         try:
-            backbone, weights = build_backbone(name, pretrained=True), "pretrained"
+            backbone, weights = build_backbone(name, pretrained=True), "pretrained" if name != "small" else "random init"
         except MissingWeightsError:
             backbone, weights = build_backbone(name, pretrained=False), "random init (same shape)"
         backbone.requires_grad_(False)  # the default recipe trains the head on a frozen backbone
         size = bench.opts.image_size or (bench.model().image_size if name == bench.model().config["backbone"] else 224)
         x = bench.device_batch(size, backbone)
         for method_name in METHODS:
-            method = engine.prepare(build_head(method_name, backbone, seen))
             fields: dict[str, Any] = {"method": method_name, "backbone": name, "weights": weights}
             try:
-                with PeakMemory(engine.device) as memory:
-                    seconds = bench.timed(infer=lambda: engine.forward(method, x, vocab_dev))["infer"]
-                fields.update(infer_images_per_s=batch / seconds, infer_peak_mib=memory.mib)
-                method.train()
-                backbone.eval()
-                optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], method.hp)
-
-                def step() -> None:
-                    with engine.autocast():
-                        loss, _ = method.loss(x, targets, seen_dev)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-
-                with PeakMemory(engine.device) as memory:
-                    seconds = bench.timed(repeats=bench.plan.train_steps, train=step)["train"]
-                fields.update(train_images_per_s=batch / seconds, train_peak_mib=memory.mib)
+                fields.update(head_speed(bench, engine.prepare(build_head(method_name, backbone, seen)), x, targets,
+                                         seen_dev, vocab_dev))
             except torch.OutOfMemoryError:
                 fields["error"] = f"out of memory at batch {batch}"
             rows.append(bench.row(batch, size, **fields))
-            del method
             if engine.device.type == "cuda":
                 torch.cuda.empty_cache()
     return {"rows": rows, "notes": [
         f"inference: Engine.forward against {SCORED_LABELS} random labels ({precision(engine)}); training: "
         f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels, backbone frozen and run "
         f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up",
-        f"batch {batch}" + ("" if engine.device.type == "cuda" else " (a CPU's batch; a GPU run uses 256)"),
+        f"batch {batch}" + ("" if engine.device.type == "cuda" else " (on a GPU the default is 256)"),
         "peak memory: " + PeakMemory.WHAT[engine.device.type]]}
+
+
+def head_speed(bench: Bench, method: Method, x: torch.Tensor, targets: torch.Tensor, seen: LabelSet,
+               vocab: LabelSet) -> dict[str, float]:
+    """Inference and training images/s of one prepared method, with the peak memory of each.
+
+    Training runs the method's loss, backward and its recipe's optimizer step with the backbone
+    frozen, as the default recipe trains; the head's modules are in training mode.
+    """
+    from zstag.train import make_optimizer
+
+    engine, batch = bench.engine, x.shape[0]
+    with PeakMemory(engine.device) as inference:
+        infer_s = bench.timed(infer=lambda: engine.forward(method, x, vocab))["infer"]
+    method.train()
+    method.backbone.eval()  # frozen batch-norm statistics
+    optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], method.hp)
+
+    def step() -> None:
+        with engine.autocast():
+            loss, _ = method.loss(x, targets, seen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with PeakMemory(engine.device) as training:
+        train_s = bench.timed(repeats=bench.plan.train_steps, train=step)["train"]
+    return {"infer_images_per_s": batch / infer_s, "infer_peak_mib": inference.mib,
+            "train_images_per_s": batch / train_s, "train_peak_mib": training.mib}
 
 
 def decode(bench: Bench) -> dict[str, Any]:
@@ -409,7 +424,7 @@ def decode(bench: Bench) -> dict[str, Any]:
     from zstag.data.jpeg import read_jpeg
 
     model = bench.model()
-    engine, photos, size, batch = bench.engine, bench.photos(), model.image_size, bench.plan.batch_size
+    engine, photos, size, batch = bench.engine, bench.photos()[:DECODE_PHOTOS], model.image_size, bench.plan.batch_size
     dataset = ImageFiles(photos, size)
     files = [torch.frombuffer(read_jpeg(p), dtype=torch.uint8) for p in photos]
     seconds = bench.timed(pillow=lambda: [dataset.decode(i) for i in range(len(photos))],

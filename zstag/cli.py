@@ -327,7 +327,7 @@ def bench(
     device: DeviceOpt = "auto",
     model: Annotated[str, typer.Option("--model", help="Model directory, 'default' (bundled), or a fetched name.")] = "default",
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Measure the model's method on this backbone instead (vgg19, resnet101, ...).")] = None,
-    images: Annotated[Optional[int], typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 4096 on GPU).")] = None,
+    images: Annotated[Optional[int], typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 16384 on GPU).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Square input size (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default 32 on CPU, 256 on GPU).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes for end-to-end runs.")] = None,
