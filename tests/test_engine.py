@@ -154,3 +154,22 @@ def test_run_scores_match_direct_scoring(method, labels, images):
     with torch.no_grad():
         direct = method.score(method.encode((pixels - mean) / std), labels)
     torch.testing.assert_close(scores, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_label_side_work_is_done_once_per_run_not_per_batch(labels, images, monkeypatch):
+    """Engine.run prepares the vocabulary (LESA's W3 v) before the first batch; every batch and
+    every label chunk reuses it, and the scores are those of unprepared labels."""
+    from zstag.methods.lesa import LESA
+
+    torch.manual_seed(0)
+    seen = LabelSet([f"l{i}" for i in range(4)], synth.random_label_vectors(4, DIM, seed=1))
+    lesa = LESA(SmallBackbone(), seen, LESA.hyperparameters({"attentions": 3}), embed=None).eval()
+    engine = Engine("cpu", batch_size=1, workers=0)
+    _, _, expected, _ = run_all(engine, lesa, images, labels)
+    projected = []
+    original = LESA.classifiers
+    monkeypatch.setattr(LESA, "classifiers", lambda self, v: projected.append(len(v)) or original(self, v))
+    monkeypatch.setattr(engine_module, "LABEL_CHUNK", 4)
+    batches, _, scores, _ = run_all(engine, lesa, images, labels)
+    assert len(batches) == 3 and projected == [N_LABELS]
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)

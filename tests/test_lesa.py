@@ -123,6 +123,24 @@ def test_score_scores_any_vocabulary_in_chunks(batch):
     torch.testing.assert_close(full[:, :5], model.score(z, both.subset(slice(0, 5))))
 
 
+@pytest.mark.parametrize("overrides", [{}, {"cluster": True, "clusters": 2}])
+def test_prepared_labels_score_the_same_without_the_projection(batch, overrides, monkeypatch):
+    """prepare_labels computes theta = W3 v once; scoring prepared labels (or slices of them) gives
+    the scores of unprepared ones and never projects again."""
+    seen = seen_labels()
+    model = make(overrides, seen=seen).eval()
+    vocab = LabelSet([f"v{i}" for i in range(7)], synth.random_label_vectors(7, DIM, seed=11))
+    with torch.no_grad():
+        z = model.encode(batch[0])
+        plain = model.score(z, vocab)
+        prepared = model.prepare_labels(vocab)
+        assert set(prepared.derived) == {"lesa.theta"} and prepared.derived["lesa.theta"].shape == (7, model.project.out_features)
+        monkeypatch.setattr(model, "classifiers", lambda vectors: pytest.fail("projected again"))
+        torch.testing.assert_close(model.score(z, prepared), plain)
+        torch.testing.assert_close(model.score(z, prepared.subset(slice(2, 5))), plain[:, 2:5])
+        torch.testing.assert_close(model.score(z, prepared.subset([6, 0])), plain[:, [6, 0]])
+
+
 # -- eq. 13: ranking -----------------------------------------------------------------------------
 
 
@@ -338,7 +356,7 @@ def test_explain_returns_the_scoring_modules_attention(batch, overrides):
     assert maps.shape == (2, len(seen), 4, 4)
     assert float(maps.min()) >= 0 and torch.allclose(maps.flatten(2).amax(2), torch.ones(2, len(seen)))
     att = model.attend(images)
-    per_module = model.module_scores(att.features, seen.vectors)
+    per_module = model.module_scores(att.features, seen)
     scores = model.score(att.features, seen)
     for i in range(2):
         for c in range(len(seen)):

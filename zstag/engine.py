@@ -239,6 +239,12 @@ class Engine:
         return method.to(self.device).eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
+    def vocabulary(self, method: Method, labels: LabelSet) -> LabelSet:
+        """`labels` on this device with the method's label-side work done once (`Method.prepare_labels`),
+        in full precision: it is reused by every batch."""
+        return method.prepare_labels(labels.to(self.device))
+
+    @torch.inference_mode()
     def score(self, method: Method, code: ImageCode, labels: LabelSet) -> torch.Tensor:
         """(B, L) float32 scores, the vocabulary in chunks when the method allows it."""
         if not method.chunkable or len(labels) <= LABEL_CHUNK:
@@ -298,7 +304,7 @@ class Engine:
     def run(self, method: Method, paths: Sequence[Path], labels: LabelSet, image_size: int) -> Iterator[Batch]:
         """Scores of every readable image in `paths` against `labels`, batch by batch, in input order."""
         method = self.prepare(method)
-        labels = labels.to(self.device)
+        labels = self.vocabulary(method, labels)
         backbone = method.backbone
         dataset = ImageFiles(paths, image_size, jpeg_device=self.device if self.gpu_decode else None)
         loader = self.loader(dataset)

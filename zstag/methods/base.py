@@ -8,6 +8,10 @@ bounded memory:
   (LESA's M attention features, (ML)^2P's group vectors, Fast0Tag's principal direction...);
 - `score(code, labels)` ranks a set of labels for those images from their semantic vectors.
 
+Label-side work that does not depend on the images (LESA's projection W3 v) may be done once per
+vocabulary in `prepare_labels`; the engine calls it before the first batch and passes the prepared
+labels, chunk by chunk, to `score`.
+
 Training calls `loss(images, targets, seen)`; the one training loop (`zstag.train`) owns the
 optimiser, schedule, validation and checkpoints, reading its recipe from `defaults`.
 """
@@ -84,7 +88,15 @@ class Method(nn.Module, ABC):
 
     @abstractmethod
     def score(self, code: ImageCode, labels: LabelSet) -> torch.Tensor:
-        """Scores (B, L) of `labels` for encoded images; higher means more relevant."""
+        """Scores (B, L) of `labels` for encoded images; higher means more relevant.
+
+        `labels` may or may not have been through `prepare_labels`; the scores are the same.
+        """
+
+    def prepare_labels(self, labels: LabelSet) -> LabelSet:
+        """`labels` with whatever `score` needs from them alone, computed once per vocabulary
+        (row-aligned tensors in `LabelSet.derived`). Only valid until the weights change. Default: nothing."""
+        return labels
 
     @abstractmethod
     def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:

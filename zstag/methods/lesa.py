@@ -191,9 +191,12 @@ class LESA(Method):
         weight = self.project.weight
         return self.project(vectors.to(device=weight.device, dtype=weight.dtype))
 
-    def module_scores(self, features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """<theta^c, z^m> for every module and label: (B, M, L)."""
-        return torch.einsum("bmf,lf->bml", features, self.classifiers(vectors).to(features.dtype))
+    def module_scores(self, features: torch.Tensor, labels: LabelSet) -> torch.Tensor:
+        """<theta^c, z^m> for every module and label: (B, M, L); theta from `prepare_labels` when there."""
+        theta = labels.derived.get("lesa.theta")
+        if theta is None:
+            theta = self.classifiers(labels.vectors)
+        return torch.einsum("bmf,lf->bml", features, theta.to(features.dtype))
 
     def choose(self, module_scores: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Index (B, L) of the module that scores each label.
@@ -220,8 +223,13 @@ class LESA(Method):
         """The M attention features z (B, M, F); everything a vocabulary needs to be scored."""
         return self.attend(images).features
 
+    def prepare_labels(self, labels: LabelSet) -> LabelSet:
+        """theta = W3 v for the whole vocabulary, once: for 100,000 labels that projection cost as
+        much as the scoring itself when it was redone for every batch (docs/performance.md)."""
+        return labels.with_derived(**{"lesa.theta": self.classifiers(labels.vectors)})
+
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
-        return self.select(self.module_scores(code, labels.vectors), labels.vectors)
+        return self.select(self.module_scores(code, labels), labels.vectors)
 
     def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 14 on a batch; the parts are reported unweighted, the total weighted."""
@@ -249,7 +257,7 @@ class LESA(Method):
         1; the raw alpha sums to 1 over the R regions and would be too faint to draw at 14x14.
         """
         att = self.attend(images)
-        chosen = self.choose(self.module_scores(att.features, labels.vectors), labels.vectors)  # (B, L)
+        chosen = self.choose(self.module_scores(att.features, labels), labels.vectors)  # (B, L)
         maps = att.weights.gather(1, chosen.unsqueeze(2).expand(-1, -1, att.weights.shape[2]))  # (B, L, R)
         maps = maps / maps.amax(dim=2, keepdim=True)
         return maps.unflatten(2, att.grid)
