@@ -56,6 +56,7 @@ def test_kill_9_then_resume(dataset, word_vectors, tmp_path):
 
 def test_ctrl_c_flushes_the_rows_so_far_and_says_how_to_continue(dataset, word_vectors, tmp_path):
     proc, args, images, out = start_run(dataset, word_vectors, tmp_path)
+    assert proc.poll() is None, "the run ended before the signal could reach it"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     stderr = proc.stderr.read().decode()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from zstag import console
+from zstag import console, interrupt
 from zstag.calibration import apply as apply_calibration
 from zstag.data.vocab import read_thresholds, read_vocabulary
 from zstag.engine import Engine
@@ -116,7 +116,7 @@ def tag(opts: TagOptions) -> int:
     failures: list[tuple[str, str]] = []
     done, complete = 0, False
     try:
-        with console.progress("tagging", len(items)) as bar:
+        with interrupt.remembered() as ctrl_c, console.progress("tagging", len(items)) as bar:
             for batch in engine.run(model.method, [p for _, p in items], labels, model.image_size):
                 for index, reason in batch.failures:
                     failures.append((items[index][0], reason))
@@ -131,6 +131,7 @@ def tag(opts: TagOptions) -> int:
                     stream.flush()
                 done += len(batch.indices)
                 bar.update(len(batch.indices) + len(batch.failures))
+                ctrl_c.check()
         complete = True
     except KeyboardInterrupt:
         console.warn(f"interrupted after {done} image(s)" + ("" if stream is None or opts.output == "-" else

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from zstag import console, distributed
+from zstag import console, distributed, interrupt
 from zstag.calibration import fit_platt
 from zstag.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, save_checkpoint
 from zstag.backbones.base import Backbone
@@ -453,57 +453,59 @@ def train(opts: TrainOptions) -> Model:
                 "seconds": time.perf_counter() - start, "options": opts.signature()})
 
     epoch = first_epoch
-    try:
-        for epoch in range(first_epoch, epochs + 1):
-            train_mode()
-            if hp["schedule"] == "step" and epoch > 1 and epoch - 1 in [int(m) for m in hp["lr_milestones"]]:
-                lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
-                _set_lr(optimizer, lr)
-            totals: dict[str, float] = {}
-            steps = 0
-            with console.progress(f"epoch {epoch}/{epochs}", len(train_batches)) as bar:
-                for x, targets in train_batches:
-                    bar.update(1)
-                    with engine.autocast():
-                        loss, parts = step(x, targets)
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    steps += 1
-                    for k, v in {"loss": loss.item(), **parts}.items():
-                        totals[k] = totals.get(k, 0.0) + float(v)
-            means = {k: v / max(steps, 1) for k, v in totals.items()}
-            val = validate(method, engine, val_batches, seen) if val_batches is not None else -means.get("loss", 0.0)
-            history.append({"epoch": epoch, "lr": lr, "val_mAP": val if val_batches is not None else None, **means})
-            parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-            console.info(f"epoch {epoch}/{epochs}  {parts_text}  " + (f"val mAP {100 * val:.2f}  " if val_batches is not None else "")
-                         + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
-            if val > best or best_state is None:
-                best, best_epoch, stale = val, epoch, 0
-                best_state = kept_state(method, finetune)
-                record(complete=False)
-            else:
-                stale += 1
-                if hp["schedule"] == "plateau":
+    with interrupt.remembered() as ctrl_c:
+        try:
+            for epoch in range(first_epoch, epochs + 1):
+                train_mode()
+                if hp["schedule"] == "step" and epoch > 1 and epoch - 1 in [int(m) for m in hp["lr_milestones"]]:
                     lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
                     _set_lr(optimizer, lr)
-            checkpoint(epoch)
-            if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
-                console.info(f"early stop: no improvement for {stale} epoch(s)")
-                break
-        # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
-        method.load_state_dict({**method.state_dict(), **best_state})
-        model.config["calibration"] = calibrate(method, engine, val_batches, seen)
-    except KeyboardInterrupt:
-        console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
-                     "of the last finished epoch; run the same command with --resume to continue")
-        raise
-    finally:
-        method.backbone = backbone
-        if share is not None:
-            distributed.close()
+                totals: dict[str, float] = {}
+                steps = 0
+                with console.progress(f"epoch {epoch}/{epochs}", len(train_batches)) as bar:
+                    for x, targets in train_batches:
+                        bar.update(1)
+                        with engine.autocast():
+                            loss, parts = step(x, targets)
+                        if not torch.isfinite(loss):
+                            raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        steps += 1
+                        for k, v in {"loss": loss.item(), **parts}.items():
+                            totals[k] = totals.get(k, 0.0) + float(v)
+                        ctrl_c.check()
+                means = {k: v / max(steps, 1) for k, v in totals.items()}
+                val = validate(method, engine, val_batches, seen) if val_batches is not None else -means.get("loss", 0.0)
+                history.append({"epoch": epoch, "lr": lr, "val_mAP": val if val_batches is not None else None, **means})
+                parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
+                console.info(f"epoch {epoch}/{epochs}  {parts_text}  " + (f"val mAP {100 * val:.2f}  " if val_batches is not None else "")
+                             + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
+                if val > best or best_state is None:
+                    best, best_epoch, stale = val, epoch, 0
+                    best_state = kept_state(method, finetune)
+                    record(complete=False)
+                else:
+                    stale += 1
+                    if hp["schedule"] == "plateau":
+                        lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
+                        _set_lr(optimizer, lr)
+                checkpoint(epoch)
+                if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
+                    console.info(f"early stop: no improvement for {stale} epoch(s)")
+                    break
+            # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
+            method.load_state_dict({**method.state_dict(), **best_state})
+            model.config["calibration"] = calibrate(method, engine, val_batches, seen)
+        except KeyboardInterrupt:
+            console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
+                         "of the last finished epoch; run the same command with --resume to continue")
+            raise
+        finally:
+            method.backbone = backbone
+            if share is not None:
+                distributed.close()
     failed |= getattr(train_batches, "failed", set())
     if failed:
         console.warn(f"{len(failed)} training image(s) could not be read and were skipped")
