@@ -10,6 +10,15 @@ import pytest
 from zstag import interrupt
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, whatever the test run inherited: a shell starts background jobs
+    with SIGINT ignored, and Python then keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class RaisesInDel:
     """An object whose finaliser receives the signal, like a decoder closed by the garbage collector."""
 
