@@ -199,6 +199,15 @@ def _same_file_key(path: str | Path) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
+def truth_matrix(samples: Sequence[TruthSample], labels: Sequence[str]) -> np.ndarray:
+    """(N, L) booleans: sample i carries label j. Tags outside `labels` are ignored."""
+    index = {name: j for j, name in enumerate(labels)}
+    truth = np.zeros((len(samples), len(labels)), dtype=bool)
+    for i, sample in enumerate(samples):
+        truth[i, [index[t] for t in sample.tags if t in index]] = True
+    return truth
+
+
 def match_predictions(
     rows: Sequence[dict[str, Any]],
     truth_samples: Sequence[TruthSample],
@@ -225,16 +234,12 @@ def match_predictions(
         more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
         raise UsageError(f"{len(missing)} truth image(s) have no prediction: {shown}{more}")
     scores = np.full((len(truth_samples), len(labels)), -np.inf)
-    truth = np.zeros((len(truth_samples), len(labels)), dtype=bool)
-    for i, (sample, key) in enumerate(zip(truth_samples, truth_keys)):
+    for i, key in enumerate(truth_keys):
         for tag in by_file[key]["tags"]:
             j = index.get(tag["label"])
             if j is not None:
                 scores[i, j] = max(scores[i, j], tag["score"])
-        for tag in sample.tags:
-            j = index.get(tag)
-            if j is not None:
-                truth[i, j] = True
+    truth = truth_matrix(truth_samples, labels)
     used = set(truth_keys)
     n_ignored = sum(1 for key in by_file if key not in used)
     return scores, truth, n_ignored

@@ -3,7 +3,6 @@ and turn them into the report of GUIDE §1, as JSON or as a readable table."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from zstag import console
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.vocab import read_vocabulary
 from zstag.errors import UsageError
-from zstag.evaluate import evaluate, evaluation_labels, load_predictions, match_predictions
+from zstag.evaluate import evaluate, evaluation_labels, load_predictions, match_predictions, truth_matrix
 
 
 @dataclass
@@ -72,12 +71,7 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
     else:
         labels = evaluation_labels([], samples, given, unseen)
         scores, samples = model_scores(opts, samples, labels)
-        index = {name: j for j, name in enumerate(labels)}
-        truth = np.zeros(scores.shape, dtype=bool)
-        for i, s in enumerate(samples):
-            for t in s.tags:
-                if t in index:
-                    truth[i, index[t]] = True
+        truth = truth_matrix(samples, labels)
     return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
 
 
@@ -88,18 +82,15 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     (zstag/calibration.py); only config.json changes, through a rename.
     """
     from zstag.calibration import fit_platt
-    from zstag.model_io import CONFIG, resolve_model_dir, write_config
+    from zstag.model_dir import read_config
+    from zstag.model_io import resolve_model_dir, write_config
 
     folder = resolve_model_dir(opts.model)
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
     scores, samples = model_scores(opts, samples, labels)
-    index = {name: j for j, name in enumerate(labels)}
-    truth = np.zeros(scores.shape, dtype=bool)
-    for i, s in enumerate(samples):
-        truth[i, [index[t] for t in s.tags if t in index]] = True
-    fitted = {**fit_platt(scores, truth), "fitted_on": str(opts.truth)}
-    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))  # model_scores loaded it already
+    fitted = {**fit_platt(scores, truth_matrix(samples, labels)), "fitted_on": str(opts.truth)}
+    config = read_config(folder)
     config["calibration"] = fitted
     write_config(folder, config)
     return fitted
