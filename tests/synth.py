@@ -126,3 +126,30 @@ def fit(model: torch.nn.Module, seen, x: torch.Tensor, y: torch.Tensor, steps: i
         total.backward()
         optimiser.step()
     model.eval()
+
+
+def noise_pngs(folder: Path, count: int, shape: tuple[int, int], unreadable: tuple[int, ...] = (), seed: int = 0) -> list[Path]:
+    """`count` PNGs of random pixels (height, width) named 00.png, 01.png, ...; those at the
+    `unreadable` positions hold bytes that are no image."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:02d}.png"
+        if i in unreadable:
+            path.write_bytes(b"this is not a PNG")
+        else:
+            Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def tiny_fast0tag(dim: int = 8):
+    """A Fast0Tag on a randomly initialised small backbone over four seen labels: a cheap, real
+    method for engine tests (scores depend on the pixels through every layer)."""
+    from zstag.backbones.small import SmallBackbone
+    from zstag.labels import LabelSet
+    from zstag.methods.fast0tag import Fast0Tag
+
+    torch.manual_seed(0)
+    seen = LabelSet([f"l{i}" for i in range(4)], random_label_vectors(4, dim, seed=1))
+    return Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None).eval()

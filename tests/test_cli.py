@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zstag.data.manifest import read_dataset
-from zstag.evaluate import evaluate, evaluation_labels
+from zstag.evaluate import evaluation_labels
 from zstag.metrics import mean_ap
 
 

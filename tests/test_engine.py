@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import synth
 from zstag import engine as engine_module
@@ -22,10 +20,7 @@ N_LABELS, DIM, SIZE = 10, 8, 32
 
 @pytest.fixture(scope="module")
 def method() -> Fast0Tag:
-    torch.manual_seed(0)
-    seen = LabelSet([f"l{i}" for i in range(4)], synth.random_label_vectors(4, DIM, seed=1))
-    module = Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None)
-    return module.eval()
+    return synth.tiny_fast0tag(DIM)
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +30,7 @@ def labels() -> LabelSet:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("engine-images")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        path = folder / f"good{i}.png"
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return synth.noise_pngs(tmp_path_factory.mktemp("engine-images"), 3, (SIZE, SIZE))
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +161,38 @@ def test_label_side_work_is_done_once_per_run_not_per_batch(labels, images, monk
     batches, _, scores, _ = run_all(engine, lesa, images, labels)
     assert len(batches) == 3 and projected == [N_LABELS]
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_batch_norms_give_the_same_scores(labels):
+    """Engine.for_inference folds each batch norm into the convolution before it: none is left,
+    and the scores are those of the unfolded network (trained-looking statistics, not the
+    identity a fresh batch norm would be)."""
+    import copy
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    seen = LabelSet([f"l{i}" for i in range(4)], synth.random_label_vectors(4, DIM, seed=1))
+    method = Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None)
+    for norm in [m for m in method.modules() if isinstance(m, nn.BatchNorm2d)]:
+        norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-0.2, 0.2)
+    reference = copy.deepcopy(method).eval()
+    folded = Engine("cpu").for_inference(method)
+    assert not [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    images = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = reference.score(reference.encode(images), labels)
+        got = folded.score(folded.encode(images.contiguous(memory_format=torch.channels_last)), labels)
+    assert expected.std() > 0.01
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norms_in_training_mode_are_not_folded():
+    from torch import nn
+
+    block = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU())
+    engine_module.fold_batch_norms(block.train())
+    assert isinstance(block[1], nn.BatchNorm2d)
+    engine_module.fold_batch_norms(block.eval())
+    assert isinstance(block[1], nn.Identity) and isinstance(block[4], nn.ReLU)

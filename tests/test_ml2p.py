@@ -33,8 +33,8 @@ class TinyBackbone(Backbone):
         self.channels = channels
         self.convs = nn.ModuleList(nn.Conv2d(3, c, 1) for c in channels)
 
-    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [conv(F.avg_pool2d(images, s)) for conv, s in zip(self.convs, (8, 16, 32))]
+    def feature_maps(self, images: torch.Tensor):
+        return (conv(F.avg_pool2d(images, s)) for conv, s in zip(self.convs, (8, 16, 32)))
 
 
 def make(dim: int = 6, backbone: Backbone | None = None, n_labels: int = 5, **overrides) -> tuple[ML2P, LabelSet]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from test_torchvision_backbones import fake_cache, ours_to_timm  # noqa: F401  (fixture)

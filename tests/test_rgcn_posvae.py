@@ -241,9 +241,9 @@ class ColourBackbone(Backbone):
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, len(EXTERNAL)))
         self.class_names = EXTERNAL
 
-    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, images: torch.Tensor):
         near = torch.exp(-4 * (images.unsqueeze(1) - self.palette).pow(2).sum(2))  # (B, 6, H, W)
-        return [10 * F.avg_pool2d(near, s) for s in (8, 16, 32)]
+        return (10 * F.avg_pool2d(near, s) for s in (8, 16, 32))
 
 
 def test_learns_synthetic_tags_on_fixed_features():

@@ -4,7 +4,6 @@ with exactly the weights an uninterrupted run would have written."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -299,7 +299,7 @@ def forward(bench: Bench) -> dict[str, Any]:
     from zstag.benchmarks.heads import random_labels
 
     model = bench.model()
-    engine, method = bench.engine, bench.engine.prepare(model.method)
+    engine, method = bench.engine, bench.engine.for_inference(model.method)
     x = bench.device_batch(model.image_size, method.backbone)
     labels = engine.vocabulary(method, random_labels(SEEN_LABELS, method.dim))
     seconds = bench.timed(forward=lambda: engine.forward(method, x, labels))["forward"]
@@ -314,7 +314,7 @@ def vocab_scale(bench: Bench) -> dict[str, Any]:
     from zstag.benchmarks.heads import random_labels
 
     model = bench.model()
-    engine, method = bench.engine, bench.engine.prepare(model.method)
+    engine, method = bench.engine, bench.engine.for_inference(model.method)
     x = bench.device_batch(model.image_size, method.backbone)
     batch = bench.plan.batch_size
     raw = {str(n): random_labels(n, method.dim) for n in bench.plan.vocab}
@@ -389,7 +389,8 @@ def methods(bench: Bench) -> dict[str, Any]:
     return {"rows": rows, "notes": [
         f"inference: Engine.forward against {SCORED_LABELS} random labels ({precision(engine)}); training: "
         f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels, backbone frozen and run "
-        f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up",
+        f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up; "
+        "batch norms are not folded here (Engine.prepare, as for training), as they are for tagging",
         f"batch {batch}" + ("" if engine.device.type == "cuda" else " (on a GPU the default is 256)"),
         "peak memory: " + PeakMemory.WHAT[engine.device.type]]}
 

@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, or cuda[:i].")]
+WORKERS_HELP = ("Image decoding processes. Default: on a GPU one per core but one (at most 16); on a CPU none: "
+                "threads of this process decode instead, which measured faster there.")
 
 
 def _version(value: bool) -> None:
@@ -170,7 +172,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed for splits, initialisation and shuffling.")] = 0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation.")] = 0.1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable), e.g. --set attentions=1.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT's last epoch checkpoint (same options; --epochs may grow).")] = False,
 ) -> None:
     """Train a tagger on a folder or manifest of tagged images.
@@ -203,7 +205,7 @@ def tag(
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
     device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --output.")] = False,
     extensions: Annotated[Optional[str], typer.Option("--extensions", help="Comma-separated extensions that count as images in folders.")] = None,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Append unreadable inputs to this file as JSON lines.")] = None,
@@ -251,7 +253,7 @@ def eval_(
     protocol: Annotated[str, typer.Option("--protocol", help="zstag (labels without positives left out of mAP) or lesa (counted as AP 0).")] = "zstag",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch (with --model).")] = 64,
     device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes (with --model).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP + " With --model.")] = None,
 ) -> None:
     """Evaluate predictions (or a model) against ground truth: mAP, miAP, P/R/F1@K, ZS and GZS.
 
@@ -285,7 +287,7 @@ def calibrate(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels to fit on (default: every tag in DATA).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
     device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
 ) -> None:
     """Fit score calibration (Platt scaling) on tagged images, so thresholds are probabilities.
 
@@ -330,7 +332,7 @@ def bench(
     images: Annotated[Optional[int], typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 16384 on GPU).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Square input size (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default 32 on CPU, 256 on GPU).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes for end-to-end runs.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP + " For end-to-end runs.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a check that everything runs, not numbers to quote.")] = False,
     only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated sections: end-to-end, forward, vocab-scale, methods, decode.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements as JSON to this file ('-' for stdout).")] = None,

@@ -135,7 +135,7 @@ def tag(opts: TagOptions) -> int:
         complete = True
     except KeyboardInterrupt:
         console.warn(f"interrupted after {done} image(s)" + ("" if stream is None or opts.output == "-" else
-                     f"; rows so far kept, continue with --resume"))
+                     "; rows so far kept, continue with --resume"))
         raise
     finally:
         if stream is not None:

@@ -9,6 +9,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,9 +174,9 @@ class StageCache(Backbone):
         self.classifier, self.class_names = backbone.classifier, backbone.class_names
         self.cached = stages
 
-    def stages(self, rows: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, rows: torch.Tensor) -> Iterator[torch.Tensor]:
         index = rows.to(self.cached[0].device)
-        return [s[index].to(rows.device).float() for s in self.cached]
+        return (s[index].to(rows.device).float() for s in self.cached)
 
 
 class ShuffledBatches(Sampler[list[int]]):

@@ -10,6 +10,8 @@ the pretraining classifier's probabilities.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from itertools import islice
 from typing import ClassVar
 
 import torch
@@ -23,7 +25,7 @@ class Backbone(nn.Module, ABC):
     """Base class of feature extractors.
 
     Subclasses set `channels` (the three stages' channel counts), `region_stage` (index into the
-    stages of the map methods attend over) and implement `stages`. Where the network was pretrained
+    stages of the map methods attend over) and implement `feature_maps`. Where the network was pretrained
     as a classifier, `classifier` maps the pooled last stage to logits over `class_names`.
     """
 
@@ -39,15 +41,22 @@ class Backbone(nn.Module, ABC):
         self.class_names: list[str] | None = None
 
     @abstractmethod
+    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The three feature maps [stride 8, stride 16, stride 32] for normalised images, one at a
+        time: a caller that needs only the first ones stops the network there (`regions`)."""
+
     def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The three feature maps [stride 8, stride 16, stride 32] for normalised images."""
+        """All three feature maps [stride 8, stride 16, stride 32]."""
+        return list(self.feature_maps(images))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.stages(images)
 
     def regions(self, images: torch.Tensor) -> torch.Tensor:
-        """The region map that attention methods use, (B, C, h, w)."""
-        return self.stages(images)[self.region_stage]
+        """The region map that attention methods use, (B, C, h, w). The stages after it are not
+        computed: for the bundled backbone, whose region map is the middle stage, that is a fifth
+        of its multiply-adds (docs/performance.md)."""
+        return next(islice(self.feature_maps(images), self.region_stage, None))
 
     @property
     def region_channels(self) -> int:

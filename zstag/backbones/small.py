@@ -8,6 +8,8 @@ three stages the methods see are 28x28x128, 14x14x256 (the region map, like VGG1
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -41,7 +43,9 @@ class SmallBackbone(Backbone):
             self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
             self.class_names = class_names
 
-    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         c3 = self.stage3(self.stem(images))
+        yield c3
         c4 = self.stage4(c3)
-        return [c3, c4, self.stage5(c4)]
+        yield c4
+        yield self.stage5(c4)

@@ -25,6 +25,7 @@ present with its exact shape.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,13 +83,12 @@ class VGG19Backbone(Backbone):
         self.classifier = _VGGClassifier(net.classifier)
         self.class_names = imagenet_classes()
 
-    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs, x, start = [], images, 0
+    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        x, start = images, 0
         for stop in _VGG_CUTS:
             x = self.features[start:stop](x)
-            outputs.append(x)
+            yield x
             start = stop
-        return outputs
 
 
 class ResNetBackbone(Backbone):
@@ -104,11 +104,13 @@ class ResNetBackbone(Backbone):
         self.classifier = _PooledLinear(net.fc)
         self.class_names = imagenet_classes()
 
-    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         c2 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(images)))))
         c3 = self.layer2(c2)
+        yield c3
         c4 = self.layer3(c3)
-        return [c3, c4, self.layer4(c4)]
+        yield c4
+        yield self.layer4(c4)
 
 
 def timm_to_ours(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
