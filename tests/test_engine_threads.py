@@ -49,16 +49,16 @@ def test_no_decoding_process_by_default_on_a_cpu():
     assert Engine("cpu").workers == 0
 
 
-@pytest.mark.parametrize("cores, batches, expected", [
+@pytest.mark.parametrize("threads, batches, expected", [
     (2, 8, (2, 1)),  # the development machine: a stream per core, one thread each
-    (16, 100, (4, 4)),  # at most MAX_STREAMS, the cores shared among them
-    (8, 1, (1, 8)),  # a lone batch gets every core
+    (16, 100, (4, 4)),  # at most MAX_STREAMS, the threads shared among them
+    (8, 1, (1, 8)),  # a lone batch gets every thread
     (8, 3, (3, 2)),
-    (1, 5, (1, 1)),
+    (1, 5, (1, 1)),  # OMP_NUM_THREADS=1, as torchrun sets: one stream
 ])
-def test_cpu_streams_layout(cores, batches, expected):
+def test_cpu_streams_layout(threads, batches, expected):
     assert engine_module.MAX_STREAMS == 4
-    assert cpu_streams(cores, batches) == expected
+    assert cpu_streams(threads, batches) == expected
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,10 @@ def paths(tmp_path_factory) -> list[Path]:
 
 
 def test_streams_score_in_input_order_on_their_share_of_threads(method, labels, paths, monkeypatch):
-    """Four streams on 8 cores, batches of two: every image scored once, by a stream thread computing
-    with its share of the cores, yielded in input order with the failures where they were, and the
-    scores those of one batch of everything in the main thread."""
-    monkeypatch.setattr(engine_module, "available_cores", lambda: 8)
+    """Two streams (MAX_STREAMS) on torch's 4 threads, batches of two: every image scored once, by a
+    stream thread computing with its share of the threads, yielded in input order with the failures
+    where they were, and the scores those of one batch of everything."""
+    monkeypatch.setattr(engine_module, "MAX_STREAMS", 2)
     seen: list[tuple[str, int]] = []
     encode = type(method).encode
     monkeypatch.setattr(type(method), "encode", lambda self, images: seen.append(
@@ -106,12 +106,16 @@ def test_streams_score_in_input_order_on_their_share_of_threads(method, labels, 
 def test_a_closed_run_leaves_no_stream_working(method, labels, paths, monkeypatch):
     """A caller that stops early (Ctrl-C, a broken pipe) closes the run: the batches not started
     are cancelled, and no stream thread outlives it."""
-    monkeypatch.setattr(engine_module, "available_cores", lambda: 2)
     calls = []
     encode = type(method).encode
     monkeypatch.setattr(type(method), "encode", lambda self, images: calls.append(1) or encode(self, images))
-    run = Engine("cpu", batch_size=1, workers=0).run(method, paths, labels, SIZE)
-    next(run)
-    run.close()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two streams
+    try:
+        run = Engine("cpu", batch_size=1, workers=0).run(method, paths, labels, SIZE)
+        next(run)
+        run.close()
+    finally:
+        torch.set_num_threads(before)
     assert len(calls) <= 4  # the first batch, those under way in 2 streams, and one queued
     assert not [t for t in threading.enumerate() if t.name.startswith("zstag-stream")]

@@ -12,6 +12,16 @@ the GPU computes. On a CPU the cores are the compute, so by default no process s
 is split into streams (`Engine.streamed`): a few threads, each decoding whole batches (Pillow
 releases the GIL while it decodes and resizes) and computing them with its share of torch's
 threads, so every core is busy with one or the other and no core is fought over.
+
+On CUDA, plain JPEGs skip Pillow: the workers only read their bytes, and the main process decodes
+them in batches with nvJPEG (`torchvision.io.decode_jpeg`) and resizes them on the GPU, because
+Pillow on 16 cores decodes about 1,800 photos/s where an H100 runs VGG19 at 7,000 to 11,500 and
+nvJPEG decodes 13,000 (the engineering guide's measurements). Workers may not touch CUDA (they are
+forked), hence the split. `decode_route` decides per file; every file it does not send to the GPU,
+and every batch nvJPEG refuses, takes the Pillow path, so results and error reports for odd files
+stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off. On CUDA one batch also stays
+in flight, so the GPU computes while the caller writes results. docs/performance.md has the
+measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -77,15 +87,16 @@ def default_workers(device: torch.device) -> int:
     return min(16, max(available_cores() - 1, 0)) if device.type == "cuda" else 0
 
 
-def cpu_streams(cores: int, batches: int) -> tuple[int, int]:
-    """(streams, torch threads per stream) for tagging `batches` batches on `cores` CPU cores.
+def cpu_streams(threads: int, batches: int) -> tuple[int, int]:
+    """(streams, torch threads per stream) for tagging `batches` batches with `threads` threads.
 
-    One stream per core, so that no stream's threads wait at another's barriers, but at most
-    `MAX_STREAMS`, as each holds a batch's activations, and no more than there are batches: a lone
-    batch gets every core.
+    `threads` is torch's budget (`torch.get_num_threads()`: the physical cores by default, fewer
+    under OMP_NUM_THREADS, `torch.set_num_threads` or torchrun's one per process). One stream per
+    thread, so that no stream's threads wait at another's barriers, but at most `MAX_STREAMS`, as
+    each holds a batch's activations, and no more than there are batches: a lone batch gets them all.
     """
-    streams = max(1, min(cores, MAX_STREAMS, batches))
-    return streams, max(1, cores // streams)
+    streams = max(1, min(threads, MAX_STREAMS, batches))
+    return streams, max(1, threads // streams)
 
 
 @contextlib.contextmanager
@@ -196,8 +207,8 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     In eval mode a batch norm is a fixed per-channel affine map, so the convolution before it can
     absorb it (`torch.nn.utils.fusion.fuse_conv_bn_eval`) and one pass over the feature map is
     saved: tagging with the default model on 2 CPU cores went from 274 to 292 images/s. Results
-    agree to float rounding. Changes
-    `module` in place (the batch norms become Identity, the state dict changes): for inference only.
+    agree to float rounding. Changes `module` in place (the batch norms become Identity, the state
+    dict changes): for inference only.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -417,8 +428,8 @@ class Engine:
         each batch on both cores and then computing it on both (docs/performance.md). One batch more
         than there are streams is queued, so no stream idles while the caller writes results.
         """
-        batches = list(self.batches(dataset))
-        streams, threads = cpu_streams(available_cores(), len(batches))
+        batches = self.batches(dataset)
+        streams, threads = cpu_streams(torch.get_num_threads(), len(batches))
 
         @torch.inference_mode()  # inference mode is per thread
         def score(indices: list[int]) -> Batch:

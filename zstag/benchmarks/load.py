@@ -5,7 +5,8 @@ and against a very large vocabulary.
         [--images 10000,100000] [--labels 100000] [--vocab-images 1000] [--device cpu]
 
 Each measurement runs `zstag tag` in its own process and reads that process's peak resident set
-(`ru_maxrss` of the child; DataLoader workers are separate processes and not included). The
+(`ru_maxrss` of the child; on a CPU the images are decoded in that process, so it includes the
+decoding; DataLoader workers, on a GPU or with `--workers N`, are separate processes and are not). The
 images are small generated JPEGs (64x48, a few kB each, 1,000 per folder) so that 100,000 of them
 fit on any disk; memory that grows with the number of images would show as a higher peak at
 100,000 than at 10,000. The large vocabulary is WordNet's noun and verb lemmas (Debian's
