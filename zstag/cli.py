@@ -29,6 +29,7 @@ app = typer.Typer(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, or cuda[:i].")]
 WORKERS_HELP = ("Image decoding processes. Default: on a GPU one per core but one (at most 16); on a CPU none: "
                 "threads of this process decode instead, which measured faster there.")
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)]
 
 
 def _version(value: bool) -> None:
@@ -172,7 +173,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed for splits, initialisation and shuffling.")] = 0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation.")] = 0.1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable), e.g. --set attentions=1.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
+    workers: WorkersOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT's last epoch checkpoint (same options; --epochs may grow).")] = False,
 ) -> None:
     """Train a tagger on a folder or manifest of tagged images.
@@ -205,7 +206,7 @@ def tag(
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
     device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
+    workers: WorkersOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --output.")] = False,
     extensions: Annotated[Optional[str], typer.Option("--extensions", help="Comma-separated extensions that count as images in folders.")] = None,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Append unreadable inputs to this file as JSON lines.")] = None,
@@ -287,7 +288,7 @@ def calibrate(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels to fit on (default: every tag in DATA).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
     device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help=WORKERS_HELP)] = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Fit score calibration (Platt scaling) on tagged images, so thresholds are probabilities.
 
