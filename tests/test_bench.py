@@ -120,3 +120,35 @@ def test_peak_memory_sees_a_transient_allocation():
         block.sum()
         del block
     assert memory.mib >= 32
+
+
+def test_head_flops_charge_the_backbone_only_for_the_stages_the_method_runs():
+    """`python -m zstag.benchmarks.heads`: LESA attends over the region map, so its backbone share
+    is what `regions` costs, not all three stages; the head's share is what remains, and the
+    backbone's methods are its own again afterwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zstag.backbones import build_backbone
+    from zstag.benchmarks.heads import build_head, random_labels, scoring_flops
+
+    labels = random_labels(20, 16)
+    method = build_head("lesa", build_backbone("small", pretrained=False), labels).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        total, backbone = scoring_flops(method, images, labels)
+        regions, stages = FlopCounterMode(display=False), FlopCounterMode(display=False)
+        with regions:
+            method.backbone.regions(images)
+        with stages:
+            method.backbone.stages(images)
+    assert backbone == regions.get_total_flops() < stages.get_total_flops()
+    assert total > backbone > 0
+    assert "regions" not in vars(method.backbone)
+
+    # RGCN-PosVAE reaches its backbone twice (all stages, then the pretraining classifier): both count.
+    rgcn = build_head("rgcn-posvae", build_backbone("bundled"), labels).eval()
+    with torch.inference_mode():
+        _, both = scoring_flops(rgcn, images, labels)
+        with stages:
+            rgcn.backbone.stages(images)
+    assert both > stages.get_total_flops()

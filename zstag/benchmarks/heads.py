@@ -3,7 +3,7 @@
     python -m zstag.benchmarks.heads [--backbone vgg19] [--image-size 224] [--labels 1000]
         [--batch 16] [--device auto] [--json FILE]
 
-Counts FLOPs per image with torch's FlopCounterMode (backbone and head separately) and times
+Counts FLOPs per image with torch's FlopCounterMode (the backbone as the method runs it, and the head) and times
 encode + score per image (median of repeats, after a warm-up). Weights are random
 (`pretrained=False`): cost does not depend on them. Ratios between rows are what to read; absolute
 times depend on the machine and its load, which the output names.
@@ -27,11 +27,31 @@ from zstag.methods import METHODS, method_class
 from zstag.methods.base import Method
 
 
-def flops(fn) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
+def scoring_flops(method: Method, images: torch.Tensor, labels: LabelSet) -> tuple[int, int]:
+    """(all, backbone's) FLOPs of scoring `images`, the backbone's counted where the method calls
+    it: a method that stops at the region map (`Backbone.regions`) is not charged for the stages
+    after it, and the rest is the head's."""
+    backbone, outer, inside = method.backbone, FlopCounterMode(display=False), []
+    entry_points = ("regions", "stages", "class_logits")  # how methods reach their backbone
+
+    def counted(call):
+        def run(*args):
+            counter = FlopCounterMode(display=False)  # one per call: entering a counter resets it
+            with counter:
+                result = call(*args)
+            inside.append(counter.get_total_flops())
+            return result
+        return run
+
+    for name in entry_points:
+        setattr(backbone, name, counted(getattr(backbone, name)))  # instance attributes shadow the methods
+    try:
+        with outer:
+            method.score(method.encode(images), labels)
+    finally:
+        for name in entry_points:
+            delattr(backbone, name)
+    return outer.get_total_flops(), sum(inside)
 
 
 def random_labels(n: int, dim: int, seed: int = 0, names: list[str] | None = None) -> LabelSet:
@@ -59,8 +79,7 @@ def measure(method_name: str, backbone_name: str, size: int, n_labels: int, batc
     images = torch.randn(batch, 3, size, size, device=engine.device)
     labels = seen.to(engine.device)
     with torch.inference_mode():
-        backbone_flops = flops(lambda: method.backbone.stages(images))
-        total_flops = flops(lambda: method.score(method.encode(images), labels))
+        total_flops, backbone_flops = scoring_flops(method, images, labels)
         times = []
         for repeat in range(6):
             if engine.device.type == "cuda":
