@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import synth  # noqa: E402
 
-from zstag import console  # noqa: E402
+from zstag.core import console  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

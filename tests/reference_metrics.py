@@ -1,4 +1,4 @@
-"""Straightforward loop versions of zstag.metrics, written from the definitions, as test yardsticks.
+"""Straightforward loop versions of zstag.eval.metrics, written from the definitions, as test yardsticks.
 
 They share no code with the vectorised module: AP walks the distinct thresholds in descending order
 (sklearn's sum_n (R_n - R_{n-1}) P_n), top-K sorts each image's labels by (-score, index).

@@ -147,7 +147,7 @@ def tiny_fast0tag(dim: int = 8):
     """A Fast0Tag on a randomly initialised small backbone over four seen labels: a cheap, real
     method for engine tests (scores depend on the pixels through every layer)."""
     from zstag.backbones.small import SmallBackbone
-    from zstag.labels import LabelSet
+    from zstag.data.labels import LabelSet
     from zstag.methods.fast0tag import Fast0Tag
 
     torch.manual_seed(0)

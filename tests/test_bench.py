@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from zstag.bench import SECTIONS, LargestTensor, PeakMemory, Plan, BenchOptions, write_photos
+from zstag.bench.run import SECTIONS, LargestTensor, PeakMemory, Plan, BenchOptions, write_photos
 from zstag.methods import METHODS
 
 SMALL = ("--quick", "--device", "cpu", "--images", "4", "--batch-size", "2", "--image-size", "64")
@@ -93,7 +93,7 @@ def test_plan_sizes():
 
 
 def test_write_photos_links_beyond_the_distinct_ones(tmp_path, monkeypatch):
-    import zstag.bench as bench
+    import zstag.bench.run as bench
 
     monkeypatch.setattr(bench, "DISTINCT_PHOTOS", 2)
     paths = write_photos(tmp_path, 3)
@@ -123,13 +123,13 @@ def test_peak_memory_sees_a_transient_allocation():
 
 
 def test_head_flops_charge_the_backbone_only_for_the_stages_the_method_runs():
-    """`python -m zstag.benchmarks.heads`: LESA attends over the region map, so its backbone share
+    """`python -m zstag.bench.heads`: LESA attends over the region map, so its backbone share
     is what `regions` costs, not all three stages; the head's share is what remains, and the
     backbone's methods are its own again afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from zstag.backbones import build_backbone
-    from zstag.benchmarks.heads import build_head, random_labels, scoring_flops
+    from zstag.bench.heads import build_head, random_labels, scoring_flops
 
     labels = random_labels(20, 16)
     method = build_head("lesa", build_backbone("small", pretrained=False), labels).eval()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from zstag.data.manifest import read_dataset
-from zstag.evaluate import evaluation_labels
-from zstag.metrics import mean_ap
+from zstag.eval.report import evaluation_labels
+from zstag.eval.metrics import mean_ap
 
 
 def random_map(manifest, labels) -> float:

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from zstag import engine as engine_module
-from zstag.bench import write_photos
+from zstag.engine import engine as engine_module
+from zstag.bench.run import write_photos
 from zstag.data.jpeg import exif_orientation, read_header, read_jpeg
-from zstag.engine import CPU, GPU_JPEG, Engine, ImageFiles, collate, decode_route
+from zstag.engine.engine import CPU, GPU_JPEG, Engine, ImageFiles, collate, decode_route
 
 CUDA, CPU_DEVICE = torch.device("cuda"), torch.device("cpu")
 # Calibrated scores (what `zstag tag` prints) may differ this much between the two decoders: they
@@ -203,7 +203,7 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares nvJPEG with Pillow end to end")
 def test_gpu_decoded_tags_match_cpu_decoded(photos, tmp_path, monkeypatch):
-    from zstag.tagging import TagOptions, tag
+    from zstag.jobs.tag import TagOptions, tag
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("dog\ncat\nbeach\nsky\ncar\ntree\nflower\nhouse\n")
@@ -226,7 +226,7 @@ def test_batches_in_flight_keep_order_scores_and_failures(photos, files):
     CPU (in_flight forced to 1) gives exactly the batches of the plain loop, in the same order."""
     import synth
     from zstag.backbones.small import SmallBackbone
-    from zstag.labels import LabelSet
+    from zstag.data.labels import LabelSet
     from zstag.methods.fast0tag import Fast0Tag
 
     torch.manual_seed(0)

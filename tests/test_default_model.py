@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from zstag.backbones import build_backbone
-from zstag.paths import WEIGHTS_DIR
+from zstag.core.paths import WEIGHTS_DIR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 

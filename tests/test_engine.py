@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import synth
-from zstag import engine as engine_module
+from zstag.engine import engine as engine_module
 from zstag.backbones.small import SmallBackbone
-from zstag.engine import Engine, resolve_device
-from zstag.errors import UsageError
-from zstag.labels import LabelSet
+from zstag.engine.engine import Engine, resolve_device
+from zstag.core.errors import UsageError
+from zstag.data.labels import LabelSet
 from zstag.methods.fast0tag import Fast0Tag
 
 N_LABELS, DIM, SIZE = 10, 8, 32

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import synth
-from zstag import engine as engine_module
-from zstag.engine import Engine, ImageFiles, cpu_streams, default_workers, threads_beside
-from zstag.labels import LabelSet
+from zstag.engine import engine as engine_module
+from zstag.engine.engine import Engine, ImageFiles, cpu_streams, default_workers, threads_beside
+from zstag.data.labels import LabelSet
 from zstag.methods.fast0tag import Fast0Tag
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""zstag.evaluate: the report JSON, reading predictions, and matching them to the truth."""
+"""zstag.eval.report: the report JSON, reading predictions, and matching them to the truth."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import reference_metrics as ref
-from zstag.errors import UsageError
-from zstag.evaluate import evaluate, evaluation_labels, load_predictions, match_predictions
+from zstag.core.errors import UsageError
+from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zstag.explain import TILE, occlusion_maps
-from zstag.model_io import build_model, save_model
+from zstag.jobs.explain import TILE, occlusion_maps
+from zstag.store.model import build_model, save_model
 
 
 @pytest.fixture

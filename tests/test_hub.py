@@ -1,4 +1,4 @@
-"""`zstag.hub` against a tiny Hugging Face-compatible server on 127.0.0.1 (tests/fakehub.py).
+"""`zstag.store.hub` against a tiny Hugging Face-compatible server on 127.0.0.1 (tests/fakehub.py).
 
 Nothing here reaches huggingface.co: HF_ENDPOINT points at the local server, HF_HOME at a
 temporary folder.
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fakehub import COMMIT, serve, sha
 
-from zstag import hub
-from zstag.errors import UsageError, ZstagError
+from zstag.store import hub
+from zstag.core.errors import UsageError, ZstagError
 
 WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4  # any bytes do
 CONFIG = b'{"method": "lesa"}\n'

@@ -18,7 +18,7 @@ from PIL import Image
 
 from zstag.data import images
 from zstag.data.images import IMAGE_EXTENSIONS, decode_image, to_tensor
-from zstag.errors import ImageError
+from zstag.core.errors import ImageError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

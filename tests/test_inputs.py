@@ -12,7 +12,7 @@ import pytest
 
 from zstag.data.images import decode_image
 from zstag.data.inputs import iter_inputs
-from zstag.errors import ImageError
+from zstag.core.errors import ImageError
 
 
 def _tree(root: Path, names: list[str]) -> None:

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from zstag import interrupt
+from zstag.core import interrupt
 
 
 @pytest.fixture(autouse=True)

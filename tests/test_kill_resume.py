@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from zstag.model_io import build_model, save_model
+from zstag.store.model import build_model, save_model
 
 
 def start_run(dataset, word_vectors, tmp_path) -> tuple[subprocess.Popen, list[str], list[str], Path]:

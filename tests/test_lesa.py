@@ -11,7 +11,7 @@ import torch
 import synth
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from zstag.backbones.small import SmallBackbone
-from zstag.labels import LabelSet
+from zstag.data.labels import LabelSet
 from zstag.methods.kmeans import kmeans, nearest
 from zstag.methods.lesa import LESA, distribution_loss, diversity_loss, ranking_loss, relevance_loss
 

@@ -14,7 +14,7 @@ import pytest
 
 from zstag.data.manifest import Sample, dataset_labels, read_dataset
 from zstag.data.splits import remove_unseen, split_validation
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

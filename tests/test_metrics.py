@@ -1,4 +1,4 @@
-"""zstag.metrics: hand-computed tiny cases, random data against loop references, sklearn when installed."""
+"""zstag.eval.metrics: hand-computed tiny cases, random data against loop references, sklearn when installed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import reference_metrics as ref
-from zstag import metrics
-from zstag.metrics import (
+from zstag.eval import metrics
+from zstag.eval.metrics import (
     average_precision_per_label,
     gzsl_harmonic,
     mean_ap,

@@ -12,7 +12,7 @@ from torch import nn
 import synth
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from zstag.backbones.small import SmallBackbone
-from zstag.labels import LabelSet
+from zstag.data.labels import LabelSet
 from zstag.methods.ml2p import (
     ML2P,
     ChannelAttention,

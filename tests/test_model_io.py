@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from zstag.errors import ModelError, UsageError
-from zstag.model_io import CONFIG, WEIGHTS, build_model, load_model, resolve_model_dir, save_model
+from zstag.core.errors import ModelError, UsageError
+from zstag.store.model import CONFIG, WEIGHTS, build_model, load_model, resolve_model_dir, save_model
 
 SEEN = ["red circle", "blue square", "green triangle", "yellow circle"]
 UNSEEN = ["purple square", "orange triangle"]

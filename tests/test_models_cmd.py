@@ -17,9 +17,9 @@ import pytest
 import torch
 from fakehub import TOKEN, serve, sha
 
-from zstag import catalog, hub, publish
-from zstag.errors import ModelError, UsageError, ZstagError
-from zstag.model_io import CONFIG, WEIGHTS, build_model, load_model, save_model
+from zstag.store import catalog, hub, publish
+from zstag.core.errors import ModelError, UsageError, ZstagError
+from zstag.store.model import CONFIG, WEIGHTS, build_model, load_model, save_model
 
 SEEN = ["red circle", "blue square", "green triangle", "yellow circle"]
 UNSEEN = ["purple square", "orange triangle"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import synth
-from zstag.engine import Engine
-from zstag.model_io import build_model, save_model
-from zstag.outputs import StreamOutput, format_row, header, read_done_images, write_txt_sidecar
+from zstag.engine.engine import Engine
+from zstag.store.model import build_model, save_model
+from zstag.outputs.streams import StreamOutput, format_row, header, read_done_images, write_txt_sidecar
 
 TAGS = [("dog", 0.9123456789), ("coral reef", 0.25)]
 

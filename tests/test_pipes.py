@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from zstag.model_io import build_model, save_model
+from zstag.store.model import build_model, save_model
 
 
 def test_rows_stream_through_a_pipe_before_the_run_ends(dataset, word_vectors, tmp_path):

@@ -16,10 +16,10 @@ import synth  # noqa: E402
 
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: E402
 from zstag.backbones.small import SmallBackbone  # noqa: E402
-from zstag.errors import UsageError  # noqa: E402
-from zstag.labels import LabelSet  # noqa: E402
+from zstag.core.errors import UsageError  # noqa: E402
+from zstag.data.labels import LabelSet  # noqa: E402
 from zstag.methods import method_class  # noqa: E402
-from zstag.methods.rgcn_posvae import (  # noqa: E402
+from zstag.methods.rgcn.posvae import (  # noqa: E402
     PosVAE,
     RelationNet,
     RGCNPosVAE,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zstag.distributed import Share, current_share, parse_shard
-from zstag.errors import UsageError
-from zstag.model_io import build_model, save_model
+from zstag.engine.distributed import Share, current_share, parse_shard
+from zstag.core.errors import UsageError
+from zstag.store.model import build_model, save_model
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 17, 100])
@@ -115,7 +115,7 @@ def test_torchrun_ddp_training_matches_single_process(dataset, word_vectors, tmp
     normalised over the pairs of the whole batch, like Fast0Tag's, differs slightly)."""
     from safetensors.torch import load_file
 
-    from zstag.train import TrainOptions, train
+    from zstag.training.trainer import TrainOptions, train
 
     common = ["--method", "conse", "--backbone", "small", "--semantics", str(word_vectors), "--unseen",
               str(dataset["unseen"]), "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu",

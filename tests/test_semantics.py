@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 from zstag.semantics import EmbeddingCache, embed_labels, get_semantics
 from zstag.semantics.base import Semantics
 from zstag.semantics.vectors import VectorFileSemantics, words_of

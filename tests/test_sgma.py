@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from zstag.backbones.small import SmallBackbone
-from zstag.errors import UsageError
-from zstag.labels import LabelSet
+from zstag.core.errors import UsageError
+from zstag.data.labels import LabelSet
 from zstag.methods.sgma import (
     SGMA,
     boxcar_mask,

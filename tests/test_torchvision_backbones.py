@@ -16,10 +16,10 @@ import torchvision
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from zstag import hub
+from zstag.store import hub
 from zstag.backbones import build_backbone
 from zstag.backbones.torchvision_nets import build_torchvision, timm_to_ours
-from zstag.errors import MissingWeightsError, ModelError
+from zstag.core.errors import MissingWeightsError, ModelError
 
 
 def ours_to_timm(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

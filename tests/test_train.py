@@ -13,9 +13,9 @@ import torch
 
 import synth
 from zstag.cli import parse_sets
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 from zstag.methods.base import RECIPE_DEFAULTS
-from zstag.train import TrainOptions, augment, make_optimizer, train
+from zstag.training.trainer import TrainOptions, augment, make_optimizer, train
 
 
 def test_augment_without_crop_flips_or_keeps_each_image_exactly():
@@ -110,8 +110,8 @@ def test_frozen_backbone_trains_on_cached_features(dataset, word_vectors, tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    from zstag.model_io import load_model
-    from zstag.train import TrainOptions, train
+    from zstag.store.model import load_model
+    from zstag.training.trainer import TrainOptions, train
 
     out = tmp_path / "lesa"
     model = train(TrainOptions(data=dataset["manifest"], method="lesa", out=out, backbone="small",

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import synth
-from zstag import train as train_module
-from zstag.checkpoint import CHECKPOINT, load_checkpoint
-from zstag.errors import ModelError, UsageError
-from zstag.train import TrainOptions, train
+from zstag.training import trainer as train_module
+from zstag.training.checkpoint import CHECKPOINT, load_checkpoint
+from zstag.core.errors import ModelError, UsageError
+from zstag.training.trainer import TrainOptions, train
 
 
 @pytest.fixture(scope="module")

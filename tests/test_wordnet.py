@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import synth  # noqa: E402
 
-from zstag import knowledge_graph as kg  # noqa: E402
-from zstag.wordnet import WordNet, has_wordnet, load_wordnet  # noqa: E402
+from zstag.methods.rgcn import graph as kg  # noqa: E402
+from zstag.methods.rgcn.wordnet import WordNet, has_wordnet, load_wordnet  # noqa: E402
 
 real_wordnet = pytest.mark.skipif(not has_wordnet(None), reason="WordNet 3.0 (wordnet-base) not installed")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zstag.errors import ImageError
-from zstag.xmp import write_xmp_sidecar
+from zstag.core.errors import ImageError
+from zstag.outputs.xmp import write_xmp_sidecar
 
 NS = {
     "x": "adobe:ns:meta/",

@@ -13,8 +13,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zstag import __version__, console
-from zstag.errors import ZstagError
+from zstag import __version__
+from zstag.core import console
+from zstag.core.errors import ZstagError
 
 app = typer.Typer(
     name="zstag",
@@ -49,7 +50,7 @@ def _main(
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs; values are JSON where they parse (numbers, true/false, lists), else strings."""
-    from zstag.errors import UsageError
+    from zstag.core.errors import UsageError
 
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -77,8 +78,8 @@ def fetch(
       zstag fetch vgg19 minilm\n
       zstag fetch hf://someone/zstag-lesa-model@main
     """
-    from zstag import hub
-    from zstag.errors import UsageError
+    from zstag.store import hub
+    from zstag.core.errors import UsageError
 
     if list_:
         for entry in hub.list_registry(cache_dir=cache_dir):
@@ -111,7 +112,7 @@ def models(
       zstag models runs/ --json | jq -r 'select(.error == null) | .name'\n
       zstag models --path ~/models | sort -t$'\\t' -k10 -g
     """
-    from zstag import catalog
+    from zstag.store import catalog
 
     rows, broken = catalog.list_models(paths or [], search or [], cache_dir=cache_dir)
     if as_json:
@@ -148,7 +149,7 @@ def push(
       zstag push models/lesa hf://me/zstag-lesa-photos --revision v2 --private -m "more epochs"\n
       zstag fetch hf://me/zstag-lesa-photos && zstag tag photos/ --labels vocab.txt --model hf://me/zstag-lesa-photos
     """
-    from zstag.publish import push as run_push
+    from zstag.store.publish import push as run_push
 
     result = run_push(model_dir, url, private=private, revision=revision, message=message)
     for warning in result.warnings:
@@ -184,7 +185,7 @@ def train(
       zstag train data.csv --method lesa --set attentions=1 --out models/lesa-m1\n
       zstag train data/train.jsonl --method lesa --out models/lesa --resume   (after an interruption)
     """
-    from zstag.train import TrainOptions, train as run_train
+    from zstag.training.trainer import TrainOptions, train as run_train
 
     run_train(TrainOptions(data=data, method=method, out=out, unseen=unseen, labels=labels, backbone=backbone,
                            semantics=semantics, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
@@ -223,9 +224,9 @@ def tag(
       zstag tag /data --labels vocab.txt --shard 3/16 -o tags.3.jsonl   (one task of a job array)\n
       torchrun --nproc-per-node 8 -m zstag tag /data --labels vocab.txt -o tags.jsonl
     """
-    from zstag.errors import UsageError
-    from zstag.outputs import FORMATS
-    from zstag.tagging import TagOptions, tag as run_tag
+    from zstag.core.errors import UsageError
+    from zstag.outputs.streams import FORMATS
+    from zstag.jobs.tag import TagOptions, tag as run_tag
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}: use {', '.join(FORMATS)}")
@@ -262,8 +263,8 @@ def eval_(
       zstag eval --predictions tags.jsonl --truth test.jsonl --unseen unseen.txt --json\n
       zstag eval --model models/lesa --truth test.jsonl --unseen unseen.txt
     """
-    from zstag.errors import UsageError
-    from zstag.evaluation_run import EvalOptions, run_eval, render_report
+    from zstag.core.errors import UsageError
+    from zstag.jobs.evaluate import EvalOptions, run_eval, render_report
 
     if (predictions is None) == (model is None):
         raise UsageError("give exactly one of --predictions FILE or --model MODEL")
@@ -298,7 +299,7 @@ def calibrate(
     Example:\n
       zstag calibrate models/lesa --data data/val.jsonl
     """
-    from zstag.evaluation_run import EvalOptions, run_calibrate
+    from zstag.jobs.evaluate import EvalOptions, run_calibrate
 
     fitted = run_calibrate(EvalOptions(truth=data, model=model, labels=labels, batch_size=batch_size, device=device,
                                        workers=workers))
@@ -320,7 +321,7 @@ def explain(
       zstag explain photo.jpg --labels vocab.txt --out explained/\n
       zstag explain ./photos --labels vocab.txt --model models/sgma --top-k 5 -o explained/
     """
-    from zstag.explain import ExplainOptions, explain as run_explain
+    from zstag.jobs.explain import ExplainOptions, explain as run_explain
 
     raise typer.Exit(run_explain(ExplainOptions(inputs=inputs, labels=labels, out=out, model=model, top_k=top_k, device=device)))
 
@@ -347,7 +348,7 @@ def bench(
       zstag bench --device cuda --backbone vgg19 --image-size 224\n
       zstag bench --quick --only forward,vocab-scale
     """
-    from zstag.bench import BenchOptions, run as run_bench
+    from zstag.bench.run import BenchOptions, run as run_bench
 
     sections = [s.strip() for s in only.split(",") if s.strip()] if only else None
     report = run_bench(BenchOptions(device=device, model=model, backbone=backbone, images=images, image_size=image_size,

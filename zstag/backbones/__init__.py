@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from zstag.backbones.base import Backbone
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 
 BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101")
 

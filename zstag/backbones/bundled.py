@@ -11,8 +11,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zstag.backbones.small import SmallBackbone
-from zstag.errors import MissingWeightsError, ModelError
-from zstag.paths import WEIGHTS_DIR
+from zstag.core.errors import MissingWeightsError, ModelError
+from zstag.core.paths import WEIGHTS_DIR
 
 BUNDLED_DIR = WEIGHTS_DIR / "bundled"
 

@@ -33,7 +33,7 @@ import torchvision
 from torch import nn
 
 from zstag.backbones.base import Backbone
-from zstag.errors import MissingWeightsError, ModelError
+from zstag.core.errors import MissingWeightsError, ModelError
 
 WEIGHTS_FILE = "model.safetensors"
 # VGG19 `features` indices: conv4_4's ReLU is 26, conv5_4's ReLU is 35, pool5 is 36.
@@ -172,7 +172,7 @@ def build_torchvision(name: str, pretrained: bool) -> Backbone:
         raise ModelError(f"unknown torchvision backbone {name!r}; choose one of {', '.join(builders)}")
     weights = None
     if pretrained:
-        from zstag import hub
+        from zstag.store import hub
 
         folder = hub.cached(name)
         if folder is None or not (folder / WEIGHTS_FILE).is_file():

@@ -2,7 +2,7 @@
 
 Tagging runs over folders of real photos and drawings, dirt included (zero-byte files, HTML saved
 as .jpg, half-downloaded JPEGs, a 623-megapixel clip-art PNG). One bad file must never stop a run:
-`decode_image` turns every failure into `zstag.errors.ImageError(reason)`, which the engine reports
+`decode_image` turns every failure into `zstag.core.errors.ImageError(reason)`, which the engine reports
 per input (exit code 3, GUIDE §1) while every readable input still gets its tags.
 
 Choices made here, and why (docs/reliability.md lists the tests that pin each one):
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zstag.errors import ImageError
+from zstag.core.errors import ImageError
 
 # Common still-image extensions, kept to those the installed Pillow can actually open (AVIF, for
 # one, needs Pillow >= 11.2), so that a folder walk never selects files it cannot read.

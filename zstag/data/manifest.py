@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zstag.data.vocab import unique_labels
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import unicodedata
 import warnings
 from pathlib import Path
 
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 
 
 def normalise_label(label: str) -> str:

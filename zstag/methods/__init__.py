@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 
 # name -> "module:Class"; modules are imported only when used, to keep start-up fast.
 METHODS: dict[str, str] = {
     "lesa": "zstag.methods.lesa:LESA",
     "sgma": "zstag.methods.sgma:SGMA",
-    "rgcn-posvae": "zstag.methods.rgcn_posvae:RGCNPosVAE",
+    "rgcn-posvae": "zstag.methods.rgcn.posvae:RGCNPosVAE",
     "ml2p": "zstag.methods.ml2p:ML2P",
     "fast0tag": "zstag.methods.fast0tag:Fast0Tag",
     "conse": "zstag.methods.conse:ConSE",

@@ -12,7 +12,7 @@ Label-side work that does not depend on the images (LESA's projection W3 v) may 
 vocabulary in `prepare_labels`; the engine calls it before the first batch and passes the prepared
 labels, chunk by chunk, to `score`.
 
-Training calls `loss(images, targets, seen)`; the one training loop (`zstag.train`) owns the
+Training calls `loss(images, targets, seen)`; the one training loop (`zstag.training.trainer`) owns the
 optimiser, schedule, validation and checkpoints, reading its recipe from `defaults`.
 """
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from zstag.backbones.base import Backbone
-from zstag.labels import LabelSet
+from zstag.data.labels import LabelSet
 
 # The image code: a tensor or a dict of tensors whose first dimension is the batch.
 ImageCode = torch.Tensor | dict[str, torch.Tensor]

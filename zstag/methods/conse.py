@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zstag.backbones.base import Backbone
-from zstag.labels import LabelSet
+from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, Method
 from zstag.methods.common import global_feature
 

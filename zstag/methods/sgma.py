@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zstag.backbones.base import Backbone
-from zstag.errors import UsageError
-from zstag.labels import LabelSet
+from zstag.core.errors import UsageError
+from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, ImageCode, Method
 from zstag.methods.kmeans import kmeans
 

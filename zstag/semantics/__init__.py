@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zstag.errors import UsageError
-from zstag.labels import LabelSet
+from zstag.core.errors import UsageError
+from zstag.data.labels import LabelSet
 from zstag.semantics.base import Semantics
 from zstag.semantics.cache import EmbeddingCache
 
@@ -29,7 +29,7 @@ def get_semantics(name: str) -> Semantics:
     if name == "minilm":
         return SentenceSemantics(None, key="minilm")
     if name == "glove-300":
-        from zstag import hub
+        from zstag.store import hub
 
         folder = hub.cached("glove-300")
         if folder is None:

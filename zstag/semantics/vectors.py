@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.errors import UsageError
+from zstag.core.errors import UsageError
 from zstag.semantics.base import Semantics
 
 _WORD = re.compile(r"[\w']+")

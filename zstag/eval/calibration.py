@@ -1,0 +1,66 @@
+"""Calibrated scores: one threshold that means the same for every label and every method.
+
+Each method scores on its own scale (LESA's ranking scores, ConSE's cosine similarities,
+SGMA's logits), so `--threshold 0.5` would mean something different for each. Platt scaling maps
+a raw score s to p = sigmoid(scale * s + bias), with scale and bias fitted by logistic regression
+on the (image, label) pairs of a held-out split: p then estimates how often a tag with that raw
+score is right. The fit is global (one scale and bias per model, not per label) because unseen
+labels, which zero-shot tagging is for, have no examples to fit on; ranking metrics (mAP, F1@K)
+are unchanged by it, since the map is increasing.
+
+Training fits it on the validation split and stores it in the model's config (`calibration`);
+`zstag calibrate` fits it afterwards on any tagged set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from zstag.core.errors import UsageError
+
+
+def fit_platt(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> dict[str, Any]:
+    """Scale and bias by Newton's method on the log loss, with Platt's (1999) smoothed targets
+    ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) so that a separable set does not send them to infinity."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(truth, dtype=bool).ravel()
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        raise UsageError("calibration needs both positive and negative (image, label) pairs")
+    target = np.where(y, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    # Standardise for a well-conditioned Newton step, then map back to the raw score.
+    mu, sigma = float(s.mean()), float(s.std()) or 1.0
+    z = (s - mu) / sigma
+    a, b = 1.0, math.log((positives + 1) / (negatives + 1))
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(a * z + b)))
+        w = np.maximum(p * (1 - p), 1e-12)
+        g = np.array([np.dot(p - target, z), np.sum(p - target)])
+        h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), np.sum(w)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    if not a > 0:
+        # A decreasing map would reverse the method's ranking; such data cannot calibrate it.
+        raise UsageError(f"calibration failed: on these {len(s)} (image, label) pairs higher scores are not more "
+                         "often right (fitted scale <= 0); use a larger or more representative set")
+    scale, bias = a / sigma, b - a * mu / sigma
+    p = 1 / (1 + np.exp(-(scale * s + bias)))
+    eps = 1e-12
+    log_loss = float(-np.mean(y * np.log(p + eps) + (~y) * np.log(1 - p + eps)))
+    return {"scale": float(scale), "bias": float(bias), "pairs": int(len(s)), "positives": positives,
+            "log_loss": log_loss, "base_rate": positives / len(s)}
+
+
+def apply(scores: torch.Tensor, calibration: dict[str, Any] | None) -> torch.Tensor:
+    """Calibrated probabilities, or the raw scores when the model has no calibration."""
+    if not calibration:
+        return scores
+    return torch.sigmoid(scores * float(calibration["scale"]) + float(calibration["bias"]))

@@ -1,0 +1,119 @@
+"""`zstag eval`: gather scores (from a predictions file, or by running a model through the engine)
+and turn them into the report of GUIDE §1, as JSON or as a readable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zstag.core import console
+from zstag.data.manifest import Sample, read_dataset
+from zstag.data.vocab import read_vocabulary
+from zstag.core.errors import UsageError
+from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions, truth_matrix
+
+
+@dataclass
+class EvalOptions:
+    truth: Path
+    predictions: Path | None = None
+    model: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    labels: Path | None = None
+    unseen: Path | None = None
+    ks: list[int] = field(default_factory=lambda: [3, 5])
+    protocol: str = "zstag"
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+
+
+def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:
+    """Scores of `labels` for the truth images, computed by the engine; unreadable images are left out."""
+    from zstag.engine.engine import Engine
+    from zstag.store.model import load_model
+
+    if opts.inputs:
+        from zstag.data.inputs import iter_inputs
+
+        wanted = {Path(p).resolve() for _, p in iter_inputs(opts.inputs)}
+        samples = [s for s in samples if s.image.resolve() in wanted]
+        if not samples:
+            raise UsageError("none of the given images is in the truth")
+    model = load_model(opts.model)
+    vocab = model.embed(labels)
+    engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
+    scores = np.zeros((len(samples), len(labels)), dtype=np.float32)
+    kept = np.zeros(len(samples), dtype=bool)
+    with console.progress("scoring", len(samples)) as bar:
+        for batch in engine.run(model.method, [s.image for s in samples], vocab, model.image_size):
+            for index, reason in batch.failures:
+                console.warn(f"cannot read {samples[index].image}: {reason}; left out of the evaluation")
+            scores[batch.indices] = batch.scores.numpy()
+            kept[batch.indices] = True
+            bar.update(len(batch.indices) + len(batch.failures))
+    return scores[kept], [s for s, k in zip(samples, kept) if k]
+
+
+def run_eval(opts: EvalOptions) -> dict[str, Any]:
+    samples = read_dataset(opts.truth)
+    unseen = read_vocabulary(opts.unseen) if opts.unseen else None
+    given = read_vocabulary(opts.labels) if opts.labels else None
+    if opts.predictions is not None:
+        rows = load_predictions(opts.predictions)
+        labels = evaluation_labels(rows, samples, given, unseen)
+        scores, truth, ignored = match_predictions(rows, samples, labels)
+        if ignored:
+            console.info(f"{ignored} prediction(s) for images outside the truth ignored")
+    else:
+        labels = evaluation_labels([], samples, given, unseen)
+        scores, samples = model_scores(opts, samples, labels)
+        truth = truth_matrix(samples, labels)
+    return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+
+
+def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
+    """Fit the model's score calibration on a tagged set and store it in the model's config.
+
+    The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
+    (zstag/eval/calibration.py); only config.json changes, through a rename.
+    """
+    from zstag.eval.calibration import fit_platt
+    from zstag.store.config import read_config
+    from zstag.store.model import resolve_model_dir, write_config
+
+    folder = resolve_model_dir(opts.model)
+    samples = read_dataset(opts.truth)
+    labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
+    scores, samples = model_scores(opts, samples, labels)
+    fitted = {**fit_platt(scores, truth_matrix(samples, labels)), "fitted_on": str(opts.truth)}
+    config = read_config(folder)
+    config["calibration"] = fitted
+    write_config(folder, config)
+    return fitted
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """A compact table for people: one line per setting, percentages."""
+    def pct(v: Any) -> str:
+        return "   -  " if v is None else f"{100 * v:6.2f}"
+
+    lines = []
+    for name in ("zs", "gzs"):
+        section = report.get(name)
+        if not section:
+            continue
+        ks = sorted(section["at_k"], key=int)
+        head = f"{'':4} {'mAP':>6} {'miAP':>6} " + " ".join(f"{'P@' + k:>6} {'R@' + k:>6} {'F1@' + k:>6}" for k in ks)
+        if not lines:
+            lines.append(head)
+        at_k = " ".join(f"{pct(section['at_k'][k]['P'])} {pct(section['at_k'][k]['R'])} {pct(section['at_k'][k]['F1'])}" for k in ks)
+        lines.append(f"{name.upper():4} {pct(section['mAP'])} {pct(section['miAP'])} {at_k}   "
+                     f"({section['n_images']} images, {section['n_labels']} labels)")
+    single = report.get("single_label")
+    if single:
+        lines.append("single-label: " + ", ".join(f"{k} {pct(v).strip()}" for k, v in single.items()))
+    return "\n".join(lines)

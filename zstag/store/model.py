@@ -1,0 +1,140 @@
+"""Model directories: `config.json` + `model.safetensors`, never a pickle.
+
+A model is rebuilt from its config (method, backbone, semantics, hyperparameters, training labels)
+and its tensors loaded strictly. A frozen, pretrained backbone is not copied into every model: its
+tensors stay in the fetch cache or `weights/`, and the config says so (`backbone_in_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from zstag import __version__
+from zstag.core.atomic import atomic_write
+from zstag.backbones import build_backbone
+from zstag.core.errors import ModelError, UsageError, ZstagError
+from zstag.data.labels import LabelSet
+from zstag.methods import method_class
+from zstag.methods.base import Method
+from zstag.store.config import CONFIG, WEIGHTS, read_config
+from zstag.core.paths import WEIGHTS_DIR
+from zstag.semantics import embed_labels, get_semantics
+from zstag.semantics.base import Semantics
+
+
+@dataclass
+class Model:
+    """A ready-to-use tagger: the method module with what it was trained with."""
+
+    method: Method
+    config: dict[str, Any]
+    semantics: Semantics
+    path: Path | None = None
+    seen: LabelSet | None = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    def embed(self, labels: list[str]) -> LabelSet:
+        return embed_labels(self.semantics, labels)
+
+
+def build_model(method: str, backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
+                image_size: int, pretrained: bool = True) -> Model:
+    """A fresh (or to-be-loaded) model; `hp` holds the user's overrides only."""
+    cls = method_class(method)
+    sem = get_semantics(semantics)
+    net = build_backbone(backbone, pretrained=pretrained)
+    seen = embed_labels(sem, seen_labels)
+    full_hp = cls.hyperparameters(hp)
+    module = cls(net, seen, full_hp, lambda names: embed_labels(sem, names))
+    config = {
+        "format": 1,
+        "zstag_version": __version__,
+        "method": method,
+        "backbone": backbone,
+        "semantics": semantics,
+        "semantic_dim": seen.dim,
+        "image_size": image_size,
+        "hp": full_hp,
+        "seen_labels": list(seen_labels),
+    }
+    return Model(module, config, sem, seen=seen)
+
+
+def save_model(model: Model, out_dir: Path) -> None:
+    """Write the model directory atomically (each file through a rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep_backbone = bool(model.config["hp"].get("finetune_backbone")) or model.config["backbone"] == "small"
+    model.config["backbone_in_weights"] = keep_backbone
+    state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
+             if keep_backbone or not k.startswith("backbone.")}
+    atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_config(out_dir, model.config)
+
+
+def write_config(model_dir: Path, config: dict[str, Any]) -> None:
+    """Replace a model directory's config.json atomically (e.g. after `zstag calibrate`)."""
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(model_dir) / CONFIG, lambda tmp: Path(tmp).write_text(text))
+
+
+def resolve_model_dir(ref: str | Path) -> Path:
+    """`default` -> the bundled model; a folder; or a fetched name / hf:// URL from the cache."""
+    ref = str(ref)
+    if ref == "default":
+        return WEIGHTS_DIR / "default"
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"--model must be a model directory (config.json + model.safetensors), got a file: {ref}")
+    from zstag.store import hub
+
+    try:
+        cached = hub.cached(ref)
+    except ZstagError:  # not a registry name or hf:// URL either
+        cached = None
+    if cached is None:
+        raise UsageError(f"model not found: {ref} (a model directory, 'default', or a name fetched with `zstag fetch`)")
+    return Path(cached)
+
+
+def load_model(ref: str | Path, semantics: str | None = None) -> Model:
+    """Rebuild a model directory; every problem is a one-line ModelError/UsageError."""
+    folder = resolve_model_dir(ref)
+    weights_path = folder / WEIGHTS
+    config = read_config(folder)
+    method, backbone = config["method"], config["backbone"]
+    seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
+    in_weights = bool(config.get("backbone_in_weights", True))
+    model = build_model(method, backbone, semantics or config.get("semantics", "minilm"), seen_labels, hp,
+                        image_size, pretrained=not in_weights)
+    if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):
+        raise ModelError(f"{folder}: trained with {config['semantic_dim']}-d semantics, but "
+                         f"{model.config['semantics']} gives {model.seen.dim}-d vectors")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    own = model.method.state_dict()
+    expected = {k for k in own if in_weights or not k.startswith("backbone.")}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ModelError(f"{weights_path}: tensors do not match the {method} model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ModelError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.method.load_state_dict(state, strict=False)
+    model.method.eval()
+    model.config = {**model.config, **config}
+    model.path = folder
+    return model
