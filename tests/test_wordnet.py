@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,53 +16,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth  # noqa: E402
+from wordnet_fixture import write_mini_wordnet  # noqa: E402
 
 from zstag.methods.rgcn import graph as kg  # noqa: E402
-from zstag.methods.rgcn.wordnet import WordNet, has_wordnet, load_wordnet  # noqa: E402
+from zstag.methods.rgcn.wordnet import DEFAULT_DIR, ENV_VAR, WordNet, has_wordnet, load_wordnet, wordnet_dir  # noqa: E402
 
-real_wordnet = pytest.mark.skipif(not has_wordnet(None), reason="WordNet 3.0 (wordnet-base) not installed")
-
-# The miniature hierarchy (offset, lemmas, hypernym offsets); depth = nodes on the longest root path.
-#   entity(1) > object(2) > animal(3) > dog(4) > puppy(5)      puppy also < pet(2) < entity
-#                                     > cat(4) > jaguar_cat(5)
-#             > object(2) > artifact(3) > car(4) > sports_car(5), jaguar_car(5)
-MINI = [
-    (1, ["entity"], []),
-    (2, ["object"], [1]),
-    (3, ["animal"], [2]),
-    (4, ["dog"], [3]),
-    (5, ["cat"], [3]),
-    (6, ["artifact"], [2]),
-    (7, ["puppy"], [4, 9]),
-    (8, ["car", "auto"], [6]),
-    (9, ["pet"], [1]),
-    (10, ["jaguar"], [5]),
-    (11, ["jaguar"], [8]),
-    (12, ["sports_car"], [8]),
-    (13, ["mouse"], [3]),
-]
-
-
-def write_mini_wordnet(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = ["  1 This is a miniature WordNet for tests (licence header lines start with spaces)."]
-    senses: dict[str, list[int]] = {}
-    for offset, lemmas, hypernyms in MINI:
-        words = " ".join(f"{w} 0" for w in lemmas)
-        ptrs = " ".join(f"@ {h:08d} n 0000" for h in hypernyms)
-        line = f"{offset:08d} 03 n {len(lemmas):02x} {words} {len(hypernyms):03d} {ptrs} | gloss of {lemmas[0]}"
-        data.append(line.replace("  ", " "))
-        for w in lemmas:
-            senses.setdefault(w, []).append(offset)
-    index = ["  1 licence header"]
-    for lemma in sorted(senses):
-        offs = senses[lemma]
-        index.append(f"{lemma} n {len(offs)} 1 @ {len(offs)} 0 " + " ".join(f"{o:08d}" for o in offs))
-    (folder / "data.noun").write_text("\n".join(data) + "\n")
-    (folder / "index.noun").write_text("\n".join(index) + "\n")
-    (folder / "noun.exc").write_text("mice mouse\n")
-    return folder
-
+# The real database is optional: everything else runs on the miniature of tests/wordnet_fixture.py.
+real_wordnet = pytest.mark.skipif(
+    not has_wordnet(DEFAULT_DIR),
+    reason="WordNet 3.0 not installed in /usr/share/wordnet (apt-get install wordnet-base); "
+    "the miniature WordNet tests cover the same code",
+)
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory) -> WordNet:
@@ -121,6 +84,17 @@ def test_missing_folder_is_reported_not_raised(tmp_path):
     assert load_wordnet(tmp_path) is None
 
 
+def test_location_argument_then_environment_then_debian_default(tmp_path, monkeypatch):
+    folder = write_mini_wordnet(tmp_path / "wn")
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert wordnet_dir() == wordnet_dir("") == DEFAULT_DIR
+    monkeypatch.setenv(ENV_VAR, str(folder))
+    assert wordnet_dir() == folder and has_wordnet(None)
+    assert load_wordnet().offsets == WordNet(folder).offsets  # the default now reads the miniature
+    assert wordnet_dir(tmp_path / "other") == tmp_path / "other"  # an explicit folder wins
+    assert not has_wordnet(tmp_path / "other")
+
+
 # -- the real WordNet 3.0 -----------------------------------------------------------------------
 
 
@@ -135,7 +109,7 @@ def test_real_wordnet_dog_cat_exact_and_ordering():
 
     LCS = carnivore at depth 12, so WUP = 2*12 / (14 + 14) = 6/7 (NLTK prints 0.857 too).
     """
-    wn = load_wordnet()
+    wn = load_wordnet(DEFAULT_DIR)
     dog = wn.offsets.index(2084071)
     cat = wn.offsets.index(2121620)
     assert (wn.depths[dog], wn.depths[cat]) == (14, 14)
@@ -182,11 +156,11 @@ def test_graph_matches_pairwise_wup(tmp_path):
 
 @real_wordnet
 def test_graph_matches_pairwise_wup_on_real_wordnet():
-    wn = load_wordnet()
+    wn = load_wordnet(DEFAULT_DIR)
     rng = random.Random(1)
     names = rng.sample(sorted(w for w in wn.index if "_" not in w), 60) + ["tabby cat", "sports car", "coral reef"]
     kg.clear_memory_cache()
-    adj = kg.build_graph(names, unit(len(names)), 0.5, cache_dir=False).dense()
+    adj = kg.build_graph(names, unit(len(names)), 0.5, wordnet=DEFAULT_DIR, cache_dir=False).dense()
     expected = np.array([[a == b or wn.wup(a, b) > 0.5 for b in names] for a in names])
     assert (adj == expected).all()
 
@@ -206,15 +180,49 @@ def test_cosine_edges_for_labels_outside_wordnet(tmp_path):
     assert not adj[0, 1]  # dog-car still decided by WUP (0.5), not by their cosine
 
 
-def test_without_wordnet_warns_once_and_uses_cosine(tmp_path):
+def warning_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:") and "WordNet" in line]
+
+
+def test_without_wordnet_warns_once_and_uses_cosine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kg, "_warned_missing", set())
     names = ["dog", "puppy", "car"]
     v = torch.tensor([[1.0, 0.0], [0.9, 0.43589], [0.0, 1.0]])
-    with pytest.warns(RuntimeWarning, match="WordNet"):
-        adj = build(names, v, tmp_path, cosine_threshold=0.5).dense()
+    adj = build(names, v, tmp_path, cosine_threshold=0.5).dense()
+    # Every edge is a cosine edge: dog-puppy (cos 0.9) joined, car (cos 0 and 0.44) alone.
     assert adj.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        build(names, v * 1.0, tmp_path, cosine_threshold=0.6)  # second build: no second warning
+    assert not build(names, v, tmp_path, cosine_threshold=0.95).dense()[0, 1]  # the threshold decides
+    build(names[:2], v[:2], tmp_path)  # another vocabulary, same missing folder
+    lines = warning_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines  # one line per process, not per graph
+    assert str(tmp_path) in lines[0] and "cosine" in lines[0] and "apt-get install wordnet-base" in lines[0]
+    assert "ZSTAG_WORDNET" in lines[0]
+
+
+def test_no_warning_with_wordnet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kg, "_warned_missing", set())
+    build(["dog", "cat"], unit(2), write_mini_wordnet(tmp_path / "wn"))
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_cached_cosine_graph_still_warns_and_is_rebuilt_once_wordnet_is_installed(tmp_path, monkeypatch, capsys):
+    """A graph cached while WordNet was missing is cosine-only: reading it back warns again (in a
+    new process), and installing WordNet in that folder makes a new graph, not the stale one."""
+    names, v = ["dog", "cat"], unit(2)  # random vectors: cosine below 0.5, so no fallback edge
+    folder, graphs = tmp_path / "wn", tmp_path / "graphs"
+    kg.clear_memory_cache()
+    monkeypatch.setattr(kg, "_warned_missing", set())
+    assert not kg.build_graph(names, v, wordnet=folder, cache_dir=graphs).dense()[0, 1]
+    kg.clear_memory_cache()
+    monkeypatch.setattr(kg, "_warned_missing", set())  # as in a new process
+    with monkeypatch.context() as m:
+        m.setattr(kg, "_build", lambda *a: pytest.fail("should have been read from disk"))
+        kg.build_graph(names, v, wordnet=folder, cache_dir=graphs)
+    assert len(warning_lines(capsys.readouterr().err)) == 2
+    write_mini_wordnet(folder)
+    kg.clear_memory_cache()
+    assert kg.build_graph(names, v, wordnet=folder, cache_dir=graphs).dense()[0, 1]  # WUP 0.75
+    assert len(list(graphs.glob("*.npz"))) == 2
 
 
 def test_graph_cache_in_memory_and_on_disk(tmp_path, monkeypatch):

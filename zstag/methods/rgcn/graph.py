@@ -7,8 +7,15 @@ the paper); every node has a self-loop. The graph is undirected (WUP is symmetri
 Deviation from the paper: labels that WordNet does not know (phrases with no WordNet entry
 whose head noun is unknown too, brand-new words) are joined by the cosine similarity of their
 semantic vectors instead, with its own threshold `cosine_threshold`: an edge between two nodes
-uses WUP when both are in WordNet and cosine otherwise. When no WordNet is installed at all,
-a warning is issued once and cosine is used for every pair.
+uses WUP when both are in WordNet and cosine otherwise.
+
+Without WordNet (no `data.noun`/`index.noun` in `--set wordnet=DIR`, $ZSTAG_WORDNET or
+/usr/share/wordnet; see `zstag.methods.rgcn.wordnet.wordnet_dir`) the graph falls back to cosine
+edges for every pair: two labels are joined when the cosine similarity of their semantic vectors
+exceeds `cosine_threshold`. Scores then still depend on every label connected to a label in the
+graph, but a label whose vector is far from all others is isolated (self-loop only) and neither
+affects nor is affected by the rest of the vocabulary. One warning line says so
+(`zstag.core.console.warn`), once per process and WordNet folder, however many graphs are built.
 
 Speed: a user's vocabulary may hold 10,000 labels, i.e. 10^8 pairs, so WUP is never evaluated
 pair by pair. With depth() the longest-path depth of `zstag.methods.rgcn.wordnet`,
@@ -27,6 +34,7 @@ platformdirs.user_cache_dir("zstag"); read with allow_pickle=False).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -39,7 +47,7 @@ import torch
 from zstag.core import console
 from zstag.core.atomic import atomic_write
 from zstag.core.paths import cache_root
-from zstag.methods.rgcn.wordnet import DEFAULT_DIR, WordNet, load_wordnet
+from zstag.methods.rgcn.wordnet import ENV_VAR, REQUIRED_FILES, WordNet, has_wordnet, load_wordnet, wordnet_dir
 
 _PAIRS_PER_CHUNK = 1 << 22  # label pairs materialised at once while filling the adjacency
 _MEMORY_CACHE_SIZE = 4
@@ -86,10 +94,13 @@ def build_graph(
 ) -> Graph:
     """The graph over `names` (with unit-norm semantic `vectors`, one row each), cached.
 
-    `wordnet` is a WordNet 3.0 dict folder (default /usr/share/wordnet). `cache_dir` is where
-    graphs are stored on disk (default: the user cache); False disables the disk cache.
+    `wordnet` is a WordNet 3.0 dict folder (default: $ZSTAG_WORDNET, else /usr/share/wordnet).
+    `cache_dir` is where graphs are stored on disk (default: the user cache); False disables the
+    disk cache. Without WordNet every edge is a cosine edge, and `warn_missing_wordnet` says so.
     """
-    folder = Path(wordnet) if wordnet else DEFAULT_DIR
+    folder = wordnet_dir(wordnet)
+    if not has_wordnet(folder):
+        warn_missing_wordnet(folder)  # before the caches: a cached cosine-only graph is still one
     key = _cache_key(names, vectors, wup_threshold, cosine_threshold, folder)
     graph = _memory_cache.get(key)
     if graph is not None:
@@ -116,20 +127,29 @@ def clear_memory_cache() -> None:
     _memory_cache.clear()
 
 
+def missing_wordnet_message(folder: Path) -> str:
+    return (
+        f"WordNet 3.0 not found in {folder}: RGCN-PosVAE's label graph falls back to cosine similarity of "
+        f"label vectors (> cosine_threshold) for every edge instead of the paper's WordNet WUP > wup_threshold; "
+        f"install it with `apt-get install wordnet-base` (Debian/Ubuntu) or point {ENV_VAR} or "
+        "--set wordnet=DIR at a WordNet 3.0 dict folder (see docs/methods.md)"
+    )
+
+
+def warn_missing_wordnet(folder: Path) -> None:
+    """One warning line per process and folder that the graph is cosine-only (not per batch or vocabulary)."""
+    key = str(folder)
+    if key not in _warned_missing:
+        _warned_missing.add(key)
+        console.warn(missing_wordnet_message(folder))
+
+
 def _build(
     names: list[str], vectors: torch.Tensor, wup_t: float, cos_t: float, folder: Path
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (N, N) boolean adjacency and the in-WordNet mask."""
     wn = load_wordnet(folder)
-    if wn is None:
-        if str(folder) not in _warned_missing:
-            _warned_missing.add(str(folder))
-            warnings.warn(
-                f"WordNet 3.0 not found in {folder} (install Debian's wordnet-base or set "
-                "--set wordnet=DIR); building the label graph from cosine similarities only",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    if wn is None:  # cosine edges for every pair (build_graph has warned)
         senses: list[tuple[int, ...]] = [() for _ in names]
     else:
         senses = [wn.lookup(name) for name in names]
@@ -225,10 +245,20 @@ def add_cosine_edges(adj: np.ndarray, vectors: torch.Tensor, fallback: np.ndarra
 
 
 def _cache_key(names: list[str], vectors: torch.Tensor, wup_t: float, cos_t: float, folder: Path) -> str:
-    """Hash of everything the graph depends on (labels, thresholds, WordNet path, vectors)."""
+    """Hash of everything the graph depends on (labels, thresholds, WordNet path and files, vectors).
+
+    The WordNet files' sizes and modification times are part of it, so installing WordNet after a
+    cosine-only graph was cached (or replacing the database) builds the graph again.
+    """
     h = hashlib.sha256()
     h.update("\x1f".join(names).encode("utf-8"))
     h.update(f"\x1e{float(wup_t)!r}\x1e{float(cos_t)!r}\x1e{folder.resolve()}\x1e".encode())
+    for name in REQUIRED_FILES:
+        try:
+            st = os.stat(folder / name)
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\x1e".encode())
+        except OSError:
+            h.update(f"{name}:absent\x1e".encode())
     h.update(np.ascontiguousarray(vectors.detach().float().cpu().numpy()).tobytes())
     return h.hexdigest()[:32]
 

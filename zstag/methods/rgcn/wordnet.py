@@ -6,6 +6,12 @@ Debian's `wordnet-base` installs in /usr/share/wordnet (`index.noun`, `data.noun
 ourselves instead of depending on NLTK, and keep only what WUP needs: each noun synset's
 hypernyms (instance hypernyms included, as NLTK does) and the lemma -> synsets index.
 
+Where the database is looked for: an explicit folder (`--set wordnet=DIR`, the `folder` argument
+below) wins; otherwise the folder named by the environment variable ZSTAG_WORDNET; otherwise
+/usr/share/wordnet (`apt-get install wordnet-base` on Debian/Ubuntu). Any folder holding
+WordNet 3.0's `data.noun` and `index.noun` (`noun.exc` optional) works, e.g. the `dict/` folder of
+Princeton's WordNet-3.0 tarball. Without one, RGCN-PosVAE's graph falls back to cosine edges.
+
 Definitions used throughout (they make WUP a property of per-synset quantities, which is what
 lets `zstag.methods.rgcn.graph` vectorise it):
 
@@ -26,13 +32,15 @@ circle). A label with none of these has no senses and is left to the caller's fa
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DIR = Path("/usr/share/wordnet")
+DEFAULT_DIR = Path("/usr/share/wordnet")  # where Debian's wordnet-base installs WordNet 3.0
+ENV_VAR = "ZSTAG_WORDNET"  # names another WordNet dict folder (tests point it at a miniature)
 REQUIRED_FILES = ("index.noun", "data.noun")
 
 # Morphy's detachment rules for nouns (suffix, replacement), from WordNet's morph(7) page.
@@ -41,9 +49,16 @@ _NOUN_RULES = (
 )
 
 
+def wordnet_dir(folder: str | Path | None = None) -> Path:
+    """The WordNet folder to use: `folder` if given, else $ZSTAG_WORDNET if set, else /usr/share/wordnet."""
+    if folder:
+        return Path(folder)
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_DIR)
+
+
 def has_wordnet(folder: str | Path | None) -> bool:
-    """True when `folder` (default /usr/share/wordnet) holds the noun database files."""
-    root = Path(folder) if folder else DEFAULT_DIR
+    """True when `folder` (default: `wordnet_dir()`) holds the noun database files."""
+    root = wordnet_dir(folder)
     return all((root / name).is_file() for name in REQUIRED_FILES)
 
 
@@ -51,7 +66,7 @@ class WordNet:
     """The noun hierarchy of one WordNet 3.0 dict folder, with synsets numbered 0..S-1."""
 
     def __init__(self, folder: str | Path | None = None) -> None:
-        self.folder = Path(folder) if folder else DEFAULT_DIR
+        self.folder = wordnet_dir(folder)
         self.offsets: list[int] = []  # synset id -> byte offset in data.noun (WordNet's own id)
         self.names: list[str] = []  # synset id -> its first lemma, for messages and tests
         self.hypernyms: list[tuple[int, ...]] = []  # synset id -> hypernym ids (@ and @i)
@@ -181,8 +196,8 @@ def _load(folder: str) -> WordNet:
 
 
 def load_wordnet(folder: str | Path | None = None) -> WordNet | None:
-    """The parsed WordNet in `folder` (default /usr/share/wordnet), shared per process; None if absent."""
-    root = Path(folder) if folder else DEFAULT_DIR
+    """The parsed WordNet in `folder` (default: `wordnet_dir()`), shared per process; None if absent."""
+    root = wordnet_dir(folder)
     if not has_wordnet(root):
         return None
     return _load(str(root.resolve()))
