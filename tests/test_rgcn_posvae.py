@@ -13,12 +13,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth  # noqa: E402
+from wordnet_fixture import write_tagging_wordnet  # noqa: E402
 
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: E402
 from zstag.backbones.small import SmallBackbone  # noqa: E402
 from zstag.core.errors import UsageError  # noqa: E402
 from zstag.data.labels import LabelSet  # noqa: E402
 from zstag.methods import method_class  # noqa: E402
+from zstag.methods.rgcn import graph as kg  # noqa: E402
 from zstag.methods.rgcn.posvae import (  # noqa: E402
     PosVAE,
     RelationNet,
@@ -40,6 +42,19 @@ def embedder(dim: int = DIM):
 
 
 embed = embedder()
+
+
+@pytest.fixture(scope="module")
+def tagging_wordnet(tmp_path_factory) -> Path:
+    """The miniature WordNet of tests/wordnet_fixture.py (synthetic labels' and EXTERNAL's nouns)."""
+    return write_tagging_wordnet(tmp_path_factory.mktemp("wordnet"))
+
+
+@pytest.fixture(autouse=True)
+def _wordnet(tagging_wordnet, monkeypatch):
+    """Every test here builds the paper's WordNet graph from the miniature, whatever the machine
+    has installed; the fallback tests point `--set wordnet=` at an empty folder instead."""
+    monkeypatch.setenv("ZSTAG_WORDNET", str(tagging_wordnet))
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -187,11 +202,33 @@ def test_variants_have_their_own_losses():
     assert set(parts) == {"bce"} and total.item() == pytest.approx(parts["bce"])
 
 
+def isolated_vector(others: torch.Tensor) -> torch.Tensor:
+    """A unit vector orthogonal to every row of `others` (cosine 0: no fallback edge to any of them)."""
+    null = torch.linalg.svd(others.double(), full_matrices=True).Vh[others.shape[0] :]
+    assert null.shape[0] > 0
+    return F.normalize(null[0].float(), dim=0)
+
+
+def three_labels(model: RGCNPosVAE, dog: torch.Tensor | None = None) -> LabelSet:
+    """["purple square", "orange circle", "dog"]; by default dog's vector is orthogonal to all the
+    other nodes' (both labels and the external classes), so only WordNet can link it."""
+    vectors = synth.random_label_vectors(3, DIM, seed=9)
+    vectors[2] = isolated_vector(torch.cat([vectors[:2], model.external_vectors])) if dog is None else dog
+    return LabelSet(["purple square", "orange circle", "dog"], vectors)
+
+
+def scores_with_and_without_dog(model: RGCNPosVAE, vocab: LabelSet) -> tuple[torch.Tensor, torch.Tensor]:
+    images, _ = synth.make_tensors(5, size=64, seed=5)
+    with torch.no_grad():
+        code = model.encode(normalise(images))
+        return model.score(code, vocab), model.score(code, vocab.subset([0, 1]))
+
+
 def test_scores_any_vocabulary_in_slices_and_depend_on_the_whole_graph():
     model, _ = make()
     model.eval()
+    vocab = three_labels(model)
     images, _ = synth.make_tensors(5, size=64, seed=5)
-    vocab = LabelSet(["purple square", "orange circle", "dog"], synth.random_label_vectors(3, DIM, seed=9))
     with torch.no_grad():
         code = model.encode(normalise(images))
         scores = model.score(code, vocab)
@@ -200,16 +237,45 @@ def test_scores_any_vocabulary_in_slices_and_depend_on_the_whole_graph():
         fewer = model.score(code, vocab.subset([0, 1]))
     assert scores.shape == (5, 3)
     torch.testing.assert_close(sliced, scores)
-    # "purple square" and "orange circle" are linked to "dog"'s neighbours only through the graph:
-    # dropping a label changes the others' scores, which is why the method is not chunkable.
+    # The miniature WordNet links "dog" to "purple square" (their person senses, WUP 0.67) although
+    # their vectors are orthogonal: the edge is the paper's WUP edge, not a cosine one.
+    g = kg.build_graph(list(vocab.names) + model.external_names, torch.cat([vocab.vectors, model.external_vectors]),
+                       wordnet=None, cache_dir=False)
+    assert g.in_wordnet[:3].all() and g.dense()[2, 0]
+    # Dropping a label changes the scores of the labels connected to it, which is why the method
+    # is not chunkable.
     assert not torch.allclose(fewer, scores[:, :2])
 
 
-def test_without_wordnet_the_method_warns_and_trains(tmp_path):
-    model, seen = make(wordnet=str(tmp_path))
+def test_without_wordnet_the_graph_is_cosine_only_and_scores_depend_on_cosine_neighbours(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """The fallback's promise: every edge is a cosine edge (> cosine_threshold), so a label depends
+    on the labels connected to it through similar vectors, and a label whose vector is far from
+    every other node is isolated and changes nothing (with WordNet the same "dog" does change the
+    others: the test above). One warning line says the graph is cosine-only."""
+    monkeypatch.setattr(kg, "_warned_missing", set())
+    model, _ = make(wordnet=str(tmp_path))  # an empty folder: no WordNet
+    model.eval()
+    isolated = three_labels(model)
+    scores, fewer = scores_with_and_without_dog(model, isolated)
+    torch.testing.assert_close(fewer, scores[:, :2])  # dog isolated: no influence
+    near = F.normalize(isolated.vectors[0] + 0.5 * isolated.vectors[2], dim=0)  # cos 0.89 with purple square
+    scores, fewer = scores_with_and_without_dog(model, three_labels(model, dog=near))
+    assert not torch.allclose(fewer[:, 0], scores[:, 0])  # its cosine neighbour now depends on it
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "WordNet 3.0 not found" in lines[0] and "cosine" in lines[0], lines
+
+
+def test_without_wordnet_the_method_warns_and_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kg, "_warned_missing", set())
+    monkeypatch.setenv("ZSTAG_WORDNET", str(tmp_path))  # the environment variable names the folder
+    model, seen = make()
     images, targets = synth.make_tensors(2, size=64, seed=6)
-    with pytest.warns(RuntimeWarning, match="WordNet"):
+    for _ in range(2):  # two batches, one warning
         total, _ = model.loss(normalise(images), targets, seen)
+    assert [line for line in capsys.readouterr().err.splitlines() if "WordNet" in line] == [
+        "warning: " + kg.missing_wordnet_message(tmp_path)
+    ]
     total.backward()
     assert model.relation.first.weight.grad is not None
     assert model.backbone.stage5[0].weight.grad is not None  # finetune_backbone=True trains through it
