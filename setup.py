@@ -8,6 +8,7 @@ wheel, and the top-level folder in a source checkout or an editable install (whe
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
@@ -21,13 +22,12 @@ SKIP = ("__pycache__", "*.py[co]", ".*")
 
 def weight_files() -> list[Path]:
     """The files of weights/ that ship (relative paths), without caches or hidden files."""
-    import fnmatch
     return sorted(p.relative_to(WEIGHTS) for p in WEIGHTS.rglob("*")
                   if p.is_file() and not any(fnmatch.fnmatch(part, pat) for part in p.relative_to(WEIGHTS).parts
                                              for pat in SKIP))
 
 
-class build_py_with_weights(build_py):  # noqa: N801 (setuptools command naming)
+class BuildPyWithWeights(build_py):
     """build_py, then copy weights/ to <build_lib>/zstag/weights (not in editable mode)."""
 
     def run(self) -> None:
@@ -49,4 +49,4 @@ class build_py_with_weights(build_py):  # noqa: N801 (setuptools command naming)
         return outputs
 
 
-setup(cmdclass={"build_py": build_py_with_weights})
+setup(cmdclass={"build_py": BuildPyWithWeights})
