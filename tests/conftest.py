@@ -22,7 +22,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "zstag-cache"
     monkeypatch.setenv("ZSTAG_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    console.configure()
+    console.configure(quiet=False, verbose=False)
 
 
 @pytest.fixture(scope="session")

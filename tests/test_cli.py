@@ -141,7 +141,7 @@ def test_threshold_keeps_only_high_scores(trained, dataset, cli):
         (["eval", "--truth", "{manifest}"], "exactly one of"),
         (["eval", "--predictions", "missing.jsonl", "--truth", "{manifest}"], "missing.jsonl"),
         (["train", "{manifest}", "--method", "fast0tag", "--out", "m", "--set", "novalue"], "KEY=VALUE"),
-        (["tag", "{manifest}", "--labels", "{vocab}", "--format", "pdf"], "unknown --format"),
+        (["tag", "{manifest}", "--labels", "{vocab}", "--format", "pdf"], "'--format'"),
         (["train", "{manifest}", "--method", "fast0tag", "--out", "m", "--device", "cuda:7"], "cuda"),
     ],
 )

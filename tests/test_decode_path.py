@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from zstag.engine import engine as engine_module
-from zstag.bench.run import write_photos
+from zstag.bench.photos import write_photos
 from zstag.data.jpeg import exif_orientation, read_header, read_jpeg
 from zstag.engine.engine import CPU, GPU_JPEG, Engine, ImageFiles, collate, decode_route
 
@@ -203,7 +203,8 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares nvJPEG with Pillow end to end")
 def test_gpu_decoded_tags_match_cpu_decoded(photos, tmp_path, monkeypatch):
-    from zstag.jobs.tag import TagOptions, tag
+    from zstag.jobs.options import TagOptions
+    from zstag.jobs.tag import tag
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("dog\ncat\nbeach\nsky\ncar\ntree\nflower\nhouse\n")

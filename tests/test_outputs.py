@@ -14,7 +14,8 @@ import torch
 import synth
 from zstag.engine.engine import Engine
 from zstag.store.model import build_model, save_model
-from zstag.outputs.streams import StreamOutput, format_row, header, read_done_images, write_txt_sidecar
+from zstag.outputs.sidecars import write_txt_sidecar
+from zstag.outputs.streams import StreamOutput, format_row, header, read_done_images
 
 TAGS = [("dog", 0.9123456789), ("coral reef", 0.25)]
 

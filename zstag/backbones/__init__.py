@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from zstag.backbones.base import Backbone
+from typing import TYPE_CHECKING
+
 from zstag.core.errors import UsageError
+
+if TYPE_CHECKING:  # the names stay importable without torch (shell completion lists them)
+    from zstag.backbones.base import Backbone
 
 BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101")
 
@@ -29,4 +33,4 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone"]
+__all__ = ["BACKBONES", "build_backbone"]

@@ -28,34 +28,29 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from zstag import __version__
 from zstag.core import console
 from zstag.engine.engine import Engine, ImageFiles
-from zstag.core.errors import MissingWeightsError, UsageError
+from zstag.core.errors import MissingWeightsError
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Method
 from zstag.store.model import Model
+from zstag.bench.options import SECTIONS, BenchOptions
+from zstag.bench.memory import LargestTensor, PeakMemory
+from zstag.bench.photos import PHOTO_SIZE, write_photos
 
-SECTIONS = ("end-to-end", "forward", "vocab-scale", "methods", "decode")
-PHOTO_SIZE = (500, 375)
-DISTINCT_PHOTOS = 256  # beyond this, photos are hard links to the first ones (generating costs ~30 ms each)
 DECODE_PHOTOS = 2048  # the decode section's share: Pillow on one core takes seconds for these already
 # Everyday photo words for the end-to-end runs (embedded once by the model's text encoder).
 VOCABULARY = ("dog", "cat", "person", "car", "tree", "beach", "mountain", "sky", "building", "flower",
@@ -65,21 +60,6 @@ SEEN_LABELS, SCORED_LABELS, SEMANTIC_DIM = 100, 1000, 384  # the methods section
 PAPER_BACKBONES = ("vgg19", "resnet101")
 # The issue's targets that hold on any machine (ratios); absolute GPU targets are in docs/performance.md.
 TARGETS = {"end-to-end": 1.5, "single-image": 1.0, "vocab-scale": 1.10}
-
-
-@dataclass
-class BenchOptions:
-    device: str = "auto"
-    model: str = "default"
-    backbone: str | None = None
-    images: int | None = None
-    image_size: int | None = None
-    batch_size: int | None = None
-    workers: int | None = None
-    quick: bool = False
-    only: list[str] | None = None
-    json_path: Path | None = None
-    command: str = field(default_factory=lambda: shlex.join(["zstag", *sys.argv[1:]]))
 
 
 @dataclass(frozen=True)
@@ -107,9 +87,6 @@ class Plan:
 def run(opts: BenchOptions) -> dict[str, Any]:
     """Measure the chosen sections, show a table per section on stderr, write `--json`; returns the report."""
     only = opts.only or list(SECTIONS)
-    unknown = [s for s in only if s not in SECTIONS]
-    if unknown:
-        raise UsageError(f"unknown --only section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     engine = Engine(opts.device, workers=opts.workers)
     plan = Plan.make(opts, engine.device)
     report: dict[str, Any] = {"zstag": __version__, "command": opts.command, "machine": machine(engine.device),
@@ -246,7 +223,8 @@ class Bench:
 def end_to_end(bench: Bench) -> dict[str, Any]:
     """`zstag tag` against the straightforward loop: throughput in this process, then latency of one photo."""
     from zstag.bench.naive import tag_loop
-    from zstag.jobs.tag import TagOptions, tag
+    from zstag.jobs.options import TagOptions
+    from zstag.jobs.tag import tag
 
     ref, model = bench.model_ref(), bench.model()
     photos, vocab, device = bench.photos(), bench.vocabulary(), str(bench.engine.device)
@@ -454,115 +432,6 @@ SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 def precision(engine: Engine) -> str:
     return "bf16 autocast, channels last" if engine.device.type == "cuda" else "float32, channels last"
-
-
-def write_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """`n` photo-like JPEGs (gradient sky, blurred shapes, sensor noise) of PHOTO_SIZE.
-
-    Synthetic but with what makes photos cost what they cost to decode: smooth areas, edges and
-    noise, at quality 90. Past DISTINCT_PHOTOS, files are hard links (or copies) of earlier ones.
-    """
-    from PIL import Image, ImageDraw, ImageFilter
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    width, height = PHOTO_SIZE
-    ramp = (np.arange(width)[None, :] + np.arange(height)[:, None]) / (width + height)
-    paths = []
-    for i in range(n):
-        path = folder / f"photo{i:05d}.jpg"
-        paths.append(path)
-        if i >= DISTINCT_PHOTOS:
-            source = paths[i % DISTINCT_PHOTOS]
-            try:
-                os.link(source, path)
-            except OSError:
-                shutil.copyfile(source, path)
-            continue
-        top, bottom = rng.uniform(0, 255, (2, 3))
-        sky = top * (1 - ramp[..., None]) + bottom * ramp[..., None] + rng.normal(0, 12, (height, width, 3))
-        picture = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(picture)
-        for _ in range(rng.integers(3, 9)):
-            x0, y0 = rng.integers(0, width), rng.integers(0, height)
-            w, h = rng.integers(20, 200, 2)
-            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-            shape((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-        pixels = np.asarray(picture.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.int16)
-        pixels = pixels + rng.normal(0, 6, pixels.shape).astype(np.int16)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return paths
-
-
-class PeakMemory:
-    """Peak memory a block adds, in MiB.
-
-    On CUDA the allocator's high-water mark. On a CPU the resident set, sampled every 2 ms by a
-    thread: the kernel's own mark (`resource`'s ru_maxrss) only ever rises, so it cannot see a
-    block that peaks below something earlier in the run; it is the fallback where /proc is missing.
-    """
-
-    WHAT = {"cuda": "torch.cuda.max_memory_allocated above what was allocated before",
-            "cpu": "resident set size above its value before, sampled every 2 ms"}
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.mib = 0.0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            self._base = self._peak = resident_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, resident_bytes())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, resident_bytes())
-        self.mib = max(0, peak - self._base) / 2**20
-
-
-def resident_bytes() -> int:
-    """The process's resident set now (Linux), else its high-water mark so far."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any operation builds inside the block.
-
-    Operations whose result aliases an input (views such as a slice of the label vectors, and
-    in-place updates) build nothing, as their schema says.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not any(r.alias_info is not None for r in func._schema.returns):
-            self.numel = max([self.numel, *(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))])
-        return out
 
 
 # -- output -------------------------------------------------------------------------------------

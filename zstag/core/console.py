@@ -17,8 +17,12 @@ stderr = Console(stderr=True, highlight=False)
 _state = {"quiet": False, "verbose": False}
 
 
-def configure(quiet: bool = False, verbose: bool = False) -> None:
-    _state["quiet"], _state["verbose"] = quiet, verbose
+def configure(quiet: bool | None = None, verbose: bool | None = None) -> None:
+    """Set what is shown; None keeps the current setting."""
+    if quiet is not None:
+        _state["quiet"] = quiet
+    if verbose is not None:
+        _state["verbose"] = verbose
 
 
 def info(message: str) -> None:

@@ -3,7 +3,6 @@ and turn them into the report of GUIDE §1, as JSON or as a readable table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,8 @@ from zstag.core import console
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.vocab import read_vocabulary
 from zstag.core.errors import UsageError
+from zstag.jobs.options import EvalOptions
 from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions, truth_matrix
-
-
-@dataclass
-class EvalOptions:
-    truth: Path
-    predictions: Path | None = None
-    model: str | None = None
-    inputs: list[str] = field(default_factory=list)
-    labels: Path | None = None
-    unseen: Path | None = None
-    ks: list[int] = field(default_factory=lambda: [3, 5])
-    protocol: str = "zstag"
-    batch_size: int = 64
-    device: str = "auto"
-    workers: int | None = None
 
 
 def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:

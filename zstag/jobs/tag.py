@@ -10,7 +10,6 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,32 +19,13 @@ from zstag.eval.calibration import apply as apply_calibration
 from zstag.data.vocab import read_thresholds, read_vocabulary
 from zstag.engine.engine import Engine
 from zstag.core.errors import UsageError
+from zstag.jobs.options import TagOptions
 from zstag.store.model import load_model
 from zstag.engine import distributed
 from zstag.engine.distributed import Share, current_share
-from zstag.outputs.streams import SIDECAR_FORMATS, StreamOutput, Tags, join_shards, read_done_images, sidecar_writer
-
-
-@dataclass
-class TagOptions:
-    inputs: list[str]
-    labels: Path
-    model: str = "default"
-    top_k: int = 10
-    threshold: float | None = None
-    fmt: str = "jsonl"
-    output: str = "-"
-    recursive: bool = True
-    batch_size: int = 64
-    device: str = "auto"
-    workers: int | None = None
-    resume: bool = False
-    extensions: list[str] | None = None
-    errors: Path | None = None
-    sidecar_mode: str = "overwrite"
-    thresholds: Path | None = None
-    raw_scores: bool = False
-    shard: str | None = None  # "i/n": tag only the i-th of n contiguous blocks of the inputs
+from zstag.outputs import SIDECAR_FORMATS, Tags
+from zstag.outputs.sidecars import sidecar_writer
+from zstag.outputs.streams import StreamOutput, join_shards, read_done_images
 
 
 def label_thresholds(names: list[str], threshold: float | None, per_label: dict[str, float]) -> torch.Tensor | None:

@@ -1,8 +1,7 @@
-"""Writers for `zstag tag` results: jsonl (default), csv, tsv, txt sidecars, xmp sidecars.
+"""Stream writers for `zstag tag` results: jsonl (default), csv and tsv, to stdout or a file.
 
-A stream writer (jsonl, csv, tsv) writes whole lines and flushes once per batch, so a killed run
-leaves at most one partial last line (dropped by `--resume`). Sidecar writers write one small file
-beside each image, atomically.
+A stream writer writes whole lines and flushes once per batch, so a killed run leaves at most one
+partial last line (dropped by `--resume`). Torchrun's shards are joined here too.
 """
 
 from __future__ import annotations
@@ -12,16 +11,11 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from zstag.core.atomic import atomic_write, atomic_write_text
-
-Tags = list[tuple[str, float]]
-STREAM_FORMATS = ("jsonl", "csv", "tsv")
-SIDECAR_FORMATS = ("txt", "xmp")
-FORMATS = STREAM_FORMATS + SIDECAR_FORMATS
+from zstag.core.atomic import atomic_write
+from zstag.outputs import Tags
 
 
 def format_row(fmt: str, image: str, tags: Tags) -> str:
@@ -39,27 +33,6 @@ def format_row(fmt: str, image: str, tags: Tags) -> str:
 
 def header(fmt: str) -> str:
     return {"csv": "image,tags,scores\n", "tsv": "image\ttags\tscores\n"}.get(fmt, "")
-
-
-def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "overwrite") -> None:
-    """x.txt beside x.jpg with comma-separated tags (the Stable Diffusion tooling convention)."""
-    sidecar = image_path.with_suffix(".txt")
-    labels = [label for label, _ in tags]
-    if sidecar.exists():
-        if mode == "skip":
-            return
-        if mode == "append":
-            old = [t.strip() for t in sidecar.read_text(encoding="utf-8", errors="replace").split(",") if t.strip()]
-            labels = old + [label for label in labels if label not in old]
-    atomic_write_text(sidecar, ", ".join(labels) + "\n")
-
-
-def sidecar_writer(fmt: str, mode: str) -> Callable[[Path, Tags], None]:
-    if fmt == "txt":
-        return lambda path, tags: write_txt_sidecar(path, tags, mode)
-    from zstag.outputs.xmp import write_xmp_sidecar
-
-    return lambda path, tags: write_xmp_sidecar(path, tags, mode)
 
 
 def join_shards(parts: list[Path], target: Path, fmt: str, append: bool) -> None:

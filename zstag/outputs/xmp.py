@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zstag.core.atomic import atomic_write_text
 from zstag.core.errors import ImageError
-from zstag.outputs.streams import Tags
+from zstag.outputs import Tags
 
 NS = {
     "x": "adobe:ns:meta/",

@@ -1,0 +1,8 @@
+"""The model store: model directories (`config`, `model`), the fetch cache and the Hugging Face Hub
+(`hub`, which knows files and checksums, never methods), listing (`catalog`) and publishing (`publish`).
+
+A model directory is these two files, never a pickle.
+"""
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"

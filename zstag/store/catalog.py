@@ -18,7 +18,8 @@ from typing import Any
 
 from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store.config import CONFIG, epochs_run, looks_like_model, read_config, weight_names
+from zstag.store import CONFIG
+from zstag.store.config import epochs_run, looks_like_model, read_config, weight_names
 from zstag.core.paths import WEIGHTS_DIR
 
 DEFAULT = "default"

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store.config import CONFIG, WEIGHTS
+from zstag.store import CONFIG, WEIGHTS
 from zstag.core.paths import WEIGHTS_DIR, cache_root
 
 Progress = Callable[[str, int, int | None], None]

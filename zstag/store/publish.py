@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store.config import WEIGHTS, epochs_run, read_config, weight_names
+from zstag.store import WEIGHTS
+from zstag.store.config import epochs_run, read_config, weight_names
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo

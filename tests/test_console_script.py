@@ -1,0 +1,74 @@
+"""The command line as users meet it: the installed `zstag` console script, in a subprocess.
+
+An in-process runner maps exceptions itself and hid exit-code bugs; these run the real entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "docs" / "examples"
+ZSTAG = shutil.which("zstag")
+pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
+
+
+def zstag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ZSTAG, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("args, names", [
+    (["tagg"], ["No such command 'tagg'", "Did you mean 'tag'"]),
+    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "-1"], ["'--top-k'"]),
+    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--threshold", "1.5"], ["'--threshold'"]),
+    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "0"], ["'--batch-size'"]),
+    (["train"], ["Missing argument", "data"]),
+    (["tag", "x.jpg", "--labels", "v.txt", "--no-such-option"], ["No such option: --no-such-option"]),
+    (["tag", str(EXAMPLES / "photos"), "--labels", "missing.txt"], ["missing.txt"]),
+    (["eval", "--truth", "t.jsonl", "--k", "x"], ["--k"]),
+])
+def test_bad_usage_exits_2_with_one_line_naming_the_option(args, names, tmp_path):
+    result = zstag(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for name in names:
+        assert name in lines[0]
+    assert "Error" not in lines[0].split(":", 1)[1]  # no class names such as BadParameter or UsageError
+    assert result.stdout == ""
+
+
+def test_bare_zstag_prints_help_and_exits_0(tmp_path):
+    result = zstag(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: zstag") and "tag" in result.stdout and result.stderr == ""
+
+
+def test_quiet_and_verbose_work_after_the_command(tmp_path):
+    args = ["tag", str(EXAMPLES / "photos" / "car.jpg"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "1"]
+    loud = zstag(*args, cwd=tmp_path, env={"ZSTAG_CACHE": str(tmp_path / "cache")})
+    quiet = zstag(*args, "-q", cwd=tmp_path, env={"ZSTAG_CACHE": str(tmp_path / "cache")})
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "tagged 1 image" in loud.stderr and quiet.stderr == ""
+    assert quiet.stdout == loud.stdout and '"image"' in quiet.stdout
+
+
+@pytest.mark.parametrize("words, expected", [
+    ("zstag train d --method ", {"lesa", "sgma", "rgcn-posvae", "ml2p", "fast0tag", "conse"}),
+    ("zstag tag x --format ", {"jsonl", "csv", "tsv", "txt", "xmp"}),
+    ("zstag tag x --device ", {"auto", "cpu", "cuda"}),
+    ("zstag train d --backbone res", {"resnet50", "resnet101"}),
+    ("zstag tag x --model ", {"default"}),
+])
+def test_shell_completion_offers_values(words, expected, tmp_path):
+    current = len(words.split()) - (0 if words.endswith(" ") else 1)  # the index of the word being completed
+    env = {"_ZSTAG_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(current)}
+    result = zstag(cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert expected <= set(result.stdout.split()), result.stdout

@@ -1,0 +1,61 @@
+"""`zstag bench`: what tagging costs on this machine, measured in one run."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from zstag.bench.options import SECTIONS, BenchOptions
+from zstag.commands import params
+from zstag.commands.build import Flag, command, split_list
+
+NAME = "bench"
+
+
+def _sections(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    chosen = split_list(text)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown section(s) {', '.join(unknown) or repr(text)}: use {', '.join(SECTIONS)}",
+                                 param_hint="--only")
+    return chosen
+
+
+FLAGS = {
+    "device": params.device(),
+    "model": params.model(),
+    "backbone": typer.Option("--backbone", help="Measure the model's method on this backbone instead (vgg19, resnet101, ...).",
+                             autocompletion=params.complete_backbones),
+    "images": typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 16384 on GPU)."),
+    "image_size": typer.Option("--image-size", min=16, max=4096, help="Square input size (default: the model's)."),
+    "batch_size": params.batch_size("Images per batch (default 32 on CPU, 256 on GPU)."),
+    "workers": params.workers(" For end-to-end runs."),
+    "quick": typer.Option("--quick", help="Small sizes: a check that everything runs, not numbers to quote."),
+    "only": Flag(typer.Option("--only", help="Comma-separated sections: " + ", ".join(SECTIONS) + "."),
+                 Optional[str], _sections),
+    "json_path": typer.Option("--json", help="Write the measurements as JSON to this file ('-' for stdout)."),
+}
+
+
+def run(opts: BenchOptions) -> None:
+    """Measure tagging speed on this machine: end to end against a plain loop, model, vocabulary size, methods, decoding.
+
+    Tables go to stderr; numbers are measured, never looked up.
+
+    Examples:\n
+      zstag bench --device cpu --json bench.json\n
+      zstag bench --device cuda --backbone vgg19 --image-size 224\n
+      zstag bench --quick --only forward,vocab-scale
+    """
+    from zstag.bench.run import run as run_bench
+
+    report = run_bench(opts)
+    if opts.json_path is not None and str(opts.json_path) == "-":
+        print(json.dumps(report, indent=2))
+
+
+command = command(BenchOptions, FLAGS, run)

@@ -1,0 +1,61 @@
+"""`zstag eval`: predictions (or a model) against ground truth."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from zstag.commands import params
+from zstag.commands.build import Extra, Flag, choice, command, split_list
+from zstag.core.errors import UsageError
+from zstag.jobs.options import EvalOptions
+
+NAME = "eval"
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in split_list(text)]
+    except ValueError:
+        raise typer.BadParameter(f"expects comma-separated integers, got {text!r}", param_hint="--k") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"expects positive integers, got {text!r}", param_hint="--k")
+    return ks
+
+
+FLAGS = {
+    "inputs": Flag(typer.Argument(metavar="[IMAGES]...", help="With --model: the images to tag (default: the truth's images)."),
+                   Optional[list[str]], lambda given: given or [], default=None),
+    "truth": typer.Option("--truth", help="Ground truth: a manifest or sidecar folder."),
+    "predictions": typer.Option("--predictions", "-p", help="Predictions from `zstag tag --format jsonl`."),
+    "model": params.model("Tag the truth's images with this model instead of reading predictions."),
+    "labels": typer.Option("--labels", help="Labels to evaluate (default: every label in truth and predictions)."),
+    "unseen": typer.Option("--unseen", help="Unseen labels: adds the zero-shot (zs) section."),
+    "ks": Flag(typer.Option("--k", help="Comma-separated K for P/R/F1@K."), str, _ks, default="3,5"),
+    "protocol": typer.Option("--protocol", help="zstag (labels without positives left out of mAP) or lesa (counted as AP 0).",
+                             **choice("zstag", "lesa")),
+    "batch_size": params.batch_size("Images per batch (with --model)."),
+    "device": params.device(),
+    "workers": params.workers(" With --model."),
+}
+EXTRAS = {"as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False)}
+
+
+def run(opts: EvalOptions, as_json: bool) -> None:
+    """Evaluate predictions (or a model) against ground truth: mAP, miAP, P/R/F1@K, ZS and GZS.
+
+    Examples:\n
+      zstag eval --predictions tags.jsonl --truth test.jsonl --unseen unseen.txt --json\n
+      zstag eval --model models/lesa --truth test.jsonl --unseen unseen.txt
+    """
+    if (opts.predictions is None) == (opts.model is None):
+        raise UsageError("give exactly one of --predictions FILE or --model MODEL")
+    from zstag.jobs.evaluate import render_report, run_eval
+
+    report = run_eval(opts)
+    print(json.dumps(report) if as_json else render_report(report))
+
+
+command = command(EvalOptions, FLAGS, run, EXTRAS)

@@ -1,0 +1,50 @@
+"""Options several commands share, spelt the same everywhere, with their shell completion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+
+
+def complete_devices(incomplete: str) -> list[str]:
+    return [d for d in ("auto", "cpu", "cuda", "cuda:0", "cuda:1") if d.startswith(incomplete)]
+
+
+def complete_methods(incomplete: str) -> list[str]:
+    from zstag.methods import METHODS
+
+    return [m for m in METHODS if m.startswith(incomplete)]
+
+
+def complete_backbones(incomplete: str) -> list[str]:
+    from zstag.backbones import BACKBONES
+
+    return [b for b in BACKBONES if b.startswith(incomplete)]
+
+
+def complete_models(incomplete: str) -> Iterator[str]:
+    """Bundled and fetched model names, and model directories below the current folder."""
+    from zstag.store.catalog import list_models
+
+    rows, _ = list_models([], [])
+    yield from (row.name for row in rows if row.name.startswith(incomplete) and row.error is None)
+
+
+def device() -> Any:
+    return typer.Option("--device", help="auto (CUDA when present), cpu, or cuda[:i].", autocompletion=complete_devices)
+
+
+def model(help: str = "Model directory, 'default' (bundled), or a fetched name.") -> Any:
+    return typer.Option("--model", help=help, autocompletion=complete_models)
+
+
+def workers(note: str = "") -> Any:
+    return typer.Option("--workers", min=0, help=(
+        "Image decoding processes. Default: on a GPU one per core but one (at most 16); on a CPU none: threads of "
+        "this process decode instead, which measured faster there." + note))
+
+
+def batch_size(help: str = "Images per batch.") -> Any:
+    return typer.Option("--batch-size", min=1, help=help)
