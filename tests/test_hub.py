@@ -180,7 +180,8 @@ def test_hf_url_with_a_missing_file(server, tmp_path, monkeypatch):
         hub.fetch("hf://someone/half")
 
 
-@pytest.mark.parametrize("url", ["hf://", "hf://only-owner", "hf://../x", "hf://a/b@", "hf://a/b/c"])
+@pytest.mark.parametrize("url", ["hf://", "hf://only-owner", "hf://../x", "hf://a/b@", "hf://a/b/c", "hf://a/b/",
+                                 "hf:/a/b", "xhf://a/b", "hf://a/b@../c", "hf://a/b\n", "hf://a b/c"])
 def test_malformed_hf_urls(url):
     with pytest.raises(ZstagError):
         hub.resolve(url)
@@ -189,6 +190,15 @@ def test_malformed_hf_urls(url):
 def test_parse_hf_url():
     assert hub.parse_hf_url("hf://me/model") == ("me/model", "main")
     assert hub.parse_hf_url("hf://me/model@v1.2") == ("me/model", "v1.2")
+    assert hub.parse_hf_url("hf://me/model@refs/pr/1") == ("me/model", "refs/pr/1")
+
+
+@pytest.mark.parametrize("url", ["someone/repo", "hf:/someone/repo", "https://huggingface.co/someone/repo",
+                                 "hf://some one/repo", "hf://someone/repo@", "hf://someone/repo@a..b"])
+def test_anything_but_an_hf_url_is_refused(url):
+    # `someone/repo` used to become `ne/repo` (five characters dropped, prefix never checked)
+    with pytest.raises(UsageError, match="expected hf://OWNER/REPO"):
+        hub.parse_hf_url(url)
 
 
 def test_unknown_name_lists_the_registry(tmp_path, monkeypatch):
@@ -288,3 +298,52 @@ def test_unreachable_hub_and_not_cached_says_what_to_do(server, tmp_path, monkey
     message = str(info.value)
     assert "not in the cache" in message and f"the hub ({server.url}) cannot be reached" in message
     assert "`zstag fetch tiny`" in message
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on: connecting is refused at once, like a machine with no route."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_network_is_detected_before_any_hub_call_and_fast(server, tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.utils._http as hf_http
+
+    slept: list[float] = []
+    monkeypatch.setattr(hf_http.time, "sleep", slept.append)  # huggingface_hub's retry back-off, if reached
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    with pytest.raises(ZstagError, match="cannot be reached") as info:
+        hub.fetch("tiny")
+    assert time.monotonic() - start < 2
+    assert slept == []  # no retry was attempted: the probe answered first
+    assert "\n" not in str(info.value) and "`zstag fetch tiny`" in str(info.value)
+
+
+def test_the_probe_says_reachable_for_a_live_hub(server):
+    assert hub.reachable() and hub.network_problem() is None
+
+
+def test_offline_fetch_on_the_command_line_is_one_line_well_under_2_seconds(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    registry = write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"),
+               ZSTAG_CACHE=str(tmp_path / "cache"), ZSTAG_REGISTRY=str(registry))
+    start = time.monotonic()
+    result = subprocess.run([shutil.which("zstag") or "zstag", "fetch", "tiny"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot be reached" in result.stderr, result.stderr
+    assert elapsed < 10, elapsed  # interpreter start-up included; was ~26 s of retries

@@ -33,12 +33,16 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from zstag.core.errors import UsageError, ZstagError
 from zstag.store import CONFIG, WEIGHTS
@@ -48,10 +52,14 @@ Progress = Callable[[str, int, int | None], None]
 
 REGISTRY_ENV = "ZSTAG_REGISTRY"
 HF_SCHEME = "hf://"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT = 1.5  # seconds for the connectivity probe: a live hub answers a TCP connect far sooner
 MODEL_FILES = (CONFIG, WEIGHTS)  # what a zstag model repository holds (GUIDE §1)
 _CHUNK = 1 << 20
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
+_HF_URL = re.compile(rf"hf://(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{{0,199}}))?")
 _TRUE = {"1", "on", "yes", "true"}
 
 
@@ -223,13 +231,15 @@ def _validate(spec: Spec) -> None:
 
 
 def parse_hf_url(url: str) -> tuple[str, str]:
-    """`hf://OWNER/REPO[@REV]` -> (repo, revision)."""
-    body = url[len(HF_SCHEME):]
-    repo, at, revision = body.partition("@")
-    repo = repo.strip("/")
-    if not _REPO_ID.match(repo) or (at and not revision):
+    """`hf://OWNER/REPO[@REV]` -> (repo, revision); anything else is refused.
+
+    The whole string is matched (scheme included), so `someone/repo` or `hf:/x/y` can never be
+    read as another repository by dropping characters.
+    """
+    match = _HF_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None or ".." in url:
         raise UsageError(f"bad model URL {url!r}: expected hf://OWNER/REPO or hf://OWNER/REPO@REVISION")
-    return repo, revision or "main"
+    return match["repo"], match["rev"] or "main"
 
 
 def resolve(name_or_url: str, registry: str | Path | None = None) -> Spec:
@@ -418,16 +428,59 @@ def _bar_class(file_name: str, progress: Progress | None) -> type | None:
                                           "file_name": file_name})
 
 
-def _unreachable(spec: Spec, root: Path, offline: bool) -> ZstagError:
-    hub = endpoint() or "https://huggingface.co"
-    why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({hub}) cannot be reached"
+def network_problem() -> str | None:
+    """Why the hub cannot be used now, or None: `HF_HUB_OFFLINE`, else a failed connectivity probe.
+
+    Asked once before any download, so an offline machine gets zstag's one-line answer at once
+    instead of huggingface_hub's retries with back-off (six messages and ~25 s).
+    """
+    if offline():
+        return "HF_HUB_OFFLINE is set"
+    return None if reachable() else _cannot_reach()
+
+
+def _cannot_reach() -> str:
+    return f"the hub ({endpoint() or DEFAULT_ENDPOINT}) cannot be reached"
+
+
+def reachable(timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a TCP connection to the hub's host (or to the proxy that leads there) opens in `timeout` s.
+
+    Only a connection, no request: it answers "is there a network path", quickly. The connection
+    (name lookup included, which a socket timeout does not bound) runs in a daemon thread that is
+    abandoned when it takes too long.
+    """
+    url = urlsplit(endpoint() or DEFAULT_ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = getproxies().get(url.scheme) or getproxies().get("all")
+    if proxy and not proxy_bypass(host):
+        proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or "", proxied.port or (443 if proxied.scheme == "https" else 80)
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                opened.append(True)
+        except (OSError, ValueError):
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(opened)
+
+
+def _unreachable(spec: Spec, root: Path, why: str) -> ZstagError:
     return ZstagError(
         f"{spec.name} is not in the cache ({root}) and {why}: run `zstag fetch {spec.name}` on a machine "
         f"with network, or copy the cache (set ZSTAG_CACHE or --cache-dir to it)"
     )
 
 
-def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progress | None) -> Path:
+def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progress | None,
+              no_network: str | None) -> Path:
+    """One file into `root`; `no_network` (why the hub cannot be used) means the cache only."""
     import httpx2
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -440,24 +493,23 @@ def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progre
         RevisionNotFoundError,
     )
 
-    is_offline = offline()
-    if force and is_offline:
-        raise ZstagError(f"--force needs the network, but HF_HUB_OFFLINE is set ({spec.name})")
+    if force and no_network:
+        raise ZstagError(f"--force needs the network, but {no_network} ({spec.name})")
     where = f"{spec.repo}@{spec.revision}"
     try:
-        with hub_offline_mode(is_offline):
+        with hub_offline_mode(no_network is not None):
             path = hf_hub_download(
                 spec.repo,
                 f.name,
                 revision=spec.revision,
                 cache_dir=str(root),
                 force_download=force,
-                local_files_only=is_offline,
+                local_files_only=no_network is not None,
                 endpoint=endpoint(),
                 tqdm_class=_bar_class(f.name, progress),
             )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise _unreachable(spec, root, is_offline) from None
+        raise _unreachable(spec, root, no_network or _cannot_reach()) from None
     except GatedRepoError:
         raise ZstagError(f"{where} is gated: accept its terms on the hub and log in (`hf auth login`)") from None
     except RepositoryNotFoundError:
@@ -470,7 +522,7 @@ def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progre
         raise ZstagError(f"downloading {f.name} from {where} failed: {exc}") from None
     except (httpx2.HTTPError, OSError, ValueError) as exc:
         if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException)):
-            raise _unreachable(spec, root, is_offline) from None
+            raise _unreachable(spec, root, _cannot_reach()) from None
         raise ZstagError(f"downloading {f.name} from {where} failed: {exc}") from None
     return Path(path)
 
@@ -516,7 +568,7 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
 
     Every file is checked against the registry's size and sha256 where it has them, also when it
     was already cached; a file that fails is deleted and a ZstagError raised. With HF_HUB_OFFLINE
-    set only the cache is used. `force` downloads again even what is cached.
+    set, or when a quick connectivity probe fails (`network_problem`), only the cache is used. `force` downloads again even what is cached.
     """
     spec = resolve(name_or_url, registry)
     root = hub_dir(cache_dir)
@@ -526,8 +578,9 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
             if found is not None:
                 return found
     snapshots = set()
+    no_network = network_problem()
     for f in spec.files:
-        pointer = _download(spec, f, root, force, progress)
+        pointer = _download(spec, f, root, force, progress, no_network)
         _check_file(spec, f, pointer)
         snapshots.add(_snapshot_of(pointer, f.name))
     if len(snapshots) != 1:
@@ -577,8 +630,10 @@ __all__ = [
     "hub_offline_mode",
     "list_registry",
     "load_registry",
+    "network_problem",
     "offline",
     "parse_hf_url",
+    "reachable",
     "registry_path",
     "resolve",
     "snapshots",

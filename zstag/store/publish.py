@@ -192,9 +192,10 @@ def _upload(folder: Path, repo: str, revision: str, card: bytes, private: bool, 
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    endpoint = hub.endpoint() or "https://huggingface.co"
-    if hub.offline():
-        raise ZstagError(f"pushing to {repo} needs the network, but HF_HUB_OFFLINE is set")
+    endpoint = hub.endpoint() or hub.DEFAULT_ENDPOINT
+    no_network = hub.network_problem()
+    if no_network:
+        raise ZstagError(f"pushing to {repo} needs the network, but {no_network}; nothing was committed")
     token = get_token()
     if not token:
         raise ZstagError(f"pushing to {repo} needs a Hugging Face token with write access: {LOGIN_HINT}")
