@@ -290,3 +290,11 @@ def test_the_card_says_which_backbone_a_model_needs(backbone, in_weights, says):
     card = publish.model_card(config, "hf://me/lesa")
     assert says in card and "`minilm` label vectors" in card
     assert "## Training" not in card  # no summary in the config, no section
+
+
+@pytest.mark.parametrize("url", ["someone/repo", "hf:/someone/repo", "https://huggingface.co/someone/repo"])
+def test_push_refuses_a_destination_that_is_not_an_hf_url(cli, server, model_dir, monkeypatch, url):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = cli("push", model_dir, url)
+    assert result.code == 2 and "expected hf://OWNER/REPO" in result.err and result.err.count("\n") == 1
+    assert server.requests == [] and server.repos == {}  # `someone/repo` used to be pushed to `ne/repo`
