@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from zstag.commands import params
 from zstag.commands.build import Extra, Flag, choice, command, split_list
+from zstag.core import console
 from zstag.core.errors import UsageError
 from zstag.jobs.options import EvalOptions
 
@@ -40,21 +42,33 @@ FLAGS = {
     "device": params.device(),
     "workers": params.workers(" With --model."),
 }
-EXTRAS = {"as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False)}
+EXTRAS = {
+    "as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False),
+    "plots": Extra(typer.Option("--plots", help="Folder for PNG charts: the PR curves and AP per label."),
+                   Optional[Path], None),
+}
 
 
-def run(opts: EvalOptions, as_json: bool) -> None:
+def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
     """Evaluate predictions (or a model) against ground truth: mAP, miAP, P/R/F1@K, ZS and GZS.
 
     Examples:\n
       zstag eval --predictions tags.jsonl --truth test.jsonl --unseen unseen.txt --json\n
-      zstag eval --model models/lesa --truth test.jsonl --unseen unseen.txt
+      zstag eval --model models/lesa --truth test.jsonl --unseen unseen.txt\n
+      zstag eval -p tags.jsonl --truth test.jsonl --plots plots/
     """
     if (opts.predictions is None) == (opts.model is None):
         raise UsageError("give exactly one of --predictions FILE or --model MODEL")
-    from zstag.jobs.evaluate import render_report, run_eval
+    from zstag.eval.report import evaluate, label_curves
+    from zstag.jobs.evaluate import eval_matrices, render_report
 
-    report = run_eval(opts)
+    scores, truth, labels, unseen = eval_matrices(opts)
+    report = evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+    if plots is not None:
+        from zstag.eval.plots import write_plots
+
+        for path in write_plots(plots, report, label_curves(scores, truth, labels, unseen), labels, unseen):
+            console.info(f"wrote {path}")
     print(json.dumps(report) if as_json else render_report(report))
 
 

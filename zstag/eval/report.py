@@ -39,6 +39,7 @@ from zstag.eval.metrics import (
     mean_ap,
     mean_class_accuracy,
     mean_image_ap,
+    average_precision_per_label,
     precision_recall_f1_at_k,
 )
 
@@ -194,7 +195,7 @@ def evaluation_labels(
     return sorted(found)
 
 
-def _same_file_key(path: str | Path) -> str:
+def same_file_key(path: str | Path) -> str:
     """One spelling per file: absolute against the current directory, '..' and symlinks resolved."""
     return os.path.realpath(os.path.expanduser(path))
 
@@ -223,11 +224,11 @@ def match_predictions(
     index = {name: j for j, name in enumerate(labels)}
     by_file: dict[str, dict[str, Any]] = {}
     for row in rows:
-        key = _same_file_key(row["image"])
+        key = same_file_key(row["image"])
         if key in by_file:
             raise UsageError(f"more than one prediction for {row['image']}")
         by_file[key] = row
-    truth_keys = [_same_file_key(s.image) for s in truth_samples]
+    truth_keys = [same_file_key(s.image) for s in truth_samples]
     missing = [str(s.image) for s, key in zip(truth_samples, truth_keys) if key not in by_file]
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED])
@@ -243,3 +244,45 @@ def match_predictions(
     used = set(truth_keys)
     n_ignored = sum(1 for key in by_file if key not in used)
     return scores, truth, n_ignored
+
+
+def pr_curve(scores: np.ndarray, truth: np.ndarray, max_points: int = 200) -> list[list[float]]:
+    """Micro-averaged [recall, precision] points over every image x label cell, one per distinct
+    score threshold from the highest down, thinned evenly to at most `max_points` (first and last kept).
+
+    Micro, like P/R/F1@K: one curve summarises a whole setting (ZS or GZS) for a plot or a page.
+    Cells tied at a score form one threshold (the tie rule of AP), so -inf cells (labels absent
+    from a top-k file) add one last point at recall 1. Empty when there is no positive cell.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(truth).astype(bool).ravel()
+    positives = int(t.sum())
+    if positives == 0:
+        return []
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    ends = np.flatnonzero(np.append(s[:-1] != s[1:], True))
+    tp = np.cumsum(t)[ends]
+    if len(ends) > max_points:
+        keep = np.unique(np.linspace(0, len(ends) - 1, max_points).round().astype(int))
+        ends, tp = ends[keep], tp[keep]
+    return [[round(float(r), 4), round(float(p), 4)] for r, p in zip(tp / positives, tp / (ends + 1))]
+
+
+def label_curves(scores: np.ndarray, truth: np.ndarray, labels: Sequence[str],
+                 unseen: Sequence[str] | None = None) -> dict[str, Any]:
+    """What plots and the review page draw, from the same matrices `evaluate` reads: each label's AP
+    (null without a positive; a label's AP does not depend on the other labels, so it is the same in
+    ZS and GZS, and the mean of the non-null ones is the zstag protocol's mAP), its number of
+    positive images, and the micro PR curve of GZS and, with unseen labels, of ZS."""
+    truth = np.asarray(truth).astype(bool)
+    curves: dict[str, Any] = {
+        "ap": [_number(v) for v in average_precision_per_label(scores, truth)],
+        "positives": [int(n) for n in truth.sum(axis=0)],
+        "pr": {"gzs": pr_curve(scores, truth)},
+    }
+    if unseen:
+        wanted = set(unseen)
+        cols = [j for j, name in enumerate(labels) if name in wanted]
+        curves["pr"]["zs"] = pr_curve(np.asarray(scores)[:, cols], truth[:, cols])
+    return curves

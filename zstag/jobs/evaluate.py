@@ -44,6 +44,12 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
 
 
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
+    scores, truth, labels, unseen = eval_matrices(opts)
+    return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+
+
+def eval_matrices(opts: EvalOptions) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    """Scores, truth, labels and unseen labels as `evaluate` reads them (also what `eval --plots` draws)."""
     samples = read_dataset(opts.truth)
     unseen = read_vocabulary(opts.unseen) if opts.unseen else None
     given = read_vocabulary(opts.labels) if opts.labels else None
@@ -57,7 +63,7 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
         labels = evaluation_labels([], samples, given, unseen)
         scores, samples = model_scores(opts, samples, labels)
         truth = truth_matrix(samples, labels)
-    return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+    return scores, truth, labels, unseen
 
 
 def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
