@@ -12,7 +12,7 @@ import pytest
 
 from zstag.data.images import decode_image
 from zstag.data.inputs import iter_inputs
-from zstag.core.errors import ImageError
+from zstag.core.errors import ImageError, UsageError
 
 
 def _tree(root: Path, names: list[str]) -> None:
@@ -71,8 +71,15 @@ def test_explicit_file_kept_whatever_its_extension(photos):
     ]
 
 
-def test_missing_explicit_path_is_yielded_for_the_engine_to_report(photos):
-    assert _displays(["photos/gone.jpg", "photos/b.jpg"]) == ["photos/gone.jpg", "photos/b.jpg"]
+def test_missing_path_on_the_command_line_is_a_usage_error(photos):
+    with pytest.raises(UsageError, match="no such file or folder: 'photos/gone.jpg'"):
+        _displays(["photos/b.jpg", "photos/gone.jpg"])
+    with pytest.raises(UsageError, match=r"no file matches 'photos/\*.bmp'"):
+        _displays(["photos/*.bmp"])
+
+
+def test_missing_path_read_from_stdin_is_yielded_for_the_engine_to_report(photos):
+    assert _displays(["-"], stdin=io.StringIO("photos/gone.jpg\nphotos/b.jpg\n")) == ["photos/gone.jpg", "photos/b.jpg"]
     with pytest.raises(ImageError, match="no such file"):
         decode_image("photos/gone.jpg")
 
@@ -82,7 +89,6 @@ def test_glob_patterns(photos):
     assert _displays(["photos/**/*.txt"]) == ["photos/notes.txt", "photos/sub/e.txt"]  # the pattern chose
     assert _displays(["photos/s*"]) == ["photos/sub/d.webp", "photos/sub/deeper/e.gif"]  # dirs walked
     assert _displays(["photos/[ab].*"]) == ["photos/a.PNG", "photos/b.jpg"]
-    assert _displays(["photos/*.bmp"]) == ["photos/*.bmp"]  # unmatched: reported as missing
 
 
 def test_literal_name_with_glob_characters_is_not_expanded(tmp_path, monkeypatch):

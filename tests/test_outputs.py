@@ -55,11 +55,12 @@ def test_stream_output_renames_on_complete(tmp_path):
 
 def test_stream_output_replaces_an_old_file_only_when_complete(tmp_path):
     target = tmp_path / "pred.csv"
-    target.write_text("old results\n")
+    old = header("csv") + format_row("csv", "old.jpg", TAGS)
+    target.write_text(old)
     stream = StreamOutput(str(target), "csv", resume=False)
     stream.write("a.jpg", TAGS)
     stream.flush()
-    assert target.read_text() == "old results\n"
+    assert target.read_text() == old
     stream.close(complete=True)
     assert target.read_text() == "image,tags,scores\n" + format_row("csv", "a.jpg", TAGS)
 
@@ -75,7 +76,7 @@ def test_interrupted_plain_run_leaves_partial(tmp_path):
     assert partial.read_text() == format_row("jsonl", "a.jpg", TAGS)
     # --resume continues the .partial file under the final name.
     resumed = StreamOutput(str(target), "jsonl", resume=True)
-    assert resumed.done == {"a.jpg"}
+    assert resumed.done.images == {"a.jpg"}
     resumed.write("b.jpg", TAGS)
     resumed.close(complete=True)
     assert not partial.exists()
@@ -94,7 +95,7 @@ def test_resume_csv_skips_the_header_and_appends(tmp_path):
     target = tmp_path / "pred.csv"
     target.write_text(header("csv") + format_row("csv", "image,1.jpg", TAGS) + "c.jp")
     stream = StreamOutput(str(target), "csv", resume=True)
-    assert stream.done == {"image,1.jpg"}
+    assert stream.done.images == {"image,1.jpg"}
     stream.write("d.jpg", TAGS)
     stream.close(complete=True)
     rows = list(csv.reader(io.StringIO(target.read_text())))
@@ -104,9 +105,9 @@ def test_resume_csv_skips_the_header_and_appends(tmp_path):
 def test_resume_without_a_file_starts_one_with_its_header(tmp_path):
     target = tmp_path / "pred.tsv"
     stream = StreamOutput(str(target), "tsv", resume=True)
-    assert stream.done == set()
+    assert stream.done.images == set()
     stream.write("a.jpg", TAGS)
-    stream.close(complete=False)  # a resumed run writes in place: nothing to rename
+    stream.close(complete=True)
     assert target.read_text() == "image\ttags\tscores\n" + format_row("tsv", "a.jpg", TAGS)
 
 

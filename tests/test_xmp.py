@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from zstag.core.errors import ImageError
+from zstag.outputs import sidecar_path
 from zstag.outputs.xmp import write_xmp_sidecar
 
 NS = {
@@ -60,7 +61,7 @@ def photo(tmp_path) -> Path:
 
 def test_new_sidecar_parses_back(photo):
     write_xmp_sidecar(photo, [("dog", 0.93), ("coral reef", 0.4)])
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     text = sidecar.read_text(encoding="utf-8")
     assert text.startswith("<?xpacket begin=") and text.rstrip().endswith('<?xpacket end="w"?>')
     root = parse(sidecar)
@@ -68,11 +69,11 @@ def test_new_sidecar_parses_back(photo):
     assert root.find("rdf:RDF/rdf:Description", NS) is not None
     assert keywords(sidecar) == ["dog", "coral reef"]
     assert scores(sidecar) == {"dog": 0.93, "coral reef": 0.4}
-    assert sorted(p.name for p in photo.parent.iterdir()) == ["IMG_0001.xmp"]
+    assert sorted(p.name for p in photo.parent.iterdir()) == ["IMG_0001.jpg.xmp"]
 
 
 def test_merge_keeps_other_metadata_and_user_keywords(photo):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(EXISTING, encoding="utf-8")
     write_xmp_sidecar(photo, [("dog", 0.9), ("beach", 0.7)], "overwrite")
     root = parse(sidecar)
@@ -87,7 +88,7 @@ def test_merge_keeps_other_metadata_and_user_keywords(photo):
 
 
 def test_overwrite_replaces_only_zstags_earlier_keywords(photo):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(EXISTING, encoding="utf-8")
     write_xmp_sidecar(photo, [("dog", 0.9), ("beach", 0.7)], "overwrite")
     write_xmp_sidecar(photo, [("cat", 0.8), ("beach", 0.6)], "overwrite")
@@ -97,7 +98,7 @@ def test_overwrite_replaces_only_zstags_earlier_keywords(photo):
 
 
 def test_append_keeps_zstags_earlier_keywords(photo):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(EXISTING, encoding="utf-8")
     write_xmp_sidecar(photo, [("dog", 0.9), ("beach", 0.7)], "overwrite")
     write_xmp_sidecar(photo, [("cat", 0.8), ("beach", 0.6)], "append")
@@ -106,13 +107,13 @@ def test_append_keeps_zstags_earlier_keywords(photo):
 
 
 def test_skip_leaves_the_file_untouched(photo):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(EXISTING, encoding="utf-8")
     before = sidecar.read_bytes()
     write_xmp_sidecar(photo, [("dog", 0.9)], "skip")
     assert sidecar.read_bytes() == before
     write_xmp_sidecar(photo.with_name("new.jpg"), [("dog", 0.9)], "skip")  # skip still writes missing sidecars
-    assert keywords(photo.with_name("new.xmp")) == ["dog"]
+    assert keywords(photo.with_name("new.jpg.xmp")) == ["dog"]
 
 
 @pytest.mark.parametrize("unsafe", [
@@ -121,7 +122,7 @@ def test_skip_leaves_the_file_untouched(photo):
                                                   '<!DOCTYPE x [<!ENTITY a "boom">]>'),
 ])
 def test_a_sidecar_with_a_doctype_is_refused(photo, unsafe):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(unsafe, encoding="utf-8")
     with pytest.raises(ImageError, match="DOCTYPE"):
         write_xmp_sidecar(photo, [("dog", 0.9)], "overwrite")
@@ -129,7 +130,7 @@ def test_a_sidecar_with_a_doctype_is_refused(photo, unsafe):
 
 
 def test_a_sidecar_that_is_not_xml_is_refused_and_kept(photo):
-    sidecar = photo.with_suffix(".xmp")
+    sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'><unclosed></x:xmpmeta>", encoding="utf-8")
     with pytest.raises(ImageError, match="not valid XML"):
         write_xmp_sidecar(photo, [("dog", 0.9)], "overwrite")

@@ -10,7 +10,7 @@ from zstag.commands import params
 from zstag.commands.build import Flag, choice, command, split_list
 from zstag.core.errors import UsageError
 from zstag.jobs.options import TagOptions
-from zstag.outputs import FORMATS, STREAM_FORMATS
+from zstag.outputs import FORMATS, SIDECAR_MODES, STREAM_FORMATS
 
 NAME = "tag"
 
@@ -33,7 +33,7 @@ FLAGS = {
                                                   "or any raw score with --raw-scores."),
     "thresholds": typer.Option("--thresholds", help="Per-label thresholds: 'label<TAB>threshold' per line (others use --threshold)."),
     "raw_scores": typer.Option("--raw-scores", help="Write the method's raw scores instead of calibrated probabilities."),
-    "fmt": typer.Option("--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.xmp sidecars).", **choice(*FORMATS)),
+    "fmt": typer.Option("--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.jpg.xmp sidecars).", **choice(*FORMATS)),
     "output": typer.Option("--output", "-o", help="Output file, or '-' for stdout."),
     "recursive": typer.Option("--recursive/--no-recursive", help="Descend into sub-folders."),
     "batch_size": params.batch_size(),
@@ -43,8 +43,11 @@ FLAGS = {
     "extensions": Flag(typer.Option("--extensions", help="Comma-separated extensions that count as images in folders."),
                        Optional[str], _extensions),
     "errors": typer.Option("--errors", help="Append unreadable inputs to this file as JSON lines."),
-    "sidecar_mode": typer.Option("--sidecar-mode", help="For txt/xmp: overwrite, append or skip existing sidecars.",
-                                 **choice("overwrite", "append", "skip")),
+    "sidecar_mode": typer.Option("--sidecar-mode", help="For txt/xmp, what an existing sidecar gets. safe: zstag's own "
+                                 "are replaced (XMP: merged, keeping your metadata), any other x.txt is left alone and "
+                                 "its image named; overwrite: replace any x.txt; append: add the new tags; skip: leave "
+                                 "every existing sidecar alone.", **choice(*SIDECAR_MODES)),
+    "force": typer.Option("--force", help="Replace an existing --output file even if it is not a zstag output."),
     "shard": typer.Option("--shard", help="Tag only block I of N of the inputs (0 <= I < N), e.g. "
                                           "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."),
 }

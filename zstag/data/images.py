@@ -109,6 +109,8 @@ def _check_path(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         reason = "symlink loop" if exc.errno == errno.ELOOP else f"cannot read ({exc.strerror})"
         raise ImageError(reason) from None
+    except ValueError:  # a NUL character, which no file name can hold (a path read from stdin)
+        raise ImageError("the path holds a NUL character") from None
     if stat.S_ISDIR(info.st_mode):
         readable = os.access(path, os.R_OK | os.X_OK)
         raise ImageError("is a directory" if readable else "unreadable directory (permission denied)")

@@ -4,20 +4,26 @@ The display path is what the user wrote, joined: `photos/` gives `photos/a.jpg`,
 string the prediction rows carry (GUIDE §1), so it must be stable and unsurprising. Rules:
 
 - A named file is always taken, whatever its extension: the user chose it.
-- A named path that does not exist (or is a broken link, a FIFO...) is yielded too: a missing
-  input is a per-input error (exit code 3), and `decode_image` words the reason ("no such file").
+- A path named on the command line that does not exist (nor matches as a glob) is a usage error
+  (exit code 2) naming it: a typo must not read as "tagged 0 images; 1 unreadable". A named path
+  that exists but cannot be read (a FIFO, a file without permission) is yielded, and the engine
+  names it (exit code 3), as are files found inside folders or read from stdin.
 - A directory is walked in name order, depth first, recursively unless `recursive=False`. Only
   files with an image extension (`IMAGE_EXTENSIONS`, or `extensions`) are taken. Hidden entries
   (names starting with ".") are skipped: `.thumbnails`, `.git` and macOS `._IMG.jpg` resource
   forks hold no user pictures (the forks even carry image extensions). Symlinked sub-directories
-  are not followed, which also rules out loops; symlinked files are taken. A sub-directory that
-  cannot be listed is yielded, so the engine reports it rather than silently skipping its files.
+  are not followed, which also rules out loops; symlinked files are taken. A link that cannot be
+  followed (a loop, `a.jpg -> b.jpg -> a.jpg`) is taken like a file, and `decode_image` names it
+  ("symlink loop"): one bad link must not abort the walk. A sub-directory that cannot be listed is
+  yielded, so the engine reports it rather than silently skipping its files.
 - A path that does not exist but holds `*`, `?` or `[` is a glob pattern (`**` spans
   directories). Its matches are treated as if the shell had expanded it: files are taken
-  whatever their extension, directories are walked. A pattern that matches nothing is yielded
-  as written and reported as missing, as an unmatched pattern in a shell would be.
+  whatever their extension, directories are walked. A pattern that matches nothing is a usage
+  error naming it, as in a shell with `failglob`.
 - `-` reads one path per line from standard input (blank lines skipped, a trailing CR dropped).
   Those paths are literal, never globbed (file names may hold `*` or `[`); directories are walked.
+  A missing one, or one holding a NUL character, is an unreadable input (exit code 3), not an
+  abort: the list may come from `find` over a changing tree.
 - Each file is yielded once, at its first mention: `photos 'photos/**/*.jpg'` must not tag an
   image twice, which would also give eval two rows for one picture.
 - Non-UTF-8 names never crash: paths stay `str` with surrogate escapes (`os.fsdecode`), which
@@ -34,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from zstag.core.errors import UsageError
 from zstag.data.images import IMAGE_EXTENSIONS
 
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -68,14 +75,16 @@ def _expand_all(
         if raw == "-":
             for line in _stdin_lines(sys.stdin if stdin is None else stdin):
                 yield from _expand_path(line, recursive, wanted)
-        elif not os.path.lexists(raw) and _GLOB_CHARACTERS.intersection(raw):
+        elif os.path.lexists(raw):
+            yield from _expand_path(raw, recursive, wanted)
+        elif _GLOB_CHARACTERS.intersection(raw):
             matches = sorted(glob.glob(raw, recursive=True))
+            if not matches:
+                raise UsageError(f"no file matches {raw!r}")
             for match in matches:
                 yield from _expand_path(match, recursive, wanted)
-            if not matches:
-                yield raw
         else:
-            yield from _expand_path(raw, recursive, wanted)
+            raise UsageError(f"no such file or folder: {raw!r}")
 
 
 def _expand_path(path: str, recursive: bool, wanted: frozenset[str]) -> Iterator[str]:
@@ -102,17 +111,26 @@ def _walk(root: str, recursive: bool, wanted: frozenset[str]) -> Iterator[str]:
             stack.pop()
         elif entry.name.startswith("."):
             continue
-        elif entry.is_dir(follow_symlinks=False):
+        elif _is_dir(entry, follow_symlinks=False):
             if recursive:
                 sub = _listing(entry.path)
                 if sub is None:
                     yield entry.path
                 else:
                     stack.append(iter(sub))
-        elif entry.is_dir():
+        elif _is_dir(entry, follow_symlinks=True):
             continue  # a symlink to a directory: not followed
         elif os.path.splitext(entry.name)[1].lower() in wanted:
             yield entry.path
+
+
+def _is_dir(entry: os.DirEntry[str], follow_symlinks: bool) -> bool:
+    """`entry.is_dir`, False for a link that cannot be followed (ELOOP and the like): the link is
+    then taken as a file, and reading it names the problem."""
+    try:
+        return entry.is_dir(follow_symlinks=follow_symlinks)
+    except OSError:
+        return False
 
 
 def _listing(directory: str) -> list[os.DirEntry[str]] | None:

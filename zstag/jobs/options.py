@@ -27,7 +27,8 @@ class TagOptions:
     resume: bool = False
     extensions: list[str] | None = None
     errors: Path | None = None
-    sidecar_mode: str = "overwrite"
+    sidecar_mode: str = "safe"  # what an existing sidecar gets: zstag.outputs.sidecars
+    force: bool = False  # replace an existing output file that is not a zstag output
     thresholds: Path | None = None
     raw_scores: bool = False
     shard: str | None = None  # "i/n": tag only the i-th of n contiguous blocks of the inputs

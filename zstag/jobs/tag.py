@@ -23,9 +23,10 @@ from zstag.jobs.options import TagOptions
 from zstag.store.model import load_model
 from zstag.engine import distributed
 from zstag.engine.distributed import Share, current_share
+from zstag.core.errors import ImageError
 from zstag.outputs import SIDECAR_FORMATS, Tags
-from zstag.outputs.sidecars import sidecar_writer
-from zstag.outputs.streams import StreamOutput, join_shards, read_done_images
+from zstag.outputs.sidecars import SidecarWriter
+from zstag.outputs.streams import StreamOutput, escape_name, join_shards, read_done_images
 
 
 def label_thresholds(names: list[str], threshold: float | None, per_label: dict[str, float]) -> torch.Tensor | None:
@@ -77,11 +78,19 @@ def tag(opts: TagOptions) -> int:
         console.info(f"share {share.index}/{share.count}: {len(items)} of {everything} input(s)")
     joined = share is not None and share.torchrun and not sidecar
     target = shard_name(opts.output, share) if joined else opts.output
+    check_errors_file(opts.errors)
+    if not sidecar:
+        check_not_an_input(opts.output, items)
     done_before = read_done_images(Path(opts.output), opts.fmt) if joined and opts.resume else set()
-    stream = None if sidecar else StreamOutput(target, opts.fmt, opts.resume)
-    if stream is not None and (stream.done or done_before):
+    stream = None if sidecar else StreamOutput(target, opts.fmt, opts.resume, force=opts.force)
+    if stream is not None and (stream.done.images or done_before):
+        foreign = sorted(stream.done.labels - set(vocab))
+        if foreign:
+            raise UsageError(f"{opts.output} holds labels that are not in {opts.labels} ({', '.join(map(repr, foreign[:3]))}"
+                             f"{' ...' if len(foreign) > 3 else ''}): it was written with another vocabulary, "
+                             "and resuming would mix the two; write to a new file")
         before = len(items)
-        items = [item for item in items if item[0] not in stream.done and item[0] not in done_before]
+        items = [item for item in items if item[0] not in stream.done.images and item[0] not in done_before]
         console.info(f"--resume: {before - len(items)} image(s) already in {opts.output}, {len(items)} to go")
     model = load_model(opts.model)
     labels = model.embed(vocab)
@@ -91,25 +100,38 @@ def tag(opts: TagOptions) -> int:
         console.warn(f"thresholds apply to raw {model.config['method']} scores"
                      + ("" if opts.raw_scores else " (this model has no calibration: see `zstag calibrate`)"))
     engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
-    write_sidecar = sidecar_writer(opts.fmt, opts.sidecar_mode) if sidecar else None
+    sidecars = SidecarWriter(opts.fmt, opts.sidecar_mode) if sidecar else None
     console.debug(f"model {model.path} ({model.config['method']}), {len(vocab)} labels, device {engine.device}")
     failures: list[tuple[str, str]] = []
+
+    def fail(display: str, reason: str) -> None:
+        failures.append((display, reason))
+        console.warn(f"cannot tag {display}: {reason}")
+
     done, complete = 0, False
     try:
         with interrupt.remembered() as ctrl_c, console.progress("tagging", len(items)) as bar:
             for batch in engine.run(model.method, [p for _, p in items], labels, model.image_size):
                 for index, reason in batch.failures:
-                    failures.append((items[index][0], reason))
-                    console.warn(f"cannot read {items[index][0]}: {reason}")
-                for index, tags in zip(batch.indices, select(apply_calibration(batch.scores, calibration), labels.names, opts.top_k, thresholds)):
+                    fail(items[index][0], reason)
+                scores = apply_calibration(batch.scores, calibration)
+                finite = torch.isfinite(scores).all(dim=1).tolist()
+                for index, tags, ok in zip(batch.indices, select(scores, labels.names, opts.top_k, thresholds), finite):
                     display, path = items[index]
-                    if write_sidecar is not None:
-                        write_sidecar(Path(path), tags)
-                    else:
+                    if not ok:
+                        fail(display, "the model gave scores that are not numbers (NaN or infinite); no tags written")
+                        continue
+                    if sidecars is None:
                         stream.write(display, tags)
+                        done += 1
+                        continue
+                    try:
+                        sidecars.write(Path(path), tags)
+                        done += 1
+                    except ImageError as exc:
+                        fail(display, str(exc))
                 if stream is not None:
                     stream.flush()
-                done += len(batch.indices)
                 bar.update(len(batch.indices) + len(batch.failures))
                 ctrl_c.check()
         complete = True
@@ -122,11 +144,36 @@ def tag(opts: TagOptions) -> int:
             stream.close(complete)
         if opts.errors is not None and failures:
             with opts.errors.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps({"image": d, "error": r}, ensure_ascii=False) + "\n" for d, r in failures)
+                f.writelines(escape_name(json.dumps({"image": d, "error": r}, ensure_ascii=False)) + "\n" for d, r in failures)
     console.info(f"tagged {done} image(s)" + (f"; {len(failures)} unreadable" if failures else ""))
     if share is None or not share.torchrun:
         return 3 if failures else 0
     return finish_torchrun(share, opts, joined, resumed=bool(done_before) or opts.resume, failures=len(failures))
+
+
+def check_errors_file(errors: Path | None) -> None:
+    """Refuse an errors file that could not be written, before any work rather than after it."""
+    if errors is None:
+        return
+    if errors.is_dir():
+        raise UsageError(f"the errors file {errors} is a folder; name a file in it")
+    if not errors.parent.is_dir():
+        raise UsageError(f"the folder of the errors file {errors} does not exist")
+
+
+def check_not_an_input(output: str, items: list[tuple[str, str]]) -> None:
+    """Refuse an output file that is one of the inputs: writing it would destroy the image."""
+    try:
+        target = os.stat(output)
+    except (OSError, ValueError):
+        return  # no such file yet (or "-"): it cannot be an input
+    for display, path in items:
+        try:
+            same = os.path.samestat(target, os.stat(path))
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise UsageError(f"the output {output} is one of the input images ({display}); choose another output file")
 
 
 def compact_inputs(inputs: Iterable[tuple[str, Path]]) -> list[tuple[str, str]]:

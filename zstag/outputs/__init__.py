@@ -1,7 +1,16 @@
 """Where `zstag tag` writes its results: stream formats (`streams`) or sidecar files beside each
 image (`sidecars`, `xmp`). The names every writer shares live here, so no writer imports another."""
 
+from pathlib import Path
+
 Tags = list[tuple[str, float]]  # one image's (label, score) pairs, best first
 STREAM_FORMATS = ("jsonl", "csv", "tsv")
 SIDECAR_FORMATS = ("txt", "xmp")
 FORMATS = STREAM_FORMATS + SIDECAR_FORMATS
+SIDECAR_MODES = ("safe", "overwrite", "append", "skip")  # what to do with an existing sidecar: sidecars.py
+
+
+def sidecar_path(image_path: Path, fmt: str) -> Path:
+    """`x.txt` for txt (the captioning tools' convention, and what `zstag train` reads), `x.jpg.xmp`
+    for XMP (darktable's and digiKam's default name, which never clashes between `x.jpg` and `x.png`)."""
+    return image_path.with_suffix(".txt") if fmt == "txt" else image_path.with_name(image_path.name + ".xmp")

@@ -1,19 +1,22 @@
-"""XMP sidecars: `x.xmp` beside `x.jpg`, tags as `dc:subject` keywords (what darktable, digiKam
+"""XMP sidecars: `x.jpg.xmp` beside `x.jpg`, tags as `dc:subject` keywords (what darktable, digiKam
 and Lightroom read) and scores in a zstag namespace.
 
 An existing sidecar is merged, never clobbered: its other metadata stays, keywords the user wrote
 stay, and only the keywords zstag itself wrote earlier (listed under zstag:scores) are replaced
-(`overwrite`) or kept alongside the new ones (`append`); `skip` leaves existing sidecars alone.
+(`safe`, `overwrite`) or kept alongside the new ones (`append`); `skip` leaves existing sidecars
+alone. A sidecar that is not valid XML is never touched: the image is named as not tagged.
+Characters XML 1.0 cannot hold (most control characters) are written as U+FFFD.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from zstag.core.atomic import atomic_write_text
 from zstag.core.errors import ImageError
-from zstag.outputs import Tags
+from zstag.outputs import Tags, sidecar_path
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -24,6 +27,13 @@ NS = {
 }
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """`text` with the characters XML 1.0 forbids replaced: ElementTree would write them as they are,
+    and the sidecar could then not be read again (by zstag's next run or by anyone)."""
+    return _NOT_XML.sub("\ufffd", text)
 
 
 def _q(name: str) -> str:
@@ -80,7 +90,7 @@ def merge_tags(root: ET.Element, tags: Tags, mode: str) -> ET.Element:
         for item in list(scores):
             scores.remove(item)
         ours = {}
-    for label, score in tags:
+    for label, score in ((_xml_text(label), score) for label, score in tags):
         if label not in keywords:
             keywords.append(label)
         item = ours.get(label)
@@ -96,8 +106,9 @@ def merge_tags(root: ET.Element, tags: Tags, mode: str) -> ET.Element:
     return root
 
 
-def write_xmp_sidecar(image_path: Path, tags: Tags, mode: str = "overwrite") -> None:
-    sidecar = image_path.with_suffix(".xmp")
+def write_xmp_sidecar(image_path: Path, tags: Tags, mode: str = "safe") -> None:
+    """Write or merge `image_path`'s XMP sidecar; ImageError when an existing one cannot be read."""
+    sidecar = sidecar_path(image_path, "xmp")
     if sidecar.exists() and mode == "skip":
         return
     root = _read(sidecar) if sidecar.exists() else _empty_packet()
