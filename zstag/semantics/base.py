@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +12,7 @@ class Semantics(ABC):
     """Maps label strings to vectors. `key` identifies the model in the embedding cache."""
 
     key: str
+    source: Path | None = None  # the local file or folder it reads; None for a registry source (minilm, glove-300)
 
     @property
     @abstractmethod

@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from zstag.core import console
 from zstag.core.atomic import atomic_write
 from zstag.core.paths import cache_root
 
@@ -32,22 +33,31 @@ class EmbeddingCache:
         return Path(self.root or ".") / hashlib.sha256(key.encode()).hexdigest()[:24]
 
     def get(self, key: str, labels: list[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among `labels`; a damaged shard is a miss, warned about and removed.
+
+        Damage is anything but what `put` writes: an unreadable file, labels that are not a list
+        of strings, vectors that are not a finite float matrix with one row per label, or rows of
+        another length than the other shards'. Such a shard would otherwise crash (or poison with
+        NaN) every later run; removing it lets the recomputed vectors be cached again.
+        """
         if self.root is None:
             return {}
         folder = self._folder(key)
         wanted, found = set(labels), {}
         if not folder.is_dir():
             return found
+        dim: int | None = None
         for shard in sorted(folder.glob("*.safetensors")):
             try:
-                with safe_open(str(shard), framework="numpy") as f:
-                    names = json.loads((f.metadata() or {}).get("labels", "[]"))
-                    rows = [i for i, name in enumerate(names) if name in wanted and name not in found]
-                    if rows:
-                        vectors = f.get_tensor("vectors")
-                        found.update((names[i], vectors[i]) for i in rows)
-            except (OSError, ValueError, SafetensorError):
-                continue  # a damaged shard is only a cache miss
+                rows = _read_shard(shard, wanted - found.keys(), dim)
+            except (OSError, ValueError, TypeError, SafetensorError) as exc:
+                console.warn(f"damaged label-vector cache file {shard} ({_one_line(exc)}): "
+                             "removed, its vectors will be computed again")
+                shard.unlink(missing_ok=True)
+                continue
+            for name, vector in rows.items():
+                dim = len(vector)
+                found[name] = vector
             if len(found) == len(wanted):
                 break
         return found
@@ -64,3 +74,26 @@ class EmbeddingCache:
                 {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, tmp, metadata={"labels": json.dumps(labels)}))
         except OSError:
             return  # a read-only cache only costs recomputation
+
+
+def _read_shard(shard: Path, wanted: set[str], dim: int | None) -> dict[str, np.ndarray]:
+    """The rows of `wanted` labels in one shard, after checking the shard is what `put` writes."""
+    with safe_open(str(shard), framework="numpy") as f:
+        names = json.loads((f.metadata() or {}).get("labels", "null"))
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError("its labels are not a list of strings")
+        rows = [i for i, name in enumerate(names) if name in wanted]
+        if not rows:
+            return {}
+        vectors = f.get_tensor("vectors")
+    if vectors.ndim != 2 or vectors.shape[0] != len(names) or vectors.dtype != np.float32:
+        raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype} for {len(names)} labels")
+    if dim is not None and vectors.shape[1] != dim:
+        raise ValueError(f"{vectors.shape[1]}-d vectors where the other files hold {dim}-d ones")
+    if not np.isfinite(vectors).all():
+        raise ValueError("NaN or infinite vectors")
+    return {names[i]: vectors[i] for i in rows}
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]

@@ -36,7 +36,9 @@ def _load_model(folder: str):
 
     hf_logging.disable_progress_bar()
     try:
-        return SentenceTransformer(folder, device="cpu", local_files_only=True)  # a local folder needs no hub
+        # a local folder needs no hub; safetensors only, never a pickle
+        return SentenceTransformer(folder, device="cpu", local_files_only=True, trust_remote_code=False,
+                                   model_kwargs={"use_safetensors": True})
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load sentence-transformers model from {folder}: {exc}") from None
 

@@ -8,6 +8,7 @@ tensors stay in the fetch cache or `weights/`, and the config says so (`backbone
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.data.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
-from zstag.store.config import CONFIG, WEIGHTS, read_config
+from zstag.store.config import CONFIG, WEIGHTS, read_config, semantics_source
 from zstag.core.paths import WEIGHTS_DIR
-from zstag.semantics import embed_labels, get_semantics
+from zstag.semantics import PICKLES, embed_labels, get_semantics
 from zstag.semantics.base import Semantics
 
 
@@ -77,7 +78,27 @@ def save_model(model: Model, out_dir: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
              if keep_backbone or not k.startswith("backbone.")}
     atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    bundle_semantics(model, out_dir)
     write_config(out_dir, model.config)
+
+
+def bundle_semantics(model: Model, out_dir: Path) -> None:
+    """Copy local semantics (a vector file or sentence-transformers folder) into the model directory.
+
+    A model's config may name only a registry source or a path inside its own directory
+    (`store/config.py`), so a model trained on `--semantics PATH` carries its copy, named
+    `semantics` (plus the file's suffix), and stays usable when PATH moves. Pickles are not copied.
+    """
+    source = model.semantics.source
+    if source is None:
+        return
+    target = out_dir / ("semantics" + (source.suffix if source.is_file() else ""))
+    if source.resolve() != target.resolve():
+        if source.is_file():
+            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+        else:
+            shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLES)))
+    model.config["semantics"] = target.name
 
 
 def write_config(model_dir: Path, config: dict[str, Any]) -> None:
@@ -115,7 +136,7 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     method, backbone = config["method"], config["backbone"]
     seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
     in_weights = bool(config.get("backbone_in_weights", True))
-    model = build_model(method, backbone, semantics or config.get("semantics", "minilm"), seen_labels, hp,
+    model = build_model(method, backbone, semantics or semantics_source(config, folder), seen_labels, hp,
                         image_size, pretrained=not in_weights)
     if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):
         raise ModelError(f"{folder}: trained with {config['semantic_dim']}-d semantics, but "
