@@ -38,6 +38,7 @@ def command(
     from zstag.store import hub
 
     if list_:
+        print("name\tkind\tcached\trepo\tdescription")  # a header line, as `zstag models` prints one
         for entry in hub.list_registry(cache_dir=cache_dir):
             mark = "cached" if entry.get("cached") else "-"
             print(f"{entry['name']}\t{entry.get('kind', '')}\t{mark}\t{entry.get('repo', '')}\t{entry.get('description', '')}")

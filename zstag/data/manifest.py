@@ -1,8 +1,15 @@
-"""Training and truth data: JSONL / CSV manifests and sidecar folders (GUIDE §1, "Data formats")."""
+"""Training and truth data: JSONL / CSV manifests and sidecar folders (GUIDE §1, "Data formats").
+
+A manifest is UTF-8 text; everything wrong with one is a usage error naming its line: bytes that
+are not UTF-8, malformed or too deeply nested JSON, CSV fields over the csv module's 128 KiB limit,
+and image paths holding a NUL character (no file can have one). Image names that are not valid
+UTF-8 are written as JSON `\\udcXX` escapes, as `zstag tag` writes them (zstag/outputs/streams.py).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -29,6 +36,8 @@ def _resolve(root: Path, raw: str, where: str) -> Path:
     """
     if not isinstance(raw, str) or not raw.strip():
         raise UsageError(f"{where}: 'image' must be a non-empty string")
+    if "\0" in raw:
+        raise UsageError(f"{where}: image path {raw!r} holds a NUL character")
     path = Path(raw)
     if path.is_absolute():
         return Path(os.path.abspath(path))
@@ -46,34 +55,50 @@ def _tags(value: object, where: str) -> list[str]:
     return unique_labels(value, where)
 
 
+def _read_text(path: Path) -> str:
+    """The manifest as text; bytes that are not UTF-8 are a usage error naming their line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def _read_jsonl(path: Path, root: Path) -> list[Sample]:
     samples = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict) or "image" not in row or "tags" not in row:
-                raise UsageError(f"{where}: each line must be an object with 'image' and 'tags'")
-            samples.append(Sample(_resolve(root, row["image"], where), _tags(row["tags"], where)))
+    for n, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines: names may hold U+2028
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise UsageError(f"{where}: JSON nested too deeply") from None
+        if not isinstance(row, dict) or "image" not in row or "tags" not in row:
+            raise UsageError(f"{where}: each line must be an object with 'image' and 'tags'")
+        samples.append(Sample(_resolve(root, row["image"], where), _tags(row["tags"], where)))
     return samples
 
 
 def _read_csv(path: Path, root: Path) -> list[Sample]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
         header = reader.fieldnames or []
         if "image" not in header or "tags" not in header:
             raise UsageError(f"{path}: CSV manifest needs the header 'image,tags' (found {','.join(header) or 'none'})")
         extra = [h for h in header if h not in ("image", "tags")]
         if extra:
             warnings.warn(f"{path}: ignoring unknown column(s) {', '.join(extra)}", stacklevel=2)
-        return [Sample(_resolve(root, row["image"] or "", f"{path}:{n}"), _tags(row["tags"] or "", f"{path}:{n}"))
-                for n, row in enumerate(reader, 2)]
+        samples = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            samples.append(Sample(_resolve(root, row["image"] or "", where), _tags(row["tags"] or "", where)))
+        return samples
+    except csv.Error as exc:
+        raise UsageError(f"{path}:{reader.reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _read_sidecars(folder: Path) -> list[Sample]:

@@ -144,6 +144,8 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Rows {"image": str, "tags": [{"label": str, "score": float}, ...]} of a jsonl predictions file.
 
     Blank lines are skipped; anything else that is not such an object is a UsageError naming the line.
+    Lines are split at '\\n' only (names may hold U+2028 or NEL); image names keep the `\\udcXX`
+    escapes of non-UTF-8 file names as the lone surrogates `os.fsencode` maps back to the bytes.
     """
     path = Path(path)
     try:
@@ -151,13 +153,13 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read predictions {path}: {err}") from err
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             rows.append(_parse_row(json.loads(line)))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise UsageError(f"{path}:{lineno}: malformed prediction: {err}") from err
+        except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+            raise UsageError(f"{path}:{lineno}: malformed prediction: {err}") from None
     return rows
 
 
