@@ -77,16 +77,17 @@ def _check_replaceable(out: Path) -> None:
         raise UsageError(f"folder {out.parent} does not exist")
 
 
-def _url(target: Path, base: Path) -> str | None:
-    """`target` as a URL relative to folder `base` (None where no relative path exists, e.g. another drive)."""
+def _url(target: str, base: str) -> str | None:
+    """Absolute path `target` as a URL relative to absolute folder `base` (None where no relative path
+    exists, e.g. another drive). Plain strings: pathlib would triple the time of 100,000 rows."""
     try:
-        return quote(Path(os.path.relpath(target, base)).as_posix(), safe="/")
+        return quote(os.path.relpath(target, base).replace(os.sep, "/"), safe="/")
     except ValueError:
         return None
 
 
 def _image_rows(rows: list[dict[str, Any]], labels: list[str], truth: dict[str, list[str]] | None,
-                sources: list[Path], out_dir: Path) -> list[list[Any]]:
+                sources: list[str], out_dir: str) -> list[list[Any]]:
     """Compact rows [name, href, thumb (filled in later), label indices, scores descending, truth indices].
 
     Tags outside `labels` are dropped (as eval ignores them); a label named twice keeps its best score.
@@ -149,8 +150,8 @@ def build_report(opts: ReportOptions) -> int:
     samples = read_dataset(opts.truth) if opts.truth else []
     labels = evaluation_labels(rows, samples, given, unseen)
     evaluation, truth = _evaluation(rows, samples, labels, unseen) if opts.truth else (None, None)
-    sources = [Path(os.path.abspath(os.path.expanduser(row["image"]))) for row in rows]
-    images = _image_rows(rows, labels, truth, sources, out.parent)
+    sources = [os.path.abspath(os.path.expanduser(row["image"])) for row in rows]
+    images = _image_rows(rows, labels, truth, sources, os.path.abspath(out.parent))
     unreadable = 0
     if opts.thumbnails:
         folder = thumbnail_folder(out)

@@ -10,6 +10,7 @@
   const unseen = new Set(D.unseen);
   const $ = (id) => document.getElementById(id);
   const state = { query: "", threshold: D.min, page: 0, shown: [] };
+  const fmt = (score) => (Math.abs(score) < 1 ? score.toPrecision(2) : score.toFixed(2));
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -49,7 +50,7 @@
     const button = el("button", "tag " + cls + (unseen.has(j) ? " unseen" : ""), labels[j]);
     button.type = "button";
     button.dataset.label = labels[j];
-    if (score !== null) button.appendChild(el("span", "score", Math.abs(score) < 1 ? score.toPrecision(2) : score.toFixed(2)));
+    if (score !== null) button.appendChild(el("span", "score", fmt(score)));
     button.addEventListener("click", () => setQuery(labels[j]));
     return button;
   }
@@ -116,7 +117,7 @@
     const slider = $("threshold");
     slider.min = D.min; slider.max = D.max; slider.value = D.min;
     slider.step = D.max > D.min ? (D.max - D.min) / 100 : 1;
-    const show = () => { $("threshold-value").textContent = Number(slider.value).toFixed(2); };
+    const show = () => { $("threshold-value").textContent = fmt(Number(slider.value)); };
     slider.addEventListener("input", () => { state.threshold = Number(slider.value); show(); update(); });
     show();
     $("prev").addEventListener("click", () => { state.page--; render(); });

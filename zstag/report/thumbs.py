@@ -29,7 +29,7 @@ MARKER = ".zstag-report"  # a folder holding this file was made by `zstag report
 _NAME = re.compile(r"^[0-9a-f]{20}\.webp$")
 
 
-def _thumb_name(path: Path) -> str:
+def _thumb_name(path: str) -> str:
     """The name a thumbnail of `path` has while `path` stays as it is; raises OSError if it is missing."""
     info = os.stat(path)
     key = f"{os.path.realpath(path)}\0{info.st_size}\0{info.st_mtime_ns}\0{SIZE}"
@@ -45,13 +45,13 @@ def claim_folder(folder: Path) -> None:
     (folder / MARKER).write_text("Thumbnails of a zstag report; rewritten by each rerun.\n", encoding="utf-8")
 
 
-def _make(source: Path, target: Path) -> None:
+def _make(source: str, target: Path) -> None:
     picture = decode_image(source, SIZE)
     picture.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
     atomic_write(target, lambda tmp: picture.save(tmp, format="WEBP", quality=80, method=4))
 
 
-def make_thumbnails(sources: Sequence[Path], folder: Path, workers: int | None = None) -> list[str | None]:
+def make_thumbnails(sources: Sequence[str], folder: Path, workers: int | None = None) -> list[str | None]:
     """The thumbnail's file name inside `folder` for each source, or None where it cannot be read
     (each such image named in a warning). Up-to-date thumbnails are reused, stale ones removed."""
     claim_folder(folder)
