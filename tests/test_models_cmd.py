@@ -78,7 +78,8 @@ def test_lists_the_bundled_default_as_tsv(cli):
 
 
 def test_lists_fetched_and_local_models_and_broken_ones(cli, server, model_dir, tmp_path):
-    server.repos["someone/tagger"] = {name: (model_dir / name).read_bytes() for name in hub.MODEL_FILES}
+    server.repos["someone/tagger"] = {name: (model_dir / name).read_bytes()
+                                      for name in (*hub.MODEL_FILES, "semantics.txt")}
     hub.fetch("hf://someone/tagger")
     runs = model_dir.parent
     (runs / "broken").mkdir()
@@ -124,7 +125,7 @@ def test_a_config_with_values_of_the_wrong_type_is_a_row_with_an_error(model_dir
     config = json.loads((model_dir / CONFIG).read_text())
     (model_dir / CONFIG).write_text(json.dumps({**config, "seen_labels": 4, "training": "yes"}))
     row = catalog.describe(model_dir, "m", "local")
-    assert row.method is None and "unreadable model config" in row.error
+    assert row.method is None and "seen_labels must be a list" in row.error
 
 
 def test_a_folder_argument_is_searched(cli, model_dir):
@@ -146,7 +147,7 @@ def test_a_terminal_gets_a_table(cli, model_dir, monkeypatch):
 
 
 def test_listing_reads_no_tensors_and_imports_no_torch(model_dir):
-    code = ("import sys; from pathlib import Path; from zstag import catalog; "
+    code = ("import sys; from pathlib import Path; from zstag.store import catalog; "
             f"rows, _ = catalog.list_models([Path({str(model_dir)!r})]); "
             "print(sorted(r.method or '' for r in rows), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -164,8 +165,8 @@ def test_push_uploads_exactly_the_model_and_a_card(cli, server, model_dir, monke
     reference, commit, url = result.out.strip().split("\t")
     assert reference == "hf://me/tagger" and url.endswith(f"/me/tagger/commit/{commit}")
     files = server.repos["me/tagger"]
-    assert sorted(files) == ["README.md", CONFIG, WEIGHTS]  # no checkpoint, no notes
-    for name in (CONFIG, WEIGHTS):
+    assert sorted(files) == ["README.md", CONFIG, WEIGHTS, "semantics.txt"]  # no checkpoint, no notes
+    for name in (CONFIG, WEIGHTS, "semantics.txt"):
         assert files[name] == (model_dir / name).read_bytes()
     assert sha(files[WEIGHTS]) in server.lfs  # the weights went the LFS way, as on the real hub
     card = files["README.md"].decode()
@@ -174,7 +175,7 @@ def test_push_uploads_exactly_the_model_and_a_card(cli, server, model_dir, monke
     assert "zstag fetch hf://me/tagger && zstag tag photos/ --labels vocab.txt --model hf://me/tagger" in card
     assert "| best validation mAP | 0.6250 |" in card and "| epochs run | 3 |" in card
     assert "purple square" in card and "inside model.safetensors" in card
-    assert "semantics" in result.err and "local path" in result.err  # the tiny vector file is not published
+    assert "(`semantics.txt`) are published with the model" in card and "local path" not in result.err
     assert "me/tagger" not in server.private
 
     again = cli("push", model_dir, "hf://me/tagger")  # the repository exists now: reused
@@ -187,7 +188,8 @@ def test_round_trip_push_fetch_load_gives_the_same_scores(server, model_dir, tmp
     pushed = publish.push(model_dir, "hf://me/tagger")
     folder = hub.fetch("hf://me/tagger", cache_dir=tmp_path / "fresh-cache")
     assert folder == tmp_path / "fresh-cache" / "hub" / "models--me--tagger" / "snapshots" / pushed.commit
-    assert sorted(p.name for p in folder.iterdir()) == sorted(hub.MODEL_FILES)  # the card stays on the hub
+    # the card stays on the hub; the vector file the model was trained with comes along
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*hub.MODEL_FILES, "semantics.txt"])
     original, fetched = load_model(model_dir), load_model(folder)
     assert fetched.config == original.config
     labels = SEEN + UNSEEN
@@ -214,7 +216,7 @@ def test_push_to_a_branch_of_a_private_repository(cli, server, model_dir, monkey
     assert result.code == 0, result.err
     assert result.out.startswith("hf://me/tagger@v2\t")
     assert "me/tagger" in server.private
-    assert server.repos["me/tagger"] == {} and sorted(server.branches[("me/tagger", "v2")]) == ["README.md", CONFIG, WEIGHTS]
+    assert server.repos["me/tagger"] == {} and sorted(server.branches[("me/tagger", "v2")]) == ["README.md", CONFIG, WEIGHTS, "semantics.txt"]
     assert "--model hf://me/tagger@v2" in server.branches[("me/tagger", "v2")]["README.md"].decode()
     folder = hub.fetch("hf://me/tagger@v2")
     listed = {r["name"]: r for r in rows_of(cli("models", "--json").out)}

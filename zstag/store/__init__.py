@@ -6,3 +6,4 @@ A model directory is these two files, never a pickle.
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+SEMANTICS_NAMES = ("minilm", "glove-300")  # the registry's semantics a model's config may name

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from zstag.core.errors import ModelError
 from zstag.methods import METHODS
-from zstag.store import CONFIG, WEIGHTS
+from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
 
 _REQUIRED = ("method", "backbone", "seen_labels", "hp", "image_size")
 FORMAT = 1  # the model-directory format this zstag writes and reads
@@ -26,7 +26,6 @@ SEMANTIC_DIM = (1, 65536)
 MAX_LABELS = 100_000  # per list (seen, unseen): far above any vocabulary trained on, far below what hurts
 MAX_LABEL_CHARS = 1000
 MAX_CONFIG_BYTES = 64 << 20  # a config with MAX_LABELS long labels stays well below this
-SEMANTICS_NAMES = ("minilm", "glove-300")  # the registry's semantics a model may name
 _CALIBRATION_NUMBERS = ("scale", "bias", "base_rate", "log_loss", "pairs", "positives")
 
 
@@ -142,7 +141,8 @@ def _semantics_path(config: dict[str, Any], folder: Path) -> str:
 
     A model directory (perhaps fetched from anyone's Hub repository) may not make zstag read a
     file elsewhere on the machine (`/etc/passwd`, a user's home): anything but a registry name
-    must be a relative path that stays inside the folder once symbolic links are resolved.
+    must be a relative path that stays inside the folder once symbolic links are resolved (or, for a
+    snapshot in the Hugging Face cache, in its repository's blobs).
     """
     name = config.get("semantics", "minilm")
     if not isinstance(name, str) or not name:
@@ -152,12 +152,18 @@ def _semantics_path(config: dict[str, Any], folder: Path) -> str:
         return name
     root = folder.resolve()
     target = (root / name).resolve()
-    if Path(name).is_absolute() or target == root or root not in target.parents:
+    if Path(name).is_absolute() or not any(place in target.parents for place in _inside(root)):
         raise _Bad("semantics", f"{_short(name)} is neither {' nor '.join(SEMANTICS_NAMES)} nor a path inside "
                                 f"the model directory (pass --semantics to use vectors from elsewhere)")
     if not target.exists():
         raise _Bad("semantics", f"{_short(name)} is not in the model directory")
-    return str(target)
+    return str(folder / name)
+
+
+def _inside(root: Path) -> list[Path]:
+    """Where a model directory's files may really live: in it, and for a snapshot in huggingface_hub's
+    cache (`models--O--R/snapshots/REV`, whose files are links) in that repository's `blobs/`."""
+    return [root, root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [root]
 
 
 def weight_header(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store import CONFIG, WEIGHTS
+from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
 from zstag.core.paths import WEIGHTS_DIR, cache_root
 
 Progress = Callable[[str, int, int | None], None]
@@ -240,6 +240,21 @@ def parse_hf_url(url: str) -> tuple[str, str]:
     if match is None or ".." in url:
         raise UsageError(f"bad model URL {url!r}: expected hf://OWNER/REPO or hf://OWNER/REPO@REVISION")
     return match["repo"], match["rev"] or "main"
+
+
+def bundled_semantics(config: object) -> str | None:
+    """The semantics file a model's config names inside its own directory (`semantics.txt`), else None.
+
+    A model trained on a local vector file carries a copy (`store/model.py`); a model repository
+    holds it beside `MODEL_FILES`, and fetching an `hf://` model downloads it too.
+    """
+    name = config.get("semantics") if isinstance(config, dict) else None
+    if not isinstance(name, str) or name in SEMANTICS_NAMES:
+        return None
+    try:
+        return check_relative_name(name)
+    except ZstagError:
+        return None
 
 
 def resolve(name_or_url: str, registry: str | Path | None = None) -> Spec:
@@ -583,6 +598,10 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
         pointer = _download(spec, f, root, force, progress, no_network)
         _check_file(spec, f, pointer)
         snapshots.add(_snapshot_of(pointer, f.name))
+    if name_or_url.startswith(HF_SCHEME):
+        extra = _model_semantics(snapshots)
+        if extra is not None:
+            snapshots.add(_snapshot_of(_download(spec, FileSpec(extra), root, force, progress, no_network), extra))
     if len(snapshots) != 1:
         raise ZstagError(f"{spec.repo}@{spec.revision} changed during the download; "
                          f"run `zstag fetch {spec.name}` again")
@@ -590,6 +609,17 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
     if spec.archive:
         return _extract(spec, snapshot, spec.archive, root, force, progress)
     return snapshot
+
+
+def _model_semantics(snapshots: set[Path]) -> str | None:
+    """The semantics file named by the config.json just fetched (one snapshot), if any."""
+    if len(snapshots) != 1:
+        return None
+    try:
+        config = json.loads((next(iter(snapshots)) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model names what is wrong with its config
+    return bundled_semantics(config)
 
 
 def list_registry(cache_dir: str | Path | None = None, registry: str | Path | None = None) -> list[dict]:
@@ -620,6 +650,7 @@ __all__ = [
     "Progress",
     "Spec",
     "cache_dir",
+    "bundled_semantics",
     "cached",
     "check_relative_name",
     "check_repo",

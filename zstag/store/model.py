@@ -87,12 +87,13 @@ def bundle_semantics(model: Model, out_dir: Path) -> None:
 
     A model's config may name only a registry source or a path inside its own directory
     (`store/config.py`), so a model trained on `--semantics PATH` carries its copy, named
-    `semantics` (plus the file's suffix), and stays usable when PATH moves. Pickles are not copied.
+    `semantics/` (a folder) or `semantics.txt` (a file, keeping its suffix), and stays usable when PATH
+    moves; `zstag push` publishes a file copy with the model. Pickles are not copied.
     """
     source = model.semantics.source
     if source is None:
         return
-    target = out_dir / ("semantics" + (source.suffix if source.is_file() else ""))
+    target = out_dir / ("semantics" + (source.suffix or ".txt" if source.is_file() else ""))  # a file has a suffix
     if source.resolve() != target.resolve():
         if source.is_file():
             atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))

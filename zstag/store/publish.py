@@ -1,7 +1,8 @@
 """`zstag push`: publish a model directory as a Hugging Face Hub repository that `zstag fetch` pulls.
 
 A pushed repository holds exactly what `zstag fetch hf://OWNER/REPO` downloads (`hub.MODEL_FILES`:
-config.json and model.safetensors) plus a generated model card (README.md). The files are named
+config.json and model.safetensors, and the label-vector file the config names inside the model
+directory, `hub.bundled_semantics`) plus a generated model card (README.md). The files are named
 one by one in a single commit rather than uploading the folder, so a training checkpoint, logs or
 anything else a user keeps beside the model can never leave the machine by accident.
 
@@ -54,6 +55,12 @@ def check_model(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def model_files(folder: Path) -> list[str]:
+    """What a push uploads: `hub.MODEL_FILES`, and the vector file the config names inside the folder."""
+    extra = hub.bundled_semantics(read_config(folder))
+    return [*hub.MODEL_FILES, *([extra] if extra and (folder / extra).is_file() else [])]
+
+
 def _needs(config: dict[str, Any], registry: dict[str, dict]) -> tuple[str, str, list[str]]:
     """(what the backbone needs, what the semantics need, warnings) in words for the card and the user."""
     backbone, semantics = config["backbone"], config.get("semantics", "minilm")
@@ -70,6 +77,8 @@ def _needs(config: dict[str, Any], registry: dict[str, dict]) -> tuple[str, str,
     warnings = []
     if semantics in registry:
         needs_semantics = f"`{semantics}` label vectors (`zstag fetch {semantics}` where zstag reports them missing)."
+    elif semantics == hub.bundled_semantics(config) and Path(semantics).suffix:  # a file copy (folders have none)
+        needs_semantics = f"nothing more: its label vectors (`{semantics}`) are published with the model."
     else:
         needs_semantics = (f"label vectors from `{Path(semantics).name}`, a local file or folder that is not "
                            "published with the model: users need the same file at the path in config.json.")
@@ -200,7 +209,7 @@ def _upload(folder: Path, repo: str, revision: str, card: bytes, private: bool, 
     if not token:
         raise ZstagError(f"pushing to {repo} needs a Hugging Face token with write access: {LOGIN_HINT}")
     api = HfApi(endpoint=endpoint, token=token)
-    operations = [CommitOperationAdd(name, str(folder / name)) for name in hub.MODEL_FILES]
+    operations = [CommitOperationAdd(name, str(folder / name)) for name in model_files(folder)]
     operations.append(CommitOperationAdd(CARD, card))
     try:
         with hub.hub_offline_mode(False):
