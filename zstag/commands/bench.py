@@ -9,7 +9,7 @@ import typer
 
 from zstag.bench.options import SECTIONS, BenchOptions
 from zstag.commands import params
-from zstag.commands.build import Flag, command, split_list
+from zstag.commands.build import Flag, from_options, split_list
 
 NAME = "bench"
 
@@ -58,4 +58,4 @@ def run(opts: BenchOptions) -> None:
         print(json.dumps(report, indent=2))
 
 
-command = command(BenchOptions, FLAGS, run)
+command = from_options(BenchOptions, FLAGS, run)

@@ -3,7 +3,7 @@
 The job's dataclass (zstag/jobs/options.py, zstag/training/options.py, zstag/bench/options.py)
 says what an option is: its name, type and default. A command module adds only how it is spelt
 on the command line, a `typer.Option` / `typer.Argument` per field (or a `Flag` when the command
-line writes it differently, e.g. "3,5" for a list of ints). `command` joins the two into the
+line writes it differently, e.g. "3,5" for a list of ints). `from_options` joins the two into the
 function typer registers, which builds the dataclass and hands it to the command's `run`.
 Every command also takes -q/-v after its name, as `zstag -q tag ...` takes them before it.
 """
@@ -59,7 +59,7 @@ def _field_default(field: dataclasses.Field) -> Any:
     return inspect.Parameter.empty
 
 
-def command(options: type[T], flags: dict[str, Any], run: Callable[..., int | None],
+def from_options(options: type[T], flags: dict[str, Any], run: Callable[..., int | None],
             extras: dict[str, Extra] | None = None) -> Callable[..., None]:
     """The typer command for `run(opts, **extras)`: parameters in the order of `flags`, then
     `extras`, then -q/-v; help from `run`'s docstring. Fields not in `flags` keep their defaults."""

@@ -7,7 +7,7 @@ import json
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import command
+from zstag.commands.build import from_options
 from zstag.jobs.options import EvalOptions
 
 NAME = "calibrate"
@@ -37,4 +37,4 @@ def run(opts: EvalOptions) -> None:
     print(json.dumps(run_calibrate(opts)))
 
 
-command = command(EvalOptions, FLAGS, run)
+command = from_options(EvalOptions, FLAGS, run)

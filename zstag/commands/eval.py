@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import Extra, Flag, choice, command, split_list
+from zstag.commands.build import Extra, Flag, choice, from_options, split_list
 from zstag.core import console
 from zstag.core.errors import UsageError
 from zstag.jobs.options import EvalOptions
@@ -72,4 +72,4 @@ def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
     print(json.dumps(report) if as_json else render_report(report))
 
 
-command = command(EvalOptions, FLAGS, run, EXTRAS)
+command = from_options(EvalOptions, FLAGS, run, EXTRAS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import command
+from zstag.commands.build import from_options
 from zstag.jobs.options import ExplainOptions
 
 NAME = "explain"
@@ -32,4 +32,4 @@ def run(opts: ExplainOptions) -> int:
     return explain(opts)
 
 
-command = command(ExplainOptions, FLAGS, run)
+command = from_options(ExplainOptions, FLAGS, run)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import Flag, choice, command, split_list
+from zstag.commands.build import Flag, choice, from_options, split_list
 from zstag.core.errors import UsageError
 from zstag.jobs.options import TagOptions
 from zstag.outputs import FORMATS, SIDECAR_MODES, STREAM_FORMATS
@@ -74,4 +74,4 @@ def run(opts: TagOptions) -> int:
     return tag(opts)
 
 
-command = command(TagOptions, FLAGS, run)
+command = from_options(TagOptions, FLAGS, run)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import Flag, command
+from zstag.commands.build import Flag, from_options
 from zstag.training.trainer import TrainOptions
 
 NAME = "train"
@@ -69,4 +69,4 @@ def run(opts: TrainOptions) -> None:
     train(opts)
 
 
-command = command(TrainOptions, FLAGS, run)
+command = from_options(TrainOptions, FLAGS, run)
