@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zstag.jobs.explain import TILE, occlusion_maps
+from zstag.jobs.explain import TILE
+from zstag.methods.base import occlusion_maps
 from zstag.store.model import build_model, save_model
 
 

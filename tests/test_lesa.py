@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from zstag.core.errors import UsageError
 import torch
 
 import synth
@@ -68,7 +70,7 @@ def test_shapes_and_defaults(batch):
     assert att.logits.shape == att.weights.shape == (4, 10, 16)
     total, parts = model.loss(images, targets, seen)
     assert total.ndim == 0 and set(parts) == {"rank", "div", "rel", "dist"}
-    hp = LESA.hyperparameters()
+    hp = LESA.hyperparameters().flat()
     assert (hp["optimizer"], hp["lr"], hp["batch_size"], hp["lr_factor"]) == ("rmsprop", 1e-3, 32, 0.8)
     assert (hp["lambda_div"], hp["lambda_rel"], hp["lambda_dist"]) == (1e-2, 1e-3, 1e-1)
     assert hp["finetune_backbone"] is False and hp["early_stopping"] > 0
@@ -339,9 +341,10 @@ def test_cluster_count_is_capped_by_seen_labels_and_survives_reload():
     torch.testing.assert_close(rebuilt.centroids, model.centroids + 1.0)
 
 
-def test_rejects_zero_attentions():
-    with pytest.raises(ValueError):
-        make({"attentions": 0})
+@pytest.mark.parametrize("value", [0, 10**9, 2.0, True, "3"])
+def test_rejects_bad_attentions_before_allocating(value):
+    with pytest.raises(UsageError, match="'attentions'"):
+        make({"attentions": value})
 
 
 # -- explain -------------------------------------------------------------------------------------
@@ -352,7 +355,7 @@ def test_explain_returns_the_scoring_modules_attention(batch, overrides):
     images = batch[0][:2]
     seen = seen_labels()
     model = make(overrides, seen=seen)
-    maps = model.explain(images, seen)
+    maps = model.explain(images, seen).maps
     assert maps.shape == (2, len(seen), 4, 4)
     assert float(maps.min()) >= 0 and torch.allclose(maps.flatten(2).amax(2), torch.ones(2, len(seen)))
     att = model.attend(images)

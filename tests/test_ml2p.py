@@ -53,7 +53,7 @@ def test_shapes_scores_and_explain():
     assert scores.shape == (2, 7)
     # Chunkable: scoring a slice of the vocabulary gives the slice of the scores.
     assert torch.allclose(model.score(code, labels.subset(slice(2, 5))), scores[:, 2:5])
-    maps = model.explain(images, labels)
+    maps = model.explain(images, labels).maps
     assert maps.shape == (2, 7, 2, 2)
     assert maps.min() >= 0 and maps.max() <= 1
     total, parts = model.loss(images, torch.tensor([[1.0, 0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0]]), labels)
@@ -69,7 +69,7 @@ def test_any_channel_counts_and_dimensions():
 
 
 def test_default_recipe_matches_the_paper():
-    hp = ML2P.hyperparameters()
+    hp = ML2P.hyperparameters().flat()
     assert (hp["optimizer"], hp["lr"], hp["weight_decay"], hp["batch_size"], hp["epochs"]) == ("adam", 5e-5, 4e-3, 48, 20)
     assert (hp["schedule"], hp["lr_milestones"], hp["lr_factor"]) == ("step", [7], 0.1)
     assert (hp["groups"], hp["reg_weight"], hp["finetune_backbone"]) == (7, 0.4, True)
@@ -232,7 +232,7 @@ def test_explain_uses_the_scoring_row():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         tokens = model.group_tokens(images)  # (B, g, N, d)
-    maps = model.explain(images, labels)
+    maps = model.explain(images, labels).maps
     for b in range(2):
         for l in range(len(labels)):
             v = labels.vectors[l]

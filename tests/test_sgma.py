@@ -183,12 +183,12 @@ def test_unseen_prototypes_combine_the_seen_ones_by_ridge_regression():
     phi = torch.randn(4, 2, DIM)
     expected = sum(F.normalize(phi[:, b], dim=-1) @ F.normalize(weights @ protos[b], dim=-1).T for b in range(2))
     labels = LabelSet(["purple square"], unseen)
-    model.hp["inference"] = "center"
+    model.inference = "center"
     assert torch.allclose(model.score({"phi": phi}, labels), expected, atol=1e-4)
-    model.hp["inference"] = "compatibility"
+    model.inference = "compatibility"
     compat = model.score({"phi": phi}, labels)
     assert torch.allclose(compat, (phi.sum(1) @ unseen.T), atol=1e-5)
-    model.hp.update(inference="combined", beta=0.7)
+    model.inference, model.beta = "combined", 0.7
     assert torch.allclose(model.score({"phi": phi}, labels), compat + 0.7 * expected, atol=1e-4)  # eq. 13
 
 
@@ -207,7 +207,7 @@ def test_shapes_for_shared_and_separate_part_branches(shared):
     assert code["phi"].shape == (3, 3, DIM)
     vocab = LabelSet(["a", "b", "c", "d"], synth.random_label_vectors(4, DIM, seed=5))
     assert model.score(code, vocab).shape == (3, 4)
-    boxes = model.explain_boxes(images)
+    boxes = model.explain(images, vocab).boxes
     assert boxes.shape == (3, 2, 4)
     assert boxes.min() >= 0 and boxes.max() <= 1
     assert (boxes[..., 2] > boxes[..., 0]).all() and (boxes[..., 3] > boxes[..., 1]).all()

@@ -12,16 +12,18 @@ import pytest
 import torch
 
 import synth
-from zstag.cli import parse_sets
+from zstag.commands.train import parse_sets
 from zstag.core.errors import UsageError
-from zstag.methods.base import RECIPE_DEFAULTS
-from zstag.training.trainer import TrainOptions, augment, make_optimizer, train
+from zstag.methods.fast0tag import Fast0Tag
+from zstag.methods.settings import Recipe
+from zstag.training.batches import augment
+from zstag.training.trainer import TrainOptions, make_optimizer, train
 
 
 def test_augment_without_crop_flips_or_keeps_each_image_exactly():
     torch.manual_seed(0)
     images = torch.rand(32, 3, 9, 12)  # odd and even sides: the mirror must be exact for both
-    out = augment(images, {"flip": True, "crop_scale": 1.0})
+    out = augment(images, Recipe(flip=True, crop_scale=1.0))
     assert out.shape == images.shape
     kept = flipped = 0
     for before, after in zip(images, out):
@@ -35,13 +37,13 @@ def test_augment_without_crop_flips_or_keeps_each_image_exactly():
 
 def test_augment_off_is_the_identity():
     images = torch.rand(4, 3, 8, 8)
-    assert torch.equal(augment(images, {"flip": False, "crop_scale": 1.0}), images)
+    assert torch.equal(augment(images, Recipe(flip=False, crop_scale=1.0)), images)
 
 
 def test_augment_crop_changes_images_but_not_their_shape():
     torch.manual_seed(0)
     images = torch.rand(8, 3, 16, 16)
-    out = augment(images, {"flip": False, "crop_scale": 0.5})
+    out = augment(images, Recipe(flip=False, crop_scale=0.5))
     assert out.shape == images.shape
     assert not torch.allclose(out, images, atol=1e-3)
 
@@ -71,7 +73,7 @@ def test_training_is_reproducible_on_cpu(tiny_data, word_vectors, tmp_path):
 
 
 def test_unknown_optimizer_is_a_usage_error(tiny_data, word_vectors, tmp_path):
-    with pytest.raises(UsageError, match="unknown optimizer 'lbfgs'"):
+    with pytest.raises(UsageError, match="'optimizer' must be one of adam, adamw, rmsprop, sgd, not 'lbfgs'"):
         train(options(tiny_data, word_vectors, tmp_path / "m", overrides={"optimizer": "lbfgs"}))
     assert not (tmp_path / "m").exists()
 
@@ -79,7 +81,7 @@ def test_unknown_optimizer_is_a_usage_error(tiny_data, word_vectors, tmp_path):
 @pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
                                         ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
 def test_make_optimizer_choices(name, kind):
-    hp = {**RECIPE_DEFAULTS, "optimizer": name, "lr": 0.01, "weight_decay": 1e-4}
+    hp = Fast0Tag.hyperparameters({"optimizer": name, "lr": 0.01, "weight_decay": 1e-4})
     optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], hp)
     assert type(optimizer) is kind
     assert optimizer.param_groups[0]["lr"] == 0.01 and optimizer.param_groups[0]["weight_decay"] == 1e-4

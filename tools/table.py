@@ -32,6 +32,7 @@ from zstag.data.manifest import read_dataset
 from zstag.data.vocab import read_vocabulary
 from zstag.eval.report import evaluate, evaluation_labels
 from zstag.jobs.evaluate import EvalOptions, run_eval
+from zstag.training.features import FeatureCache
 from zstag.training.trainer import TrainOptions, train
 
 # (row name, method, --set overrides): the paper methods, their variants and ablations, the baselines.
@@ -136,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if "random scores" not in runs:
         runs["random scores"] = {"0": {"metrics": summarise(random_row(args.data, 0)), "train_seconds": 0}}
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+    features = FeatureCache()
     for seed in seeds:
         for name, method, sets in ROWS:
             if (wanted and name not in wanted) or str(seed) in runs.get(name, {}):
                 continue
-            run = run_row(args, name, method, sets, seed)
+            run = run_row(args, name, method, sets, seed, features)
             if run is None:
                 continue
             runs.setdefault(name, {})[str(seed)] = run
@@ -152,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_row(args: argparse.Namespace, name: str, method: str, sets: dict[str, Any], seed: int) -> dict[str, Any] | None:
-    """Train and evaluate one row for one seed; None (and a message) when it fails."""
+def run_row(args: argparse.Namespace, name: str, method: str, sets: dict[str, Any], seed: int,
+            features: FeatureCache) -> dict[str, Any] | None:
+    """Train and evaluate one row for one seed; None (and a message) when it fails. Rows share
+    `features`: the frozen backbone runs once over the split for all of them."""
     model_dir = args.out / "models" / f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
     # Same backbone for every row: frozen, as the papers' comparison methods use it (ML2P and
     # SGMA fine-tune in their own recipes; --finetune keeps those recipes).
@@ -162,12 +166,12 @@ def run_row(args: argparse.Namespace, name: str, method: str, sets: dict[str, An
     try:
         from zstag.methods import method_class
 
-        recipe = method_class(method).hyperparameters(overrides)
-        epochs = min(int(recipe["epochs"]), args.epochs) if args.epochs else None
+        recipe = method_class(method).hyperparameters(overrides).recipe
+        epochs = min(recipe.epochs, args.epochs) if args.epochs else None
         train(TrainOptions(data=args.data / "train.jsonl", method=method, out=model_dir,
                            unseen=args.data / "unseen.txt", backbone="bundled", image_size=args.image_size,
                            epochs=epochs, device=args.device, seed=seed, overrides=overrides,
-                           workers=args.workers))
+                           workers=args.workers), feature_cache=features)
         seconds = time.perf_counter() - start
         report = run_eval(EvalOptions(truth=args.data / "test.jsonl", model=str(model_dir),
                                       labels=args.data / "vocab.txt", unseen=args.data / "unseen.txt",

@@ -39,6 +39,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
+from zstag.backbones.base import Backbone
 from zstag.data.jpeg import read_header, read_jpeg
 from zstag.core.errors import ImageError, UsageError
 from zstag.data.labels import LabelSet
@@ -398,17 +399,33 @@ class Engine:
         if self.device.type == "cpu" and self.workers == 0:
             yield from self.streamed(method, dataset, labels)
             return
-        loader = self.loader(dataset)
         waiting: list[tuple[Batch, torch.cuda.Event | None]] = []
+        for indices, batch, failures in self.decoded(dataset):
+            waiting.append(self.to_host(self.scored(method, labels, indices, batch, failures)))
+            while len(waiting) > self.in_flight:
+                yield self.arrived(*waiting.pop(0))
+        for item in waiting:
+            yield self.arrived(*item)
+
+    def decoded(self, dataset: ImageFiles) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+        """(indices, uint8 batch on this device or None, failures) for every batch of `dataset`, in
+        input order, through the loader (workers, or threads here) with the JPEGs the workers left
+        undecoded merged in. The caller computes inside: torch keeps to the cores workers leave free."""
+        loader = self.loader(dataset)
         with threads_beside(self.device, loader.num_workers):
             for indices, batch, failures, encoded in loader:
                 if encoded:
                     indices, batch, failures = self.pixels(dataset, indices, batch, failures, encoded)
-                waiting.append(self.to_host(self.scored(method, labels, indices, batch, failures)))
-                while len(waiting) > self.in_flight:
-                    yield self.arrived(*waiting.pop(0))
-            for item in waiting:
-                yield self.arrived(*item)
+                yield indices, batch, failures
+
+    def images(self, backbone: Backbone, paths: Sequence[Path], image_size: int,
+               ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+        """(indices, normalised images for `backbone` or None, failures) for every batch of `paths`, in
+        input order: the decoding, device and batching of `run`, for callers that compute something
+        other than scores (`zstag explain`, the trainer's feature cache)."""
+        dataset = ImageFiles(paths, image_size, jpeg_device=self.device if self.gpu_decode else None)
+        for indices, batch, failures in self.decoded(dataset):
+            yield indices, None if batch is None else self.normalise(batch, backbone.mean, backbone.std), failures
 
     def scored(self, method: Method, labels: LabelSet, indices: list[int], batch: torch.Tensor | None,
                failures: list[tuple[int, str]]) -> Batch:

@@ -1,14 +1,14 @@
 """`zstag explain`: a picture per image of where the model looked for its top tags.
 
-What each method shows is what it has: LESA the attention map of the module that produced each
-tag's score, (ML)^2P the spatial response of the group that produced it, SGMA the boxes of its
-two parts; methods with no spatial output (Fast0Tag, ConSE, RGCN-PosVAE) get a gradient-free
-occlusion map: how much each tag's score drops when a patch of the image is greyed out.
+What each method shows is what it has (`Method.explain`): LESA the attention map of the module
+that produced each tag's score, (ML)^2P the spatial response of the group that produced it, SGMA
+the boxes of its two parts; methods with no spatial output (Fast0Tag, ConSE, RGCN-PosVAE) get a
+gradient-free occlusion map: how much each tag's score drops when a patch of the image is greyed
+out. Images are decoded, batched and normalised by the engine (`Engine.images`), as for tagging.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,41 +17,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from zstag.core import console
-from zstag.data.images import decode_image, to_tensor
+from zstag.data.images import decode_image
 from zstag.data.vocab import read_vocabulary
 from zstag.engine.engine import Engine
-from zstag.core.errors import ImageError, UsageError
-from zstag.data.labels import LabelSet
-from zstag.methods.base import Method
+from zstag.core.errors import UsageError
+from zstag.jobs.options import ExplainOptions
 from zstag.store.model import load_model
 
 TILE = 224  # side of each panel in the output picture
-
-
-@dataclass
-class ExplainOptions:
-    inputs: list[str]
-    labels: Path
-    out: Path
-    model: str = "default"
-    top_k: int = 3
-    device: str = "auto"
-
-
-def occlusion_maps(method: Method, images: torch.Tensor, labels: LabelSet, grid: int = 7) -> torch.Tensor:
-    """(B, L, grid, grid): the drop of each label's score when each cell is set to the mean (zero)."""
-    base = method(images, labels)
-    b, _, h, w = images.shape
-    drops = torch.zeros(b, len(labels), grid, grid, device=images.device)
-    ys = np.linspace(0, h, grid + 1).astype(int)
-    xs = np.linspace(0, w, grid + 1).astype(int)
-    for i in range(grid):
-        for j in range(grid):
-            masked = images.clone()
-            masked[:, :, ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = 0  # 0 is the mean after normalisation
-            drops[:, :, i, j] = (base - method(masked, labels)).clamp(min=0)
-    peak = drops.flatten(2).amax(dim=2).clamp(min=1e-12)
-    return drops / peak[:, :, None, None]
 
 
 def _overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
@@ -98,37 +71,32 @@ def explain(opts: ExplainOptions) -> int:
     if not items:
         raise UsageError("no input images found")
     model = load_model(opts.model)
-    engine = Engine(opts.device, batch_size=1, workers=0)
+    engine = Engine(opts.device)
     method = engine.prepare(model.method)
     labels = model.embed(vocab).to(engine.device)
-    backbone = method.backbone
     opts.out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for display, path in items:
-        try:
-            image = decode_image(path, model.image_size)
-        except ImageError as exc:
-            console.warn(f"cannot read {display}: {exc}")
-            failures += 1
+    paths = [path for _, path in items]
+    for indices, images, failed in engine.images(method.backbone, paths, model.image_size):
+        for i, reason in failed:
+            console.warn(f"cannot read {items[i][0]}: {reason}")
+        failures += len(failed)
+        if images is None:
             continue
-        x = engine.normalise(to_tensor(image, model.image_size)[None], backbone.mean, backbone.std)
         with torch.inference_mode():
-            scores = method(x, labels).float()[0]
-            k = min(opts.top_k, len(labels))
-            top = scores.topk(k)
-            chosen = labels.subset(top.indices.tolist())
-            tags = [(labels.names[i], float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
-            maps = boxes = None
-            if hasattr(method, "explain_boxes"):
-                boxes = method.explain_boxes(x)[0].float().cpu().numpy()
-            elif hasattr(method, "explain"):
-                maps = method.explain(x, chosen)[0].float()
-            else:
-                maps = occlusion_maps(method, x, chosen)[0]
-            if maps is not None:
-                maps = F.interpolate(maps[None], size=(56, 56), mode="bilinear", align_corners=False)[0]
-                maps = [m.clamp(0, 1).cpu().numpy() for m in maps]
-        name = Path(display).name.rsplit(".", 1)[0] + ".explain.png"
-        render(image, tags, maps, boxes).save(opts.out / name)
-        print(opts.out / name)
+            scores = method(images, labels).float()
+            for row, i in enumerate(indices):
+                display, path = items[i]
+                top = scores[row].topk(min(opts.top_k, len(labels)))
+                tags = [(labels.names[t], float(v)) for v, t in zip(top.values.tolist(), top.indices.tolist())]
+                shown = method.explain(images[row:row + 1], labels.subset(top.indices.tolist()))
+                maps = None
+                if shown.maps is not None:
+                    small = F.interpolate(shown.maps[:1].float(), size=(56, 56), mode="bilinear", align_corners=False)[0]
+                    maps = [m.clamp(0, 1).cpu().numpy() for m in small]
+                boxes = None if shown.boxes is None else shown.boxes[0].float().cpu().numpy()
+                # The panel shows the picture at its decoded resolution, not the model's input square.
+                name = Path(display).name.rsplit(".", 1)[0] + ".explain.png"
+                render(decode_image(path, model.image_size), tags, maps, boxes).save(opts.out / name)
+                print(opts.out / name)
     return 3 if failures else 0

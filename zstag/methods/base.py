@@ -13,20 +13,25 @@ vocabulary in `prepare_labels`; the engine calls it before the first batch and p
 labels, chunk by chunk, to `score`.
 
 Training calls `loss(images, targets, seen)`; the one training loop (`zstag.training.trainer`) owns the
-optimiser, schedule, validation and checkpoints, reading its recipe from `defaults`.
+optimiser, schedule, validation and checkpoints, reading its recipe from `hp.recipe`. A method reads
+only its own settings, `hp.config` (a typed dataclass, `zstag.methods.settings`), and tells the
+trainer and `zstag explain` what they need through the class attributes and hooks below.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
+from zstag.methods.settings import Hyperparameters, MethodConfig, Recipe, SingleLabelConfig
 
 # The image code: a tensor or a dict of tensors whose first dimension is the batch.
 ImageCode = torch.Tensor | dict[str, torch.Tensor]
@@ -34,34 +39,43 @@ ImageCode = torch.Tensor | dict[str, torch.Tensor]
 # beyond the vocabulary, e.g. RGCN-PosVAE's external ImageNet classes).
 Embedder = Callable[[list[str]], LabelSet]
 
-# Keys of `defaults` read by the training loop rather than by the method.
-RECIPE_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adam",  # adam | adamw | rmsprop | sgd
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "momentum": 0.9,  # sgd / rmsprop
-    "batch_size": 32,
-    "epochs": 20,
-    "schedule": "plateau",  # plateau (lr x lr_factor when validation degrades) | step | none
-    "lr_factor": 0.1,
-    "lr_milestones": [],  # epochs at which `step` multiplies the lr by lr_factor
-    "min_lr": 0.0,
-    "early_stopping": 0,  # epochs without improvement before stopping; 0 = never
-    "finetune_backbone": False,
-    "flip": True,  # random horizontal flips during training
-    "crop_scale": 1.0,  # < 1: random crops covering this fraction of the side or more, resized back
-    # With a frozen backbone, compute its feature maps once per image instead of every epoch
-    # (no flips or crops then: they would need the backbone again).
-    "cache_features": True,
-}
+
+
+@dataclass
+class Explanation:
+    """Where a method looked, for `zstag explain`: per-label maps, or boxes on the image."""
+
+    maps: torch.Tensor | None = None  # (B, L, h, w) in [0, 1], one map per label
+    boxes: torch.Tensor | None = None  # (B, n, 4) as (x0, y0, x1, y1) fractions of the image
+
+
+def occlusion_maps(method: nn.Module, images: torch.Tensor, labels: LabelSet, grid: int = 7) -> torch.Tensor:
+    """(B, L, grid, grid): the drop of each label's score when each cell is set to the mean (zero).
+
+    Needs nothing but the scores, so it explains any method that has no spatial output of its own.
+    """
+    base = method(images, labels)
+    b, _, h, w = images.shape
+    drops = torch.zeros(b, len(labels), grid, grid, device=images.device)
+    ys = np.linspace(0, h, grid + 1).astype(int)
+    xs = np.linspace(0, w, grid + 1).astype(int)
+    for i in range(grid):
+        for j in range(grid):
+            masked = images.clone()
+            masked[:, :, ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = 0  # 0 is the mean after normalisation
+            drops[:, :, i, j] = (base - method(masked, labels)).clamp(min=0)
+    peak = drops.flatten(2).amax(dim=2).clamp(min=1e-12)
+    return drops / peak[:, :, None, None]
 
 
 class Method(nn.Module, ABC):
     """Base class of tagging methods (paper methods and baselines)."""
 
     name: ClassVar[str]
-    # The paper's recipe and architecture defaults; every key is overridable with `--set key=value`.
-    defaults: ClassVar[dict[str, Any]] = {}
+    # The paper's training recipe and the type of its architecture settings, with the paper's
+    # defaults; every field may be overridden (`hyperparameters`).
+    default_recipe: ClassVar[Recipe] = Recipe()
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
     # True when scoring a slice of the vocabulary gives the same scores as scoring all of it,
     # so the engine may chunk large vocabularies. A method whose scores depend on the whole
     # vocabulary at once (a graph over it) sets False.
@@ -70,7 +84,7 @@ class Method(nn.Module, ABC):
     # (SGMA crops parts): the trainer then never substitutes cached feature maps for images.
     reads_images: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters, embed: Embedder) -> None:
         super().__init__()
         self.backbone = backbone
         self.hp = hp
@@ -78,9 +92,25 @@ class Method(nn.Module, ABC):
         self.num_seen = len(seen)
 
     @classmethod
-    def hyperparameters(cls, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Recipe defaults, then the method's defaults, then the user's overrides."""
-        return {**RECIPE_DEFAULTS, **cls.defaults, **(overrides or {})}
+    def hyperparameters(cls, overrides: dict[str, Any] | None = None) -> Hyperparameters:
+        """The paper's recipe and settings with `overrides` applied, validated (UsageError naming the key)."""
+        return Hyperparameters.build(cls.name, cls.default_recipe, cls.Config(), overrides)
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether training updates the backbone (else it is frozen and its features may be cached)."""
+        return self.hp.recipe.finetune_backbone
+
+    @classmethod
+    def has_single_label_protocol(cls) -> bool:
+        """Whether the method can train with a softmax over single labels (`SingleLabelConfig`)."""
+        return issubclass(cls.Config, SingleLabelConfig)
+
+    @property
+    def single_label(self) -> bool:
+        """Whether this model trains and scores with the single-label (softmax) protocol."""
+        config = self.hp.config
+        return isinstance(config, SingleLabelConfig) and config.single_label
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> ImageCode:
@@ -107,6 +137,14 @@ class Method(nn.Module, ABC):
 
     def forward(self, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return self.score(self.encode(images), labels)
+
+    def explain(self, images: torch.Tensor, labels: LabelSet) -> Explanation:
+        """Where the method looked for each of `labels` in normalised `images`, for `zstag explain`.
+
+        Default: the gradient-free occlusion map (`occlusion_maps`); methods with a spatial output
+        of their own (attention maps, part boxes) show that instead.
+        """
+        return Explanation(maps=occlusion_maps(self, images, labels))
 
     def on_train_start(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seen: LabelSet) -> None:
         """Optional warm-up before the first epoch (k-means initialisations, pretraining phases).

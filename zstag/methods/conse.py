@@ -13,7 +13,8 @@ outputs weight the combination. Single-label data (`single_label`) uses the soft
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,23 +24,31 @@ from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, Method
 from zstag.methods.common import global_feature
+from zstag.methods.settings import Hyperparameters, Recipe, SingleLabelConfig, setting
+
+
+@dataclass(frozen=True)
+class ConSEConfig(SingleLabelConfig):
+    """T, the number of top seen labels combined (`single_label`: the published softmax)."""
+
+    top_t: int = setting(10, 1, 1_000_000)
 
 
 class ConSE(Method):
     name = "conse"
-    defaults: dict[str, Any] = {"top_t": 10, "single_label": False, "optimizer": "adam", "lr": 1e-3,
-                                "batch_size": 32, "epochs": 20, "schedule": "plateau", "lr_factor": 0.5,
-                                "early_stopping": 5}
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau",
+                                              lr_factor=0.5, early_stopping=5)
+    Config: ClassVar[type[ConSEConfig]] = ConSEConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ConSEConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
         self.classifier = nn.Linear(backbone.channels[-1], self.num_seen)
         # The seen vectors are part of the model: f(x) lives in their span.
         self.register_buffer("seen_vectors", seen.vectors.clone())
-        self.top_t = min(int(hp["top_t"]), self.num_seen)
+        self.top_t = min(hp.config.top_t, self.num_seen)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(dim=1) if self.hp["single_label"] else logits.sigmoid()
+        return logits.softmax(dim=1) if self.single_label else logits.sigmoid()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """f(x): the convex combination of the top-T seen vectors, unit length, (B, D)."""
@@ -54,7 +63,7 @@ class ConSE(Method):
 
     def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.classifier(global_feature(self.backbone, images)).float()
-        if self.hp["single_label"]:
+        if self.single_label:
             loss = F.cross_entropy(logits, targets.argmax(dim=1))
         else:
             loss = F.binary_cross_entropy_with_logits(logits, targets)

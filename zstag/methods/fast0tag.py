@@ -11,7 +11,8 @@ features and a two-hidden-layer MLP; the pooled map plays the role of fc7).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +22,25 @@ from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, Method
 from zstag.methods.common import global_feature, pairwise_mask
+from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
+
+
+@dataclass(frozen=True)
+class Fast0TagConfig(MethodConfig):
+    """The width of f's two hidden layers."""
+
+    hidden: int = setting(1024, 1, WIDTH_LIMIT)
 
 
 class Fast0Tag(Method):
     name = "fast0tag"
-    defaults: dict[str, Any] = {"hidden": 1024, "optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 20,
-                                "schedule": "plateau", "lr_factor": 0.5, "early_stopping": 5}
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau",
+                                              lr_factor=0.5, early_stopping=5)
+    Config: ClassVar[type[Fast0TagConfig]] = Fast0TagConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[Fast0TagConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
-        hidden = int(hp["hidden"])
+        hidden = hp.config.hidden
         self.direction = nn.Sequential(
             nn.Linear(backbone.channels[-1], hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),

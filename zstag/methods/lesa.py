@@ -41,7 +41,8 @@ Deviations from the paper, and why:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,9 @@ from torch import nn
 
 from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
-from zstag.methods.base import Embedder, Method
+from zstag.methods.base import Embedder, Explanation, Method
 from zstag.methods.kmeans import kmeans, nearest
+from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
 
 
 def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -110,59 +112,54 @@ class Attention(NamedTuple):
     grid: tuple[int, int]  # (h, w) of the region map
 
 
+@dataclass(frozen=True)
+class LESAConfig(MethodConfig):
+    """LESA's architecture (Sec. 5.1), loss weights (eq. 14) and the Table 1-2 ablations."""
+
+    attentions: int = setting(10, 1, 4096)  # M (Sec. 5.1)
+    feature_dim: int = setting(0, 0, WIDTH_LIMIT)  # width of the learned 2x2 conv; 0 = the backbone's region channels (512 for VGG19)
+    attention_dim: int = setting(0, 0, WIDTH_LIMIT)  # columns of the shared W1; 0 = feature_dim, as in the public code
+    lambda_div: float = setting(1e-2, 0)
+    lambda_rel: float = setting(1e-3, 0)
+    lambda_dist: float = setting(1e-1, 0)
+    margin: float = setting(1.0, 0)  # eq. 13
+    use_div: bool = setting(True)
+    use_rel: bool = setting(True)
+    use_dist: bool = setting(True)
+    cluster: bool = setting(False)  # one attention per cluster of the seen labels (Table 1)
+    clusters: int = setting(10, 1, 4096)
+
+
 class LESA(Method):
     """Shared multi-attention zero-shot tagger (`--method lesa`)."""
 
     name: ClassVar[str] = "lesa"
-    defaults: ClassVar[dict[str, Any]] = {
-        # Recipe (Sec. 5.1): "default setting of RMSprop" (no momentum) at lr 0.001, batch 32,
-        # lr x 0.8 whenever validation degrades, early stopping, 40 epochs on NUS-WIDE, frozen VGG.
-        "optimizer": "rmsprop",
-        "lr": 1e-3,
-        "momentum": 0.0,
-        "batch_size": 32,
-        "epochs": 40,
-        "schedule": "plateau",
-        "lr_factor": 0.8,
-        "early_stopping": 5,
-        "finetune_backbone": False,
-        # Architecture.
-        "attentions": 10,  # M (Sec. 5.1)
-        "feature_dim": 0,  # width of the learned 2x2 conv; 0 = the backbone's region channels (512 for VGG19)
-        "attention_dim": 0,  # columns of the shared W1; 0 = feature_dim, as in the public code
-        # Loss (eq. 14) and the Table 2 ablation.
-        "lambda_div": 1e-2,
-        "lambda_rel": 1e-3,
-        "lambda_dist": 1e-1,
-        "margin": 1.0,  # eq. 13
-        "use_div": True,
-        "use_rel": True,
-        "use_dist": True,
-        # One attention per cluster (Table 1).
-        "cluster": False,
-        "clusters": 10,
-    }
+    # Recipe (Sec. 5.1): "default setting of RMSprop" (no momentum) at lr 0.001, batch 32,
+    # lr x 0.8 whenever validation degrades, early stopping, 40 epochs on NUS-WIDE, frozen VGG.
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="rmsprop", lr=1e-3, momentum=0.0, batch_size=32, epochs=40,
+                                              schedule="plateau", lr_factor=0.8, early_stopping=5,
+                                              finetune_backbone=False)
+    Config: ClassVar[type[LESAConfig]] = LESAConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[LESAConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
-        self.cluster = bool(hp["cluster"])
+        config = hp.config
+        self.cluster = config.cluster
         if self.cluster:
-            k = min(int(hp["clusters"]), len(seen))
+            k = min(config.clusters, len(seen))
             centroids, _ = kmeans(seen.vectors, k)
             self.register_buffer("centroids", centroids)
             self.attentions = k
         else:
-            self.attentions = int(hp["attentions"])
-        if self.attentions < 1:
-            raise ValueError(f"LESA needs at least one attention module, got {self.attentions}")
-        feature_dim = int(hp["feature_dim"]) or backbone.region_channels
-        attention_dim = int(hp["attention_dim"]) or feature_dim
+            self.attentions = config.attentions
+        feature_dim = config.feature_dim or backbone.region_channels
+        attention_dim = config.attention_dim or feature_dim
         multi = self.attentions > 1 and not self.cluster  # div and dist only make sense when modules compete
-        self.use_div = bool(hp["use_div"]) and multi
-        self.use_rel = bool(hp["use_rel"])
-        self.use_dist = bool(hp["use_dist"]) and multi
-        self.lambdas = {"div": float(hp["lambda_div"]), "rel": float(hp["lambda_rel"]), "dist": float(hp["lambda_dist"])}
-        self.margin = float(hp["margin"])
+        self.use_div = config.use_div and multi
+        self.use_rel = config.use_rel
+        self.use_dist = config.use_dist and multi
+        self.lambdas = {"div": config.lambda_div, "rel": config.lambda_rel, "dist": config.lambda_dist}
+        self.margin = config.margin
 
         self.conv = nn.Sequential(  # the extra 2x2 conv on top of the backbone (Sec. 5.1), grid kept
             nn.ZeroPad2d((0, 1, 0, 1)),
@@ -255,7 +252,7 @@ class LESA(Method):
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     @torch.no_grad()
-    def explain(self, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
+    def explain(self, images: torch.Tensor, labels: LabelSet) -> Explanation:
         """Attention maps (B, L, h, w) in [0, 1]: alpha of the module that scores each label.
 
         Each map is divided by its largest weight, so the region the label is read from shows as
@@ -265,4 +262,4 @@ class LESA(Method):
         chosen = self.choose(self.module_scores(att.features, labels), labels.vectors)  # (B, L)
         maps = att.weights.gather(1, chosen.unsqueeze(2).expand(-1, -1, att.weights.shape[2]))  # (B, L, R)
         maps = maps / maps.amax(dim=2, keepdim=True)
-        return maps.unflatten(2, att.grid)
+        return Explanation(maps=maps.unflatten(2, att.grid))

@@ -30,7 +30,8 @@ Deviations from the paper, each for a reason given where it happens:
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,8 @@ from torch import nn
 
 from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
-from zstag.methods.base import Embedder, Method
+from zstag.methods.base import Embedder, Explanation, Method
+from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
 
 
 def forward_pyramid(stages: list[torch.Tensor], grid: int, pyramid: bool) -> torch.Tensor:
@@ -199,56 +201,52 @@ def variance_regulariser(code: torch.Tensor) -> torch.Tensor:
     return code.var(dim=-1, correction=0).sum(-1)
 
 
+@dataclass(frozen=True)
+class ML2PConfig(MethodConfig):
+    """(ML)^2P's architecture (Sec. 3 and 4.3: g = 7 groups, lambda = 0.4) and the Table 3 ablations."""
+
+    groups: int = setting(7, 1, 4096)
+    reg_weight: float = setting(0.4, 0, 1)  # lambda of eq. 12
+    grid: int = setting(7, 1, 1024)  # pooled size of the pyramid (the 7x7 stage at 224 px)
+    mlp_reduction: int = setting(5, 1, WIDTH_LIMIT)  # hidden width of the MLPs = size // 5 (released code; the paper is silent)
+    shuffle_seed: int = setting(0, 0)
+    pyramid: bool = setting(True)
+    encoder: bool = setting(True)
+    group_attention: bool = setting(True)
+    group_residual: bool = setting(True)  # ours: S = X + (Q_x K_x^T) X; false = eq. 7 as printed
+
+
 class ML2P(Method):
     """C^3-MLZSL: Forward Pyramid, shuffle + groups, (ML)^2P-Encoder, Group Attention."""
 
     name = "ml2p"
-    defaults: dict[str, Any] = {
-        # Recipe, Sec. 4.1 (NUS-WIDE): Adam, weight decay 4e-3, lr 5e-5 divided by 10 at epoch 7,
-        # 20 epochs, batch 48. The paper trains end to end ("Our model can support end-to-end
-        # training"; only the *comparison* methods are "not fine-tuned"), so the backbone is tuned.
-        "optimizer": "adam",
-        "lr": 5e-5,
-        "weight_decay": 4e-3,
-        "batch_size": 48,
-        "epochs": 20,
-        "schedule": "step",
-        "lr_milestones": [7],
-        "lr_factor": 0.1,
-        "finetune_backbone": True,
-        # Architecture, Sec. 3 and 4.3: g = 7 groups, lambda = 0.4.
-        "groups": 7,
-        "reg_weight": 0.4,  # lambda of eq. 12
-        "grid": 7,  # pooled size of the pyramid (the 7x7 stage at 224 px)
-        "mlp_reduction": 5,  # hidden width of the MLPs = size // 5 (released code; the paper is silent)
-        "shuffle_seed": 0,
-        # Table 3 ablations.
-        "pyramid": True,
-        "encoder": True,
-        "group_attention": True,
-        "group_residual": True,  # ours: S = X + (Q_x K_x^T) X; false = eq. 7 as printed
-    }
+    # Recipe, Sec. 4.1 (NUS-WIDE): Adam, weight decay 4e-3, lr 5e-5 divided by 10 at epoch 7,
+    # 20 epochs, batch 48. The paper trains end to end ("Our model can support end-to-end
+    # training"; only the *comparison* methods are "not fine-tuned"), so the backbone is tuned.
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=5e-5, weight_decay=4e-3, batch_size=48, epochs=20,
+                                              schedule="step", lr_milestones=[7], lr_factor=0.1,
+                                              finetune_backbone=True)
+    Config: ClassVar[type[ML2PConfig]] = ML2PConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ML2PConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
-        self.groups = int(hp["groups"])
-        self.grid = int(hp["grid"])
-        self.pyramid = bool(hp["pyramid"])
-        self.reg_weight = float(hp["reg_weight"])
+        config = hp.config
+        self.groups = config.groups
+        self.grid = config.grid
+        self.pyramid = config.pyramid
+        self.reg_weight = config.reg_weight
         width = self.groups * self.dim
         stacked = sum(backbone.channels) if self.pyramid else backbone.channels[-1]
         self.project = nn.Identity() if stacked == width else nn.Conv2d(stacked, width, kernel_size=1)
         # A fixed, seeded shuffle saved with the model, so tagging is deterministic.
-        shuffle = torch.randperm(width, generator=torch.Generator().manual_seed(int(hp["shuffle_seed"])))
+        shuffle = torch.randperm(width, generator=torch.Generator().manual_seed(config.shuffle_seed))
         self.register_buffer("shuffle", shuffle)
         self.encoder = (
-            ML2PEncoder(self.groups, self.dim, self.grid * self.grid, int(hp["mlp_reduction"]))
-            if hp["encoder"]
+            ML2PEncoder(self.groups, self.dim, self.grid * self.grid, config.mlp_reduction)
+            if config.encoder
             else None
         )
-        self.group_attention = (
-            GroupAttention(self.dim, bool(hp["group_residual"])) if hp["group_attention"] else None
-        )
+        self.group_attention = GroupAttention(self.dim, config.group_residual) if config.group_attention else None
 
     def group_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Pyramid, projection, shuffle and grouping: (B, 3, H, W) -> (B, g, N, d_w), N = grid^2."""
@@ -291,7 +289,7 @@ class ML2P(Method):
         return total, parts
 
     @torch.no_grad()
-    def explain(self, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
+    def explain(self, images: torch.Tensor, labels: LabelSet) -> Explanation:
         """Per-label response maps (B, L, grid, grid) in [0, 1].
 
         For each label we take the row n* of S that produced its score (the argmax of eq. 8's max)
@@ -311,4 +309,4 @@ class ML2P(Method):
         low = picked.amin(dim=-1, keepdim=True)
         high = picked.amax(dim=-1, keepdim=True)
         scaled = (picked - low) / (high - low).clamp(min=1e-12)
-        return scaled.reshape(*scaled.shape[:2], self.grid, self.grid)
+        return Explanation(maps=scaled.reshape(*scaled.shape[:2], self.grid, self.grid))

@@ -19,7 +19,7 @@ beta (eq. 13). The seen prototypes are buffers updated during training, so `scor
 vocabulary from the state dict alone.
 
 Deviations from the paper (each also in docs/methods/sgma.md):
-- Multi-label protocol (hp single_label=False, the default): the softmax of eq. 9 becomes a
+- Multi-label protocol (single_label=false, the default): the softmax of eq. 9 becomes a
   per-label sigmoid BCE over the fused compatibility scores, and eq. 10 is applied for every
   present label against the absent ones (a present label is never a negative).
 - Eq. 3 applies the sigmoid to a sum of non-negative (post-ReLU) channels, which is >= 0.5
@@ -43,17 +43,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zstag.backbones.base import Backbone
-from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
-from zstag.methods.base import Embedder, ImageCode, Method
+from zstag.methods.base import Embedder, Explanation, ImageCode, Method
 from zstag.methods.kmeans import kmeans
+from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, Recipe, SingleLabelConfig, setting
 
 # ---------------------------------------------------------------------------------------------
 # The pieces of the paper as plain functions (unit-tested on hand-made tensors)
@@ -239,65 +240,62 @@ def to_pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 INFERENCE_PATHS = ("combined", "compatibility", "center")
 
 
+@dataclass(frozen=True)
+class SGMAConfig(SingleLabelConfig):
+    """SGMA's subnets (Sec. 3, 4.1), losses (eq. 4-11; `single_label`: eq. 9's softmax), inference
+    (eq. 12-13) and warm-up."""
+
+    # Architecture.
+    parts: int = setting(2, 1, 64)  # Sec. 4.1: two parts; more overlap without helping
+    shared_parts: bool = setting(True)  # part branches share the global CNN (the paper's lighter variant)
+    joint_scale: float = setting(0.5, high=4, above=0)  # joint subnet input / attention input (224 / 448 in Sec. 4.1)
+    attention_reduction: int = setting(16, 1, WIDTH_LIMIT)  # W1 width = channels / reduction (not given in the paper)
+    crop_grid: int = setting(28, 1, 1024)  # attention map pooled to 28x28 for CNet (VGG19 conv5_4 at 448 px)
+    crop_hidden: int = setting(256, 1, WIDTH_LIMIT)
+    part_min_side: float = setting(0.1, 0, 1)
+    box_k: float = setting(10.0, above=0)  # k of eq. 8 (Sec. 4.1)
+    # Losses.
+    blob_sigma: float = setting(0.1, above=0)  # Gaussian of eq. 5, fraction of the map side (not given in the paper)
+    div_margin: float = setting(0.2, 0)  # mrg of eq. 6 (Sec. 4.1)
+    lambda_div: float = setting(1.0, 0)  # lambda of eq. 4 (grid-searched in the paper, value not reported)
+    cct_margin: float = setting(0.8, 0)  # mrg of eq. 10 (Sec. 4.1)
+    alpha_cls: float = setting(1.0, 0)  # alpha_1, alpha_2 of eq. 11 (Sec. 3.3: both 1)
+    alpha_cct: float = setting(1.0, 0)
+    center_momentum: float = setting(0.9, 0, 1)  # running mean of the seen prototypes
+    # Inference.
+    inference: str = setting("combined", choices=INFERENCE_PATHS)  # combined (eq. 13) | compatibility | center
+    beta: float = setting(1.0)  # beta of eq. 13 (not reported)
+    ridge_lambda: float = setting(0.1, 0)  # lambda of eq. 12 (not reported)
+    # Warm-up (Sec. 4.1 initialisation).
+    warmup_steps: int = setting(100, 0, 1_000_000)
+    warmup_batches: int = setting(4, 1, 1_000_000)
+    warmup_side: float = setting(0.25, above=0, high=1)  # pseudo-box side: a quarter of the image size
+    warmup_lr: float = setting(1e-3, above=0)
+
+
 class SGMA(Method):
     """Global + part branches with late-fused compatibility scores and a class-center path."""
 
     name = "sgma"
     reads_images = True  # the cropping subnet zooms into the images themselves
-    defaults: dict[str, Any] = {
-        # Recipe of Sec. 4.1: SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32,
-        # lr x 0.1 on plateau down to 5e-4; the CNNs are trained end to end.
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 32,
-        "schedule": "plateau",
-        "lr_factor": 0.1,
-        "min_lr": 5e-4,
-        "finetune_backbone": True,
-        # Architecture.
-        "parts": 2,  # Sec. 4.1: two parts; more overlap without helping
-        "shared_parts": True,  # part branches share the global CNN (the paper's lighter variant)
-        "joint_scale": 0.5,  # joint subnet input / attention input (224 / 448 in Sec. 4.1)
-        "attention_reduction": 16,  # W1 width = channels / reduction (not given in the paper)
-        "crop_grid": 28,  # attention map pooled to 28x28 for CNet (VGG19 conv5_4 at 448 px)
-        "crop_hidden": 256,
-        "part_min_side": 0.1,
-        "box_k": 10.0,  # k of eq. 8 (Sec. 4.1)
-        # Losses.
-        "single_label": False,  # set by the trainer when every image has one tag: eq. 9 softmax
-        "blob_sigma": 0.1,  # Gaussian of eq. 5, fraction of the map side (not given in the paper)
-        "div_margin": 0.2,  # mrg of eq. 6 (Sec. 4.1)
-        "lambda_div": 1.0,  # lambda of eq. 4 (grid-searched in the paper, value not reported)
-        "cct_margin": 0.8,  # mrg of eq. 10 (Sec. 4.1)
-        "alpha_cls": 1.0,  # alpha_1, alpha_2 of eq. 11 (Sec. 3.3: both 1)
-        "alpha_cct": 1.0,
-        "center_momentum": 0.9,  # running mean of the seen prototypes
-        # Inference.
-        "inference": "combined",  # combined (eq. 13) | compatibility | center
-        "beta": 1.0,  # beta of eq. 13 (not reported)
-        "ridge_lambda": 0.1,  # lambda of eq. 12 (not reported)
-        # Warm-up (Sec. 4.1 initialisation).
-        "warmup_steps": 100,
-        "warmup_batches": 4,
-        "warmup_side": 0.25,  # pseudo-box side: a quarter of the image size
-        "warmup_lr": 1e-3,
-    }
+    # Recipe of Sec. 4.1: SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32,
+    # lr x 0.1 on plateau down to 5e-4; the CNNs are trained end to end.
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32,
+                                              schedule="plateau", lr_factor=0.1, min_lr=5e-4, finetune_backbone=True)
+    Config: ClassVar[type[SGMAConfig]] = SGMAConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[SGMAConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
-        if hp["inference"] not in INFERENCE_PATHS:
-            raise UsageError(f"sgma: inference must be one of {', '.join(INFERENCE_PATHS)}, not {hp['inference']!r}")
-        parts = int(hp["parts"])
-        if parts < 1:
-            raise UsageError(f"sgma: parts must be at least 1, not {parts}")
+        config = self.config = hp.config
+        # Inference path and beta stay plain attributes: they change no tensor, so a trained model
+        # can be scored either way.
+        self.inference, self.beta = config.inference, config.beta
+        parts = self.parts = config.parts
         channels = backbone.region_channels
-        self.parts = parts
-        self.attention = MultiAttention(channels, parts, int(hp["attention_reduction"]))
-        self.crop = CropNet(int(hp["crop_grid"]), int(hp["crop_hidden"]), float(hp["part_min_side"]))
+        self.attention = MultiAttention(channels, parts, config.attention_reduction)
+        self.crop = CropNet(config.crop_grid, config.crop_hidden, config.part_min_side)
         # Separate part CNNs start from the backbone's current (pretrained) weights.
-        copies = 0 if hp["shared_parts"] else parts
+        copies = 0 if config.shared_parts else parts
         self.part_backbones = nn.ModuleList(copy.deepcopy(backbone) for _ in range(copies))
         branches = 1 + parts
         # W_i of s^i = theta_i(x)^T W_i phi(y): one map per branch (global first, then parts).
@@ -332,10 +330,10 @@ class SGMA(Method):
     def _branch_features(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Mapped features phi_i = theta_i(x)^T W_i of the global image and each part, (B, 1+n, D)."""
         height, width = images.shape[-2:]
-        scale = float(self.hp["joint_scale"])
+        scale = self.config.joint_scale
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         whole = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        parts = crop_parts(images, boxes, size, float(self.hp["box_k"]))  # (B, n, 3, h', w')
+        parts = crop_parts(images, boxes, size, self.config.box_k)  # (B, n, 3, h', w')
         b = images.shape[0]
         if len(self.part_backbones) == 0:
             batch = torch.cat([whole[:, None], parts], 1).flatten(0, 1)
@@ -359,13 +357,12 @@ class SGMA(Method):
         phi = code["phi"] if isinstance(code, dict) else code
         vectors = labels.vectors.to(device=phi.device, dtype=phi.dtype)
         compat = torch.einsum("bnd,ld->bl", phi, vectors)  # late fusion: sum_i s^i
-        mode = self.hp["inference"]
-        if mode == "compatibility":
+        if self.inference == "compatibility":
             return compat
         center = self._center_scores(phi, labels.vectors.to(phi.device))
-        if mode == "center":
+        if self.inference == "center":
             return center
-        return compat + float(self.hp["beta"]) * center  # eq. 13
+        return compat + self.beta * center  # eq. 13
 
     def _seen_prototypes(self) -> torch.Tensor:
         """Phi^s_cct (branches, S, D): the running means, or the trained centers for unseen-in-training classes."""
@@ -375,29 +372,29 @@ class SGMA(Method):
     def _center_scores(self, phi: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """<phi_cct(x), [Phi_cct]_y> of eq. 13 with the branches concatenated, (B, L)."""
         with torch.autocast(device_type=phi.device.type, enabled=False):
-            weights = vectors.float() @ ridge_map(self.seen_vectors, float(self.hp["ridge_lambda"]))  # eq. 12
+            weights = vectors.float() @ ridge_map(self.seen_vectors, self.config.ridge_lambda)  # eq. 12
             protos = F.normalize(torch.einsum("ls,nsd->nld", weights, self._seen_prototypes().float()), dim=-1)
             feats = F.normalize(phi.float(), dim=-1)
             return torch.einsum("bnd,nld->bl", feats, protos).to(phi.dtype)
 
     def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
-        hp = self.hp
+        config = self.config
         maps, phi = self._forward(images)
         # Eq. 4-6: summed over the parts, averaged over the batch.
-        cpt = compactness_loss(maps, float(hp["blob_sigma"])).sum(1).mean()
-        div = diversity_loss(maps, float(hp["div_margin"])).sum(1).mean()
-        ma = cpt + float(hp["lambda_div"]) * div
+        cpt = compactness_loss(maps, config.blob_sigma).sum(1).mean()
+        div = diversity_loss(maps, config.div_margin).sum(1).mean()
+        ma = cpt + config.lambda_div * div
         compat = torch.einsum("bnd,ld->bl", phi, seen.vectors.to(device=phi.device, dtype=phi.dtype))
-        if hp["single_label"]:
+        if self.single_label:
             cls = F.cross_entropy(compat, targets.argmax(1))  # eq. 9
         else:
             cls = F.binary_cross_entropy_with_logits(compat, targets.to(compat.dtype))
         feats = F.normalize(phi, dim=-1)
         centers = F.normalize(self.centers, dim=-1)
-        margin = float(hp["cct_margin"])
+        margin = config.cct_margin
         per_branch = [center_triplet_loss(feats[:, i], centers[i], targets, margin) for i in range(phi.shape[1])]
         cct = torch.stack(per_branch).mean()  # eq. 10 for each branch's phi_i
-        total = ma + float(hp["alpha_cls"]) * cls + float(hp["alpha_cct"]) * cct  # eq. 11
+        total = ma + config.alpha_cls * cls + config.alpha_cct * cct  # eq. 11
         if self.training:
             self._update_prototypes(feats.detach(), targets)
         named = {"compactness": cpt, "diversity": div, "softmax": cls, "center_triplet": cct}
@@ -418,7 +415,7 @@ class SGMA(Method):
             return
         batch_mean = torch.einsum("bs,bnd->nsd", t, feats) / counts.clamp_min(1)[None, :, None]
         self.proto_count += present.long()
-        weight = torch.clamp(1.0 / self.proto_count.clamp_min(1).to(feats.dtype), min=1 - float(self.hp["center_momentum"]))
+        weight = torch.clamp(1.0 / self.proto_count.clamp_min(1).to(feats.dtype), min=1 - self.config.center_momentum)
         weight = (weight * present)[None, :, None]
         self.prototypes.mul_(1 - weight).add_(weight * batch_mean.to(self.prototypes.dtype))
 
@@ -430,16 +427,16 @@ class SGMA(Method):
         Uses the region maps of the first `warmup_batches` batches, `warmup_steps` Adam steps for
         each of the two stages; the backbone is only read.
         """
-        steps = int(self.hp["warmup_steps"])
+        steps = self.config.warmup_steps
         if steps <= 0:
             return
         with torch.no_grad():
-            regions = [self.backbone.regions(images) for images, _ in islice(batches, int(self.hp["warmup_batches"]))]
+            regions = [self.backbone.regions(images) for images, _ in islice(batches, self.config.warmup_batches)]
         if not regions:
             return
         feats = torch.cat(regions).float()
         n_img, channels = feats.shape[:2]
-        lr = float(self.hp["warmup_lr"])
+        lr = self.config.warmup_lr
         # Stage 1: group channels by where they peak over the images, as in MA-CNN [36].
         peaks = peak_positions(feats).transpose(0, 1).reshape(channels, 2 * n_img)
         _, groups = kmeans(peaks, min(self.parts, channels))
@@ -455,7 +452,7 @@ class SGMA(Method):
         # Stage 2: squares of `warmup_side` centred on each map's peak as CNet's pseudo ground truth.
         with torch.no_grad():
             maps = self.attention(feats)
-            side = torch.full_like(maps[..., 0, 0], float(self.hp["warmup_side"]))
+            side = torch.full_like(maps[..., 0, 0], self.config.warmup_side)
             target = torch.cat([peak_positions(maps), side[..., None]], -1)
         opt = torch.optim.Adam(self.crop.parameters(), lr=lr)
         for _ in range(steps):
@@ -467,12 +464,12 @@ class SGMA(Method):
     # -- explanations -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def explain_boxes(self, images: torch.Tensor) -> torch.Tensor:
-        """Part squares (B, parts, 4) as (x0, y0, x1, y1) fractions of the image, clipped to [0, 1]."""
+    def explain(self, images: torch.Tensor, labels: LabelSet) -> Explanation:
+        """The part squares (B, parts, 4) as (x0, y0, x1, y1) fractions of the image, clipped to
+        [0, 1]: where the parts every label is scored from were cut."""
         height, width = images.shape[-2:]
         _, t = self._boxes(images)
         tx, ty, ts = t.unbind(-1)
         x0, y0 = (tx - ts / 2) / width, (ty - ts / 2) / height
         x1, y1 = (tx + ts / 2) / width, (ty + ts / 2) / height
-        boxes = torch.stack([x0, y0, x1, y1], -1)
-        return boxes.clamp(0, 1)
+        return Explanation(boxes=torch.stack([x0, y0, x1, y1], -1).clamp(0, 1))

@@ -23,7 +23,8 @@ from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.data.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
-from zstag.store.config import CONFIG, WEIGHTS, read_config, semantics_source
+from zstag.store import CONFIG, WEIGHTS
+from zstag.store.config import read_config, semantics_source
 from zstag.core.paths import WEIGHTS_DIR
 from zstag.semantics import PICKLES, embed_labels, get_semantics
 from zstag.semantics.base import Semantics
@@ -49,13 +50,14 @@ class Model:
 
 def build_model(method: str, backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
                 image_size: int, pretrained: bool = True) -> Model:
-    """A fresh (or to-be-loaded) model; `hp` holds the user's overrides only."""
+    """A fresh (or to-be-loaded) model; `hp` holds the overrides of the method's defaults (a saved
+    model's whole `hp` object). They are validated before anything is loaded or allocated."""
     cls = method_class(method)
+    settings = cls.hyperparameters(hp)
     sem = get_semantics(semantics)
     net = build_backbone(backbone, pretrained=pretrained)
     seen = embed_labels(sem, seen_labels)
-    full_hp = cls.hyperparameters(hp)
-    module = cls(net, seen, full_hp, lambda names: embed_labels(sem, names))
+    module = cls(net, seen, settings, lambda names: embed_labels(sem, names))
     config = {
         "format": 1,
         "zstag_version": __version__,
@@ -64,7 +66,7 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
         "semantics": semantics,
         "semantic_dim": seen.dim,
         "image_size": image_size,
-        "hp": full_hp,
+        "hp": settings.flat(),
         "seen_labels": list(seen_labels),
     }
     return Model(module, config, sem, seen=seen)
@@ -73,7 +75,7 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
 def save_model(model: Model, out_dir: Path) -> None:
     """Write the model directory atomically (each file through a rename)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep_backbone = bool(model.config["hp"].get("finetune_backbone")) or model.config["backbone"] == "small"
+    keep_backbone = model.method.trains_backbone or model.config["backbone"] == "small"
     model.config["backbone_in_weights"] = keep_backbone
     state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
              if keep_backbone or not k.startswith("backbone.")}
@@ -137,6 +139,12 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     method, backbone = config["method"], config["backbone"]
     seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
     in_weights = bool(config.get("backbone_in_weights", True))
+    if not isinstance(hp, dict):
+        raise ModelError(f"{folder / CONFIG}: hp must be a JSON object")
+    try:
+        method_class(method).hyperparameters(hp)  # checked before any backbone or text model loads
+    except UsageError as exc:
+        raise ModelError(f"{folder / CONFIG}: {exc}") from None
     model = build_model(method, backbone, semantics or semantics_source(config, folder), seen_labels, hp,
                         image_size, pretrained=not in_weights)
     if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):

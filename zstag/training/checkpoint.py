@@ -10,8 +10,11 @@ moment leaves either the previous checkpoint or the new one, whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,24 @@ from zstag.core.atomic import atomic_write
 from zstag.core.errors import ModelError
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainState:
+    """The epoch loop's counters, saved with every checkpoint so `--resume` continues them."""
+
+    lr: float
+    epoch: int = 0  # the last finished epoch
+    best: float = -math.inf  # the best validation score so far (mAP, or -loss without a validation split)
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best one
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: lr, val_mAP and every loss term
+    seconds: float = 0.0  # training time so far, across resumed runs
+
+    @classmethod
+    def from_progress(cls, progress: dict[str, Any]) -> TrainState:
+        """The state a checkpoint's progress record holds (`load_checkpoint`)."""
+        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls)})
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -74,8 +95,11 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], generato
 
 
 def save_checkpoint(path: Path, current: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator, progress: dict[str, Any]) -> None:
-    """Write the checkpoint atomically (a temporary file renamed over the old one)."""
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainState,
+                    options: dict[str, Any]) -> None:
+    """Write the checkpoint atomically (a temporary file renamed over the old one); `options` are
+    what a resumed run must repeat."""
+    progress = {**dataclasses.asdict(state), "options": options}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state(generator)
     tensors = {**{f"current/{k}": v for k, v in current.items()}, **{f"best/{k}": v for k, v in best.items()},

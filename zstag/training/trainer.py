@@ -1,39 +1,41 @@
-"""The one training loop. Methods supply modules and losses; this file owns everything else:
-data, splits, optimiser and schedule, validation, the best model, the epoch checkpoint that
-`--resume` continues from, and the model directory.
+"""The one training loop. Methods supply modules and losses; the loop owns everything else:
+data and splits, validation, the best model, the epoch checkpoint that `--resume` continues from,
+and the model directory. Its parts live beside it: batches and samplers (`batches`), the
+optimiser and lr schedule (`optim`), cached backbone features (`features`) and the checkpoint with
+the loop's counters (`checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
 
 from zstag.core import console, interrupt
-from zstag.engine import distributed
-from zstag.eval.calibration import fit_platt
-from zstag.training.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, save_checkpoint
-from zstag.backbones.base import Backbone
+from zstag.core.errors import UsageError
+from zstag.data.labels import LabelSet
 from zstag.data.manifest import Sample, dataset_labels, read_dataset
 from zstag.data.splits import remove_unseen, split_validation
 from zstag.data.vocab import read_vocabulary
-from zstag.engine.distributed import Share, current_share
-from zstag.engine.engine import Engine, ImageFiles
-from zstag.core.errors import UsageError
-from zstag.data.labels import LabelSet
+from zstag.engine import distributed
+from zstag.engine.distributed import current_share
+from zstag.engine.engine import Engine
+from zstag.eval.calibration import fit_platt
+from zstag.eval.metrics import mean_ap
 from zstag.methods import method_class
 from zstag.methods.base import Method
-from zstag.eval.metrics import mean_ap
 from zstag.store.model import Model, build_model, save_model
+from zstag.training.batches import CachedBatches, ImageBatches, ShuffledBatches, TaggedImages, collate_tagged
+from zstag.training.checkpoint import CHECKPOINT, TrainState, load_checkpoint, restore_rng, save_checkpoint
+from zstag.training.features import FeatureCache, StageCache
+from zstag.training.optim import Schedule, make_optimizer
 
 
 @dataclass
@@ -68,72 +70,11 @@ class TrainOptions:
                 "val_fraction": self.val_fraction, "overrides": overrides}
 
 
-class TaggedImages(Dataset):
-    """Decoded training images with multi-hot targets over the seen labels."""
-
-    def __init__(self, samples: list[Sample], seen: list[str], size: int) -> None:
-        self.files = ImageFiles([s.image for s in samples], size)
-        index = {label: i for i, label in enumerate(seen)}
-        self.targets = torch.zeros(len(samples), len(seen))
-        for row, s in enumerate(samples):
-            for t in s.tags:
-                if t in index:
-                    self.targets[row, index[t]] = 1
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        return (*self.files[i], self.targets[i])
-
-
-def collate_tagged(items):
-    ok = [(t, y) for _, t, _, y in items if t is not None]
-    failures = [(i, reason) for i, t, reason, _ in items if t is None]
-    if not ok:
-        return None, None, failures
-    return torch.stack([t for t, _ in ok]), torch.stack([y for _, y in ok]), failures
-
-
-def augment(images: torch.Tensor, hp: dict[str, Any]) -> torch.Tensor:
-    """Random flips and scale crops, per image, on the training device (one affine resampling)."""
-    flip, scale = bool(hp["flip"]), float(hp["crop_scale"])
-    if not flip and scale >= 1.0:
-        return images
-    b = images.shape[0]
-    theta = torch.zeros(b, 2, 3, device=images.device)
-    s = torch.empty(b, device=images.device).uniform_(min(scale, 1.0), 1.0)
-    sign = torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=images.device)
-    theta[:, 0, 0], theta[:, 1, 1] = s * sign, s
-    theta[:, 0, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
-    theta[:, 1, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
-    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def make_optimizer(params: list[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
-    name, lr, wd = hp["optimizer"], float(hp["lr"]), float(hp["weight_decay"])
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=float(hp["momentum"]))
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(hp["momentum"]))
-    raise UsageError(f"unknown optimizer {name!r}: use adam, adamw, rmsprop or sgd")
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def prepare_samples(opts: TrainOptions) -> tuple[list[Sample], list[str], list[str], int]:
@@ -153,115 +94,6 @@ def prepare_samples(opts: TrainOptions) -> tuple[list[Sample], list[str], list[s
     if not seen:
         raise UsageError(f"{opts.data}: no seen label left to train on")
     return samples, seen, unseen, removed
-
-
-# Feature maps of the last frozen, pretrained backbone run in this process (the benchmark table
-# trains many heads on the same split and backbone), keyed by backbone, size, device and images.
-_STAGE_MEMO: dict[tuple, tuple] = {}
-
-
-class StageCache(Backbone):
-    """Stands in for a frozen backbone whose feature maps were computed once per image.
-
-    With a frozen backbone every epoch would recompute the same features (LESA's and (ML)^2P's
-    public code precompute them for this reason). The training loop then feeds methods a tensor of
-    row indices instead of images; methods only hand their input to the backbone, so they run
-    unchanged. The cached maps are plain attributes, never part of the state dict.
-    """
-
-    def __init__(self, backbone: Backbone, stages: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.name, self.channels, self.region_stage = backbone.name, backbone.channels, backbone.region_stage
-        self.classifier, self.class_names = backbone.classifier, backbone.class_names
-        self.cached = stages
-
-    def feature_maps(self, rows: torch.Tensor) -> Iterator[torch.Tensor]:
-        index = rows.to(self.cached[0].device)
-        return (s[index].to(rows.device).float() for s in self.cached)
-
-
-class ShuffledBatches(Sampler[list[int]]):
-    """Index batches of one shuffled order per epoch, drawn from the trainer's generator.
-
-    Under torchrun every rank draws the same order (same seed) and takes its block of each global
-    batch, so `batch_size` is the global batch and DDP's gradient average over the ranks equals the
-    single-process gradient of that batch (for losses that average over images).
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool,
-                 share: Share | None = None) -> None:
-        self.n, self.batch_size, self.generator, self.drop_last, self.share = n, batch_size, generator, drop_last, share
-
-    def __len__(self) -> int:
-        if self.drop_last and self.n >= self.batch_size:
-            return self.n // self.batch_size
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
-        for b in range(len(self)):
-            pick = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield (pick[self.share.block(len(pick))] if self.share is not None else pick).tolist()
-
-
-class ImageBatches:
-    """Training batches as normalised, augmented images from the data loader."""
-
-    def __init__(self, engine: Engine, loader, method: Method, hp: dict[str, Any], augmenting: bool) -> None:
-        self.engine, self.loader, self.method, self.hp, self.augmenting = engine, loader, method, hp, augmenting
-        self.failed: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        backbone = self.method.backbone
-        for images, targets, failures in self.loader:
-            self.failed.update(i for i, _ in failures)
-            if images is None:
-                continue
-            x = self.engine.normalise(images, backbone.mean, backbone.std)
-            yield (augment(x, self.hp) if self.augmenting else x), targets.to(self.engine.device)
-
-
-class CachedBatches:
-    """Training batches as row indices into a StageCache, in the batches of a ShuffledBatches."""
-
-    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, batches: ShuffledBatches, device: torch.device) -> None:
-        self.rows, self.targets, self.batches, self.device = rows, targets, batches, device
-        self.failed: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for pick in self.batches:
-            yield self.rows[pick].to(self.device), self.targets[pick].to(self.device)
-
-
-def cache_stages(engine: Engine, backbone: Backbone, loaders) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, set[int]]]]:
-    """Run the frozen backbone once over each loader; returns the stacked maps (fp16, on the
-    device when it is a GPU) and, per loader, (rows, targets, failed inputs)."""
-    parts: list[list[torch.Tensor]] = [[], [], []]
-    spans, offset = [], 0
-    keep_on = engine.device if engine.device.type == "cuda" else torch.device("cpu")
-    with torch.inference_mode(), console.progress("computing backbone features", sum(len(l) for l in loaders)) as bar:
-        for loader in loaders:
-            targets, failed = [], set()
-            for images, batch_targets, failures in loader:
-                failed.update(i for i, _ in failures)
-                bar.update(1)
-                if images is None:
-                    continue
-                with engine.autocast():
-                    stages = backbone.stages(engine.normalise(images, backbone.mean, backbone.std))
-                for store, stage in zip(parts, stages):
-                    store.append(stage.to(keep_on, torch.float16))
-                targets.append(batch_targets)
-            n = sum(len(t) for t in targets)
-            spans.append((torch.arange(offset, offset + n), torch.cat(targets) if targets else torch.zeros(0), failed))
-            offset += n
-    return [torch.cat(p) for p in parts], spans
 
 
 def split_scores(method: Method, engine: Engine, batches, seen: LabelSet) -> tuple[np.ndarray, np.ndarray]:
@@ -336,12 +168,58 @@ def read_resume_point(opts: TrainOptions) -> dict[str, Any]:
     return checkpoint
 
 
-def train(opts: TrainOptions) -> Model:
+@dataclass
+class Batches:
+    """The training and validation batches of a run, and the inputs found unreadable so far."""
+
+    train: ImageBatches | CachedBatches
+    val: ImageBatches | CachedBatches | None
+    cached: bool  # batches are rows of cached backbone features
+    failed: set[int]
+
+
+# The training order for a number of training rows (one shuffle per epoch from the run's generator).
+Shuffler = Callable[[int], ShuffledBatches]
+
+
+def image_batches(engine: Engine, method: Method, data: tuple[TaggedImages, TaggedImages],
+                  shuffled: Shuffler, has_val: bool) -> Batches:
+    """Decoded, normalised images each epoch; the training batches augmented by the recipe."""
+    train_images, val_images = data
+    sampler = shuffled(len(train_images))
+    train = ImageBatches(engine, engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler),
+                         method.backbone, method.hp.recipe)
+    val = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method.backbone, None) if has_val else None
+    return Batches(train, val, False, train.failed)
+
+
+def cached_batches(engine: Engine, method: Method, opts: TrainOptions, data: tuple[TaggedImages, TaggedImages],
+                   shuffled: Shuffler, has_val: bool, cache: FeatureCache) -> Batches:
+    """Rows of the frozen backbone's maps, computed once (or found in `cache`); `method.backbone`
+    becomes the `StageCache` that serves them until the caller puts the backbone back."""
+    train_images, val_images = data
+    splits = [list(d.files.paths) for d in data]
+    features = cache.features(engine, method.backbone, opts.backbone, splits, opts.image_size,
+                              reusable=opts.backbone != "small")
+    method.backbone = StageCache(method.backbone, features.stages)
+    order = torch.tensor(features.indices, dtype=torch.long)
+    # Targets come from this run's labels: the cache may have been filled by a run with others.
+    targets = torch.cat([train_images.targets, val_images.targets])
+    in_train = order < len(train_images)
+    train_rows, val_rows = torch.nonzero(in_train).flatten(), torch.nonzero(~in_train).flatten()
+    train = CachedBatches(train_rows, targets[order[train_rows]], shuffled(len(train_rows)), engine.device)
+    in_order = ShuffledBatches(len(val_rows), engine.batch_size, None, False)
+    val = CachedBatches(val_rows, targets[order[val_rows]], in_order, engine.device) if has_val else None
+    return Batches(train, val, True, {i for i, _ in features.failures})
+
+
+def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Model:
     """Train a model and write its directory; returns the best model (by validation mAP).
 
     After every epoch a checkpoint (weights, optimiser, random generators, counters) is written
     atomically next to the model; `resume=True` continues from it as if the run had never stopped,
-    and a run that finishes removes it.
+    and a run that finishes removes it. `feature_cache` keeps a frozen backbone's maps for the next
+    run on the same images (tools/table.py); without one they are computed for this run only.
     """
     cls = method_class(opts.method)
     resume_point = read_resume_point(opts) if opts.resume else None
@@ -356,55 +234,40 @@ def train(opts: TrainOptions) -> Model:
     for key, value in (("epochs", opts.epochs), ("batch_size", opts.batch_size), ("lr", opts.lr)):
         if value is not None:
             overrides[key] = value
-    if "single_label" in cls.defaults and "single_label" not in overrides:
+    if cls.has_single_label_protocol() and "single_label" not in overrides:
         # Single-label data: every image has one tag (images of unseen classes have none left).
         overrides["single_label"] = all(len(s.tags) <= 1 for s in samples) and any(s.tags for s in samples)
-    if overrides.get("single_label"):
+    engine = Engine(opts.device, batch_size=cls.hyperparameters(overrides).recipe.batch_size, workers=opts.workers)
+    model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
+    method = model.method.to(engine.device)
+    recipe = method.hp.recipe
+    seen = model.seen.to(engine.device)
+    if method.single_label:
         # The softmax protocol trains on seen-class images only, as in SGMA's zero-shot splits.
         train_set = [s for s in train_set if s.tags]
         val_set = [s for s in val_set if s.tags]
-    engine = Engine(opts.device, batch_size=int(cls.hyperparameters(overrides)["batch_size"]), workers=opts.workers)
-    model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
-    hp = model.config["hp"]
-    method = model.method.to(engine.device)
-    seen = model.seen.to(engine.device)
     # A randomly initialised backbone is trained unless the user freezes it explicitly.
-    finetune = bool(hp["finetune_backbone"]) or (opts.backbone == "small" and "finetune_backbone" not in overrides)
+    finetune = method.trains_backbone or (opts.backbone == "small" and "finetune_backbone" not in overrides)
     if not finetune:
         method.backbone.requires_grad_(False)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"method {opts.method} has nothing to train with a frozen backbone")
-    optimizer = make_optimizer(params, hp)
-    batch_size = int(hp["batch_size"])
-    drop_last = len(train_set) > batch_size
-    train_images = TaggedImages(train_set, seen_labels, opts.image_size)
-    val_images = TaggedImages(val_set, seen_labels, opts.image_size)
+    optimizer = make_optimizer(params, method.hp)
+    schedule = Schedule(recipe, optimizer)
+    data = (TaggedImages(train_set, seen_labels, opts.image_size), TaggedImages(val_set, seen_labels, opts.image_size))
     console.info(f"training {opts.method} on {len(train_set)} images ({len(val_set)} for validation), "
                  f"{len(seen_labels)} seen labels, backbone {opts.backbone}, device {engine.device}")
     backbone = method.backbone
-    cached = not finetune and bool(hp["cache_features"]) and not cls.reads_images
-    if cached:
-        backbone.eval()
-        key = (opts.backbone, opts.image_size, str(engine.device), tuple(s.image for s in train_set), tuple(s.image for s in val_set))
-        if opts.backbone == "small" or key not in _STAGE_MEMO:
-            computed = cache_stages(engine, backbone, [engine.loader(d, collate_fn=collate_tagged) for d in (train_images, val_images)])
-            _STAGE_MEMO.clear()  # one set at a time: a few hundred MB
-            _STAGE_MEMO[key] = computed
-        stages, spans = _STAGE_MEMO[key]
-        # Targets come from this run's labels: the memo may have been filled by a run with others.
-        spans = [(rows, data.targets[[i for i in range(len(data)) if i not in failed]], failed)
-                 for (rows, _, failed), data in zip(spans, (train_images, val_images))]
-        method.backbone = StageCache(backbone, stages)
-        (train_rows, train_targets, failed), (val_rows, val_targets, val_failed) = spans
-        failed |= val_failed
-        train_batches = CachedBatches(train_rows, train_targets, ShuffledBatches(len(train_rows), batch_size, generator, drop_last, share), engine.device)
-        val_batches = CachedBatches(val_rows, val_targets, ShuffledBatches(len(val_rows), batch_size, None, False), engine.device) if val_set else None
+    drop_last = len(train_set) > recipe.batch_size
+
+    def shuffled(n: int) -> ShuffledBatches:
+        return ShuffledBatches(n, recipe.batch_size, generator, drop_last, share)
+
+    if not finetune and recipe.cache_features and not cls.reads_images:
+        batches = cached_batches(engine, method, opts, data, shuffled, bool(val_set), feature_cache or FeatureCache())
     else:
-        sampler = ShuffledBatches(len(train_images), batch_size, generator, drop_last, share)
-        train_batches = ImageBatches(engine, engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler), method, hp, True)
-        val_batches = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method, hp, False) if val_set else None
-        failed = set()
+        batches = image_batches(engine, method, data, shuffled, bool(val_set))
 
     def train_mode() -> None:
         method.train()
@@ -412,22 +275,18 @@ def train(opts: TrainOptions) -> Model:
             method.backbone.eval()  # frozen batch-norm statistics
 
     train_mode()
-    epochs, lr = int(hp["epochs"]), float(hp["lr"])
-    best, best_epoch, best_state, stale, first_epoch = -math.inf, 0, None, 0, 1
-    history: list[dict[str, Any]] = []
+    state, best_state = TrainState(lr=recipe.lr), None
     start = time.perf_counter()
     if resume_point is None:
-        method.on_train_start(iter(train_batches), seen)
+        method.on_train_start(iter(batches.train), seen)
     else:  # the warm-up's results are in the checkpoint's weights
-        progress = resume_point["progress"]
+        state = TrainState.from_progress(resume_point["progress"])
         method.load_state_dict({**method.state_dict(), **resume_point["current"]})
         optimizer.load_state_dict(resume_point["optimizer"])
         restore_rng(resume_point["rng_tensors"], resume_point["rng"], generator)
         best_state = resume_point["best"]
-        best, best_epoch, stale, lr = progress["best"], progress["best_epoch"], progress["stale"], progress["lr"]
-        history, first_epoch = progress["history"], progress["epoch"] + 1
-        start -= progress["seconds"]
-        console.info(f"resuming after epoch {progress['epoch']} (best epoch {best_epoch})")
+        start -= state.seconds
+        console.info(f"resuming after epoch {state.epoch} (best epoch {state.best_epoch})")
     step = LossStep(method, seen)
     if share is not None:
         distributed.start("nccl" if engine.device.type == "cuda" else "gloo")
@@ -442,64 +301,44 @@ def train(opts: TrainOptions) -> Model:
         model.config["unseen_labels"] = unseen
         model.config["training"] = {
             "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
-            "best_epoch": best_epoch, "best_val_mAP": best if val_batches is not None else None,
+            "best_epoch": state.best_epoch, "best_val_mAP": state.best if batches.val is not None else None,
             "seconds": round(time.perf_counter() - start, 2), "device": str(engine.device), "seed": opts.seed,
-            "history": history, "unreadable_images": len(failed), "cached_features": cached, "complete": complete,
+            "history": state.history, "unreadable_images": len(batches.failed), "cached_features": batches.cached,
+            "complete": complete,
         }
         save_model(model, opts.out)
 
-    def checkpoint(epoch: int) -> None:
-        if writes:
-            save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer, generator, {
-                "epoch": epoch, "lr": lr, "best": best, "best_epoch": best_epoch, "stale": stale, "history": history,
-                "seconds": time.perf_counter() - start, "options": opts.signature()})
-
-    epoch = first_epoch
+    epoch = state.epoch + 1
     with interrupt.remembered() as ctrl_c:
         try:
-            for epoch in range(first_epoch, epochs + 1):
+            for epoch in range(state.epoch + 1, recipe.epochs + 1):
                 train_mode()
-                if hp["schedule"] == "step" and epoch > 1 and epoch - 1 in [int(m) for m in hp["lr_milestones"]]:
-                    lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
-                    _set_lr(optimizer, lr)
-                totals: dict[str, float] = {}
-                steps = 0
-                with console.progress(f"epoch {epoch}/{epochs}", len(train_batches)) as bar:
-                    for x, targets in train_batches:
-                        bar.update(1)
-                        with engine.autocast():
-                            loss, parts = step(x, targets)
-                        if not torch.isfinite(loss):
-                            raise RuntimeError(f"the {opts.method} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        steps += 1
-                        for k, v in {"loss": loss.item(), **parts}.items():
-                            totals[k] = totals.get(k, 0.0) + float(v)
-                        ctrl_c.check()
-                means = {k: v / max(steps, 1) for k, v in totals.items()}
-                val = validate(method, engine, val_batches, seen) if val_batches is not None else -means.get("loss", 0.0)
-                history.append({"epoch": epoch, "lr": lr, "val_mAP": val if val_batches is not None else None, **means})
+                state.lr = schedule.epoch_start(epoch, state.lr)
+                means = run_epoch(step, optimizer, engine, batches.train, ctrl_c, opts.method, epoch, recipe.epochs)
+                val = validate(method, engine, batches.val, seen) if batches.val is not None else -means.get("loss", 0.0)
+                state.history.append({"epoch": epoch, "lr": state.lr, "val_mAP": val if batches.val is not None else None, **means})
                 parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-                console.info(f"epoch {epoch}/{epochs}  {parts_text}  " + (f"val mAP {100 * val:.2f}  " if val_batches is not None else "")
-                             + f"lr {lr:.3g}  {time.perf_counter() - start:.1f}s")
-                if val > best or best_state is None:
-                    best, best_epoch, stale = val, epoch, 0
+                console.info(f"epoch {epoch}/{recipe.epochs}  {parts_text}  "
+                             + (f"val mAP {100 * val:.2f}  " if batches.val is not None else "")
+                             + f"lr {state.lr:.3g}  {time.perf_counter() - start:.1f}s")
+                state.epoch = epoch
+                if val > state.best or best_state is None:
+                    state.best, state.best_epoch, state.stale = val, epoch, 0
                     best_state = kept_state(method, finetune)
                     record(complete=False)
                 else:
-                    stale += 1
-                    if hp["schedule"] == "plateau":
-                        lr = max(lr * float(hp["lr_factor"]), float(hp["min_lr"]))
-                        _set_lr(optimizer, lr)
-                checkpoint(epoch)
-                if int(hp["early_stopping"]) and stale >= int(hp["early_stopping"]):
-                    console.info(f"early stop: no improvement for {stale} epoch(s)")
+                    state.stale += 1
+                    state.lr = schedule.no_improvement(state.lr)
+                if writes:
+                    state.seconds = time.perf_counter() - start
+                    save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer,
+                                    generator, state, opts.signature())
+                if recipe.early_stopping and state.stale >= recipe.early_stopping:
+                    console.info(f"early stop: no improvement for {state.stale} epoch(s)")
                     break
             # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
             method.load_state_dict({**method.state_dict(), **best_state})
-            model.config["calibration"] = calibrate(method, engine, val_batches, seen)
+            model.config["calibration"] = calibrate(method, engine, batches.val, seen)
         except KeyboardInterrupt:
             console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
                          "of the last finished epoch; run the same command with --resume to continue")
@@ -508,13 +347,34 @@ def train(opts: TrainOptions) -> Model:
             method.backbone = backbone
             if share is not None:
                 distributed.close()
-    failed |= getattr(train_batches, "failed", set())
-    if failed:
-        console.warn(f"{len(failed)} training image(s) could not be read and were skipped")
+    if batches.failed:
+        console.warn(f"{len(batches.failed)} training image(s) could not be read and were skipped")
     method.eval()
     record(complete=True)
     if writes:
         (Path(opts.out) / CHECKPOINT).unlink(missing_ok=True)
-    console.info(f"saved {opts.out} (best epoch {best_epoch})")
+    console.info(f"saved {opts.out} (best epoch {state.best_epoch})")
     return model
 
+
+def run_epoch(step: torch.nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, batches: ImageBatches | CachedBatches,
+              ctrl_c: interrupt.CtrlC, name: str, epoch: int, epochs: int) -> dict[str, float]:
+    """One pass of optimiser steps over `batches`; the mean of the loss and of each of its named
+    parts, for the epoch's log line and history."""
+    totals: dict[str, float] = {}
+    steps = 0
+    with console.progress(f"epoch {epoch}/{epochs}", len(batches)) as bar:
+        for x, targets in batches:
+            bar.update(1)
+            with engine.autocast():
+                loss, parts = step(x, targets)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the {name} loss became {loss.item()} at epoch {epoch}; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            for k, v in {"loss": loss.item(), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            ctrl_c.check()
+    return {k: v / max(steps, 1) for k, v in totals.items()}

@@ -19,7 +19,7 @@ gives each target node a logit; training minimises the class-wise BCE over seen 
 plus lambda times the PosVAE loss (eq. 9). `score` returns the logits (sigmoid gives the paper's
 probabilities).
 
-Variants (`--set variant=...`, Sec. 4.1 "Baselines"):
+Variants (the `variant` setting, Sec. 4.1 "Baselines"):
 - `rgcn-posvae` (default): the full model above.
 - `rgcn-xl`: external nodes included but initialised like target nodes (MLP over [feature, s_y]);
   their outputs are trained with MSE to reproduce p^a (weighted by lambda); no PosVAE.
@@ -52,7 +52,7 @@ Deviations from the paper, and why:
   average every node with dozens of neighbours, so all labels start with the same state and
   training stalls at the label prior (measured on the synthetic set: mAP 0.20 after 120 steps on
   pretrained features at w = 0.5, 0.38 after 60 steps at w = 0.01). The network opens the edges
-  that help. `--set edge_init=0.5` restores the plain sigmoid start.
+  that help. `edge_init=0.5` restores the plain sigmoid start.
 - The semantic vectors zstag provides are unit-norm, while the paper feeds raw GloVe vectors
   (norm about 5-8). The networks receive s_y scaled by `semantic_scale` (default sqrt(D), i.e.
   entries of unit size), so the label's part of each first layer is not drowned by the image
@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,7 @@ from zstag.core.errors import UsageError
 from zstag.methods.rgcn.graph import Graph, build_graph
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, ImageCode, Method
+from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
 
 VARIANTS = ("rgcn-posvae", "rgcn-xl", "rgcn")
 _EDGE_CHUNK = 1 << 18  # edges whose relation-network hidden layer is materialised at once
@@ -191,68 +192,68 @@ class GraphBatch:
     num_nodes: int  # L + K
 
 
+@dataclass(frozen=True)
+class RGCNPosVAEConfig(MethodConfig):
+    """The variant, the networks' widths and the graph's thresholds (Sec. 4.1)."""
+
+    variant: str = setting("rgcn-posvae", choices=VARIANTS)
+    hidden: int = setting(256, 1, WIDTH_LIMIT)  # PosVAE encoder/decoder, relation network and node MLPs
+    node_dim: int = setting(256, 1, WIDTH_LIMIT)  # d_h: node states and the width of both RGCN layers
+    gcn_layers: int = setting(2, 0, 64)
+    vae_weight: float = setting(1.0, 0)  # lambda of eq. 9
+    edge_init: float = setting(0.01, above=0, high=0.999)  # w_uv off the diagonal at initialisation (ours; see above)
+    semantic_scale: float = setting(0.0, 0)  # s_y = scale * unit vector as network input; 0 = sqrt(D) (ours)
+    # Graph (Sec. 4.1): WUP > 0.5 on WordNet; cosine edges for labels WordNet lacks (ours).
+    wup_threshold: float = setting(0.5, 0, 1)
+    cosine_threshold: float = setting(0.5, -1, 1)
+    wordnet: str = setting("")  # a WordNet 3.0 dict folder; "" = /usr/share/wordnet
+    graph_cache: bool = setting(True)  # keep built graphs under <cache>/graphs
+    # Images x nodes x width elements per slice when scoring a large vocabulary.
+    score_budget: int = setting(1 << 26, 1)
+
+
 class RGCNPosVAE(Method):
     """Relational GCN over target and external classes (`--method rgcn-posvae`)."""
 
     name: ClassVar[str] = "rgcn-posvae"
     chunkable: ClassVar[bool] = False  # the graph spans the whole vocabulary
-    defaults: ClassVar[dict[str, Any]] = {
-        # Recipe (Sec. 4.1): Adam at 5e-4, lr x 0.1 when the loss plateaus. Batch size and epochs
-        # are not given in the paper; the recipe defaults apply.
-        "optimizer": "adam",
-        "lr": 5e-4,
-        "schedule": "plateau",
-        "lr_factor": 0.1,
-        # Architecture (Sec. 4.1).
-        "variant": "rgcn-posvae",  # rgcn-posvae | rgcn-xl | rgcn
-        "hidden": 256,  # PosVAE encoder/decoder, relation network and node MLPs
-        "node_dim": 256,  # d_h: node states and the width of both RGCN layers
-        "gcn_layers": 2,
-        "vae_weight": 1.0,  # lambda of eq. 9
-        "edge_init": 0.01,  # w_uv off the diagonal at initialisation (ours; see the docstring)
-        "semantic_scale": 0.0,  # s_y = scale * unit vector as network input; 0 = sqrt(D) (ours)
-        # Graph (Sec. 4.1): WUP > 0.5 on WordNet; cosine edges for labels WordNet lacks (ours).
-        "wup_threshold": 0.5,
-        "cosine_threshold": 0.5,
-        "wordnet": "",  # a WordNet 3.0 dict folder; "" = /usr/share/wordnet
-        "graph_cache": True,  # keep built graphs under <cache>/graphs
-        # Images x nodes x width elements per slice when scoring a large vocabulary.
-        "score_budget": 1 << 26,
-    }
+    # Recipe (Sec. 4.1): Adam at 5e-4, lr x 0.1 when the loss plateaus. Batch size and epochs
+    # are not given in the paper; the recipe defaults apply.
+    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=5e-4, schedule="plateau", lr_factor=0.1)
+    Config: ClassVar[type[RGCNPosVAEConfig]] = RGCNPosVAEConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: dict[str, Any], embed: Embedder) -> None:
+    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[RGCNPosVAEConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
-        self.variant = str(hp["variant"]).lower()
-        if self.variant not in VARIANTS:
-            raise UsageError(f"unknown rgcn-posvae variant {hp['variant']!r}; choose one of: {', '.join(VARIANTS)}")
+        config = hp.config
+        self.variant = config.variant
         self.external_names: list[str] = []
         external = torch.zeros(0, seen.dim)
         if self.variant != "rgcn":
             if backbone.classifier is None or not backbone.class_names:
                 raise UsageError(
                     f"variant {self.variant} uses the classes of the backbone's pretraining classifier as "
-                    f"external knowledge, and backbone {backbone.name!r} has none: use --set variant=rgcn "
+                    f"external knowledge, and backbone {backbone.name!r} has none: set variant=rgcn "
                     "(the variant without external nodes) or a backbone with a classifier (bundled, vgg19, resnet101)"
                 )
             self.external_names = list(backbone.class_names)
             external = embed(self.external_names).vectors.float()
         self.register_buffer("external_vectors", external.clone())
-        self.wup_threshold = float(hp["wup_threshold"])
-        self.cosine_threshold = float(hp["cosine_threshold"])
-        self.wordnet = str(hp["wordnet"] or "") or None
-        self.graph_cache = _flag(hp["graph_cache"])
-        self.vae_weight = float(hp["vae_weight"])
-        self.score_budget = int(hp["score_budget"])
+        self.wup_threshold = config.wup_threshold
+        self.cosine_threshold = config.cosine_threshold
+        self.wordnet = config.wordnet or None
+        self.graph_cache = config.graph_cache
+        self.vae_weight = config.vae_weight
+        self.score_budget = config.score_budget
         self._edges: tuple[Graph, torch.Tensor] | None = None
         self._values: tuple[Graph, tuple[int, ...], torch.Tensor] | None = None
-        self.semantic_scale = float(hp["semantic_scale"]) or math.sqrt(seen.dim)
-        hidden, node_dim = int(hp["hidden"]), int(hp["node_dim"])
+        self.semantic_scale = config.semantic_scale or math.sqrt(seen.dim)
+        hidden, node_dim = config.hidden, config.node_dim
         self.width = max(hidden, node_dim, 2 * seen.dim)
 
         self.target_nodes = TargetNodes(backbone.channels[-1], seen.dim, hidden, node_dim)
         self.posvae = PosVAE(seen.dim, hidden, node_dim) if self.variant == "rgcn-posvae" else None
-        self.relation = RelationNet(seen.dim, hidden, float(hp["edge_init"]))
-        self.gcn = nn.ModuleList(nn.Linear(node_dim, node_dim) for _ in range(int(hp["gcn_layers"])))
+        self.relation = RelationNet(seen.dim, hidden, config.edge_init)
+        self.gcn = nn.ModuleList(nn.Linear(node_dim, node_dim) for _ in range(config.gcn_layers))
         self.classify = mlp(node_dim, hidden, 1)
 
     # -- the graph --------------------------------------------------------------------------
@@ -363,9 +364,3 @@ class RGCNPosVAE(Method):
             parts["xl_mse"] = float(mse.detach())
         return total, parts
 
-
-def _flag(value: Any) -> bool:
-    """A boolean hyperparameter that may arrive as a string from `--set key=value`."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
