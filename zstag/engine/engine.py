@@ -1,6 +1,7 @@
 """The one inference engine: devices, precision, batching, decoding and vocabulary scoring.
 
-`tag`, `eval --model` and `bench` go through `Engine`; the trainer reuses its device handling and
+`tag`, `eval --model` and `bench` go through `Engine`; `explain` and the trainer's feature cache take
+its decoded, normalised batches (`Engine.images`), and the trainer reuses its device handling and
 data path. Images are decoded and resized to uint8 tensors (Pillow, with JPEG draft decoding), moved
 to the device with pinned, non-blocking copies, normalised there, and encoded once per image; the
 label vectors of the vocabulary are embedded once per run and scored in chunks so that memory stays
