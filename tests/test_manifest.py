@@ -210,3 +210,17 @@ def test_no_warning_for_a_clean_manifest(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert by_image(read_dataset(manifest)) == {"a.png": ["x"], "b.png": ["y", "z"]}
+
+
+def test_names_with_line_separators_stay_one_row(tmp_path):
+    """U+2028 and NEL are not line breaks in a jsonl manifest (str.splitlines would split them)."""
+    from zstag.eval.report import load_predictions
+
+    names = ["a\u2028b.jpg", "c\x85d.jpg"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"image": n, "tags": ["dog"]}, ensure_ascii=False) + "\n" for n in names),
+                        encoding="utf-8")
+    assert [s.image.name for s in read_dataset(manifest)] == names
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(manifest.read_text(encoding="utf-8").replace('"tags": ["dog"]', '"tags": []'), encoding="utf-8")
+    assert [row["image"] for row in load_predictions(predictions)] == names

@@ -183,3 +183,15 @@ def test_tag_resume_finishes_a_torn_file_without_recomputing(tagging_setup, cli,
     done = {json.loads(line)["image"] for line in full[:3]}
     assert sorted(scored) == sorted(set(images) - done)  # only the missing three were computed
     assert lines[3:] == full[3:]  # and they score as in the first run
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_a_carriage_return_in_a_name_is_quoted(fmt):
+    line = format_row(fmt, "a\rb.jpg", TAGS)
+    assert line.startswith('"a\rb.jpg"') and line.endswith("\n") and not line.endswith("\r\n")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv"])
+def test_a_score_that_is_not_a_number_is_never_written(fmt):
+    with pytest.raises(ValueError, match="finite"):
+        format_row(fmt, "a.jpg", [("dog", float("nan"))])

@@ -14,7 +14,26 @@ DECOMPOSED = "cafe\u0301"  # e followed by a combining acute accent
 def test_comments_and_blank_lines_are_skipped(tmp_path):
     path = tmp_path / "v.txt"
     path.write_text("# animals\ndog\n\n   \n  # indented comment\ncoral reef\r\nApple\napple\n", encoding="utf-8")
-    assert read_vocabulary(path) == ["dog", "coral reef", "Apple", "apple"]
+    with pytest.warns(UserWarning, match="differ only in case and are kept apart: 'Apple' / 'apple'"):
+        assert read_vocabulary(path) == ["dog", "coral reef", "Apple", "apple"]
+
+
+def test_inline_comments_start_at_a_hash_after_whitespace(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("boat  # the sea kind\nC#\nno.#5\tx\ncar\t# tab before\n", encoding="utf-8")
+    assert read_vocabulary(path) == ["boat", "C#", "no.#5 x", "car"]
+
+
+def test_a_control_character_is_a_usage_error_naming_the_line(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("dog\nca\x01t\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"v.txt:2: .*control character"):
+        read_vocabulary(path)
+
+
+def test_an_endless_file_is_refused_with_a_size_limit():
+    with pytest.raises(UsageError, match="/dev/zero is larger than"):
+        read_vocabulary("/dev/zero")
 
 
 def test_bom_is_stripped(tmp_path):

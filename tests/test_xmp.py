@@ -135,3 +135,10 @@ def test_a_sidecar_that_is_not_xml_is_refused_and_kept(photo):
     with pytest.raises(ImageError, match="not valid XML"):
         write_xmp_sidecar(photo, [("dog", 0.9)], "overwrite")
     assert "unclosed" in sidecar.read_text()
+
+
+def test_characters_xml_cannot_hold_never_make_an_invalid_sidecar(photo):
+    write_xmp_sidecar(photo, [("ca\x01t", 0.9), ("dog", 0.5)])
+    assert keywords(sidecar_path(photo, "xmp")) == ["ca\ufffdt", "dog"]  # parses back
+    write_xmp_sidecar(photo, [("ca\x01t", 0.8)])  # and the next run merges it
+    assert keywords(sidecar_path(photo, "xmp")) == ["ca\ufffdt"]

@@ -85,7 +85,7 @@ def merge_tags(root: ET.Element, tags: Tags, mode: str) -> ET.Element:
     scores = _bag(desc, "zstag:scores")
     ours = {item.findtext("zstag:label", default="", namespaces=NS): item for item in scores.findall("rdf:li", NS)}
     keywords = [li.text or "" for li in subjects.findall("rdf:li", NS)]
-    if mode == "overwrite":
+    if mode in ("safe", "overwrite"):  # both replace the keywords zstag wrote earlier
         keywords = [k for k in keywords if k not in ours]
         for item in list(scores):
             scores.remove(item)
