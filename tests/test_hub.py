@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fakehub import COMMIT, serve, sha
+from fakehub import COMMIT, FakeHub, serve, sha
 
 from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
@@ -109,8 +109,8 @@ def test_a_cached_file_that_went_bad_is_caught_on_the_next_fetch(server, tmp_pat
     folder = hub.fetch("tiny")
     blob = (folder / "model.safetensors").resolve()
     blob.write_bytes(WEIGHTS[:-1] + b"\x00")  # same size, other bytes
-    assert hub.cached("tiny") == folder  # the cheap check only looks at sizes...
-    assert hub.cached("tiny", verify=True) is None  # ...the thorough one hashes
+    with pytest.raises(hub.CorruptFile, match="does not have the sha256"):  # loading hashes a changed file
+        hub.cached("tiny")
     with pytest.raises(ZstagError, match="sha256"):
         hub.fetch("tiny")
     assert not blob.exists()
@@ -223,8 +223,10 @@ def test_list_registry_rows(server, tmp_path, monkeypatch):
     assert rows["sized"]["cached"] and rows["sized"]["size"] == len(WEIGHTS)  # same commit, already there
     assert rows["absent"] == {
         "name": "absent", "kind": "model", "repo": "zstag-test/zipped", "revision": "main", "license": None,
-        "description": "", "files": ["nothing.bin"], "size": None, "cached": False, "path": None,
+        "description": "", "files": ["nothing.bin"], "size": None, "cached": False, "state": "missing", "path": None,
     }
+    assert rows["tiny"]["state"] == "unverified"  # config.json has no pinned sha256
+    assert rows["sized"]["state"] == "unverified"
     assert server.requests and all("zipped" not in path for _, path in server.requests)
 
 
@@ -347,3 +349,101 @@ def test_offline_fetch_on_the_command_line_is_one_line_well_under_2_seconds(tmp_
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "cannot be reached" in result.stderr, result.stderr
     assert elapsed < 10, elapsed  # interpreter start-up included; was ~26 s of retries
+
+
+def shared_copy(server, tmp_path, monkeypatch) -> Path:
+    """`tiny` as another tool (timm, transformers) left it in the standard Hugging Face cache; offline."""
+    from huggingface_hub import constants, hf_hub_download
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
+    shared = tmp_path / "hf-home" / "hub"
+    for name in ("model.safetensors", "config.json"):
+        hf_hub_download("zstag-test/tiny", name, cache_dir=str(shared), endpoint=server.url)
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return shared / "models--zstag-test--tiny" / "snapshots" / COMMIT
+
+
+def tamper(path: Path) -> None:
+    """Same size, other bytes: only a hash notices."""
+    blob = path.resolve()
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+
+
+def test_a_tampered_file_in_the_shared_cache_is_refused_on_load_and_listed_corrupt(server, tmp_path, monkeypatch):
+    folder = shared_copy(server, tmp_path, monkeypatch)
+    assert hub.cached("tiny") == folder
+    tamper(folder / "model.safetensors")
+    with pytest.raises(hub.CorruptFile, match="does not have the sha256"):  # was loaded as it was
+        hub.cached("tiny")
+    row = next(r for r in hub.list_registry() if r["name"] == "tiny")
+    assert row["state"] == "corrupt" and not row["cached"]  # was listed as cached
+    assert (folder / "model.safetensors").resolve().exists()  # another tool's cache is never modified
+
+
+def test_each_file_is_hashed_once_and_remembered(server, tmp_path, monkeypatch):
+    folder = shared_copy(server, tmp_path, monkeypatch)
+    hashed: list[Path] = []
+    real = hub._sha256
+    monkeypatch.setattr(hub, "_sha256", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):
+        assert hub.cached("tiny") == folder
+    assert len(hashed) == 1
+    stamps = tmp_path / "cache" / "verified.json"
+    assert stamps.is_file() and oct(stamps.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("plant", ["foreign format", "writable by others"])
+def test_a_stamp_zstag_did_not_write_is_not_trusted(server, tmp_path, monkeypatch, plant):
+    folder = shared_copy(server, tmp_path, monkeypatch)
+    blob = (folder / "model.safetensors").resolve()
+    tamper(blob)
+    st = blob.stat()
+    claim = {str(blob): {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                         "inode": st.st_ino, "device": st.st_dev, "sha256": sha(WEIGHTS)}}
+    stamps = tmp_path / "cache" / "verified.json"
+    stamps.parent.mkdir(parents=True)
+    if plant == "foreign format":
+        stamps.write_text(json.dumps({"files": claim}))
+        stamps.chmod(0o600)
+    else:
+        stamps.write_text(json.dumps({"format": hub._STAMP_FORMAT, "files": claim}))
+        stamps.chmod(0o666)
+    with pytest.raises(hub.CorruptFile):
+        hub.cached("tiny")
+
+
+def test_fetch_replaces_a_tampered_shared_copy_with_its_own(server, tmp_path, monkeypatch):
+    folder = shared_copy(server, tmp_path, monkeypatch)
+    tamper(folder / "model.safetensors")
+    online = FakeHub()
+    try:
+        online.repos["zstag-test/tiny"] = {"model.safetensors": WEIGHTS, "config.json": CONFIG}
+        monkeypatch.setenv("HF_ENDPOINT", online.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        own = hub.fetch("tiny")
+    finally:
+        online.stop()
+    assert own.is_relative_to(tmp_path / "cache") and (own / "model.safetensors").read_bytes() == WEIGHTS
+    assert hub.cached("tiny") == own  # zstag's own, good copy is found first
+
+
+def test_fetch_list_and_a_pretrained_backbone_refuse_a_tampered_copy(server, tmp_path, monkeypatch):
+    import os
+    import shutil
+    import subprocess
+
+    from zstag.backbones import build_backbone
+
+    folder = shared_copy(server, tmp_path, monkeypatch)
+    registry = write_registry(tmp_path, monkeypatch, {"vgg19": {**tiny_entry(), "files": tiny_entry()["files"][:1]}})
+    tamper(folder / "model.safetensors")
+    with pytest.raises(hub.CorruptFile, match="run `zstag fetch vgg19 --force`"):
+        build_backbone("vgg19", pretrained=True)  # what `train --backbone vgg19` builds; it used to load the file
+    env = {**os.environ, "ZSTAG_REGISTRY": str(registry)}
+    listing = subprocess.run([shutil.which("zstag") or "zstag", "fetch", "--list"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line.split("\t") for line in listing.stdout.splitlines() if line.startswith("vgg19\t"))
+    assert "corrupt" in row  # was listed as "cached"

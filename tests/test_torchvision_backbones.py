@@ -8,6 +8,7 @@ networks built on the meta device.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,11 @@ def fake_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         folder = hub.hub_dir() / ("models--" + spec.repo.replace("/", "--")) / "snapshots" / spec.revision
         folder.mkdir(parents=True)
         save_file(tensors, str(folder / "model.safetensors"))
+        # a stand-in, not the file the registry pins: unpin it, or loading refuses it as corrupt
+        entries = hub.load_registry()
+        entries[name]["files"] = [{"name": "model.safetensors", "sha256": None, "size": None}]
+        (tmp_path / "registry.json").write_text(json.dumps(entries))
+        monkeypatch.setenv(hub.REGISTRY_ENV, str(tmp_path / "registry.json"))
         return folder / "model.safetensors"
 
     return put

@@ -40,7 +40,7 @@ def command(
     if list_:
         print("name\tkind\tcached\trepo\tdescription")  # a header line, as `zstag models` prints one
         for entry in hub.list_registry(cache_dir=cache_dir):
-            mark = "cached" if entry.get("cached") else "-"
+            mark = {"missing": "-"}.get(entry["state"], entry["state"])  # verified, unverified (no sha256 pinned), corrupt
             print(f"{entry['name']}\t{entry.get('kind', '')}\t{mark}\t{entry.get('repo', '')}\t{entry.get('description', '')}")
         return
     if not names:

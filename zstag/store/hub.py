@@ -34,7 +34,9 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -308,16 +310,14 @@ def _discard(pointer: Path) -> None:
             pass
 
 
-def _check_file(spec: Spec, f: FileSpec, pointer: Path) -> None:
-    """Refuse (and delete) a cached file whose size or sha256 differs from the registry's."""
+def _check_file(spec: Spec, f: FileSpec, pointer: Path, stamps: Path) -> None:
+    """Refuse (and delete) a file in zstag's cache whose size or sha256 differs from the registry's."""
     size = pointer.stat().st_size
     problem = None
     if f.size is not None and size != f.size:
         problem = f"has {size} bytes, expected {f.size}"
-    elif f.sha256 is not None:
-        got = _sha256(pointer)
-        if got != f.sha256:
-            problem = f"has sha256 {got}, expected {f.sha256}"
+    elif f.sha256 is not None and not _has_sha256(pointer, f.sha256, stamps):
+        problem = f"has sha256 {_sha256(pointer)}, expected {f.sha256}"
     if problem:
         _discard(pointer)
         raise ZstagError(
@@ -326,8 +326,24 @@ def _check_file(spec: Spec, f: FileSpec, pointer: Path) -> None:
         )
 
 
-def _complete(spec: Spec, root: Path, verify: bool) -> Path | None:
-    """The snapshot (or extraction) folder if every file of `spec` is under `root`, else None."""
+def _usable(spec: Spec, root: Path, stamps: Path) -> Path | None:
+    """`_complete`, with a corrupt copy counted as missing (fetch then downloads a good one)."""
+    try:
+        return _complete(spec, root, stamps)
+    except CorruptFile:
+        return None
+
+
+class CorruptFile(ZstagError):
+    """A cached file whose content is not the registry's (damaged, or replaced by someone)."""
+
+
+def _complete(spec: Spec, root: Path, stamps: Path) -> Path | None:
+    """The snapshot (or extraction) folder if every file of `spec` is under `root`, else None.
+
+    Sizes are compared, and every file the registry pins is checked against its sha256 (hashed
+    once, then remembered in `stamps`, see `_has_sha256`); a file that differs raises CorruptFile.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     if not root.is_dir():
@@ -343,8 +359,9 @@ def _complete(spec: Spec, root: Path, verify: bool) -> Path | None:
         snapshot = here
         if f.size is not None and Path(hit).stat().st_size != f.size:
             return None
-        if verify and f.sha256 is not None and _sha256(Path(hit)) != f.sha256:
-            return None
+        if f.sha256 is not None and not _has_sha256(Path(hit), f.sha256, stamps):
+            raise CorruptFile(f"{spec.name}: {hit} does not have the sha256 the registry pins ({f.sha256}): "
+                              f"it is damaged or was replaced; run `zstag fetch {spec.name} --force`")
     if snapshot is None:
         return None
     if spec.archive:
@@ -355,21 +372,80 @@ def _complete(spec: Spec, root: Path, verify: bool) -> Path | None:
     return snapshot
 
 
-def cached(name_or_url: str, cache_dir: str | Path | None = None, registry: str | Path | None = None,
-           verify: bool = False) -> Path | None:
+def cached(name_or_url: str, cache_dir: str | Path | None = None, registry: str | Path | None = None) -> Path | None:
     """The local folder holding `name_or_url` if everything is already there, else None.
 
     No network. Looks in zstag's cache, then (read-only) in the standard Hugging Face cache.
-    Sizes are checked; `verify=True` also hashes files against the registry's sha256 (slow for
-    big files, which is why loading a backbone does not do it: `fetch` already did). A file that
-    fails is reported as missing here, never deleted: only `fetch` deletes.
+    Sizes are checked, and sha256 where the registry pins one: each file is hashed the first time
+    it is seen and then remembered by its identity (`_has_sha256`), so loading a backbone costs
+    no hashing after the first. A file that fails raises CorruptFile (never deleted here: only
+    `fetch` deletes, and only in zstag's own cache).
     """
     spec = resolve(name_or_url, registry)
+    stamps = _stamps_path(cache_dir)
     for root in _roots(cache_dir):
-        found = _complete(spec, root, verify)
+        found = _complete(spec, root, stamps)
         if found is not None:
             return found
     return None
+
+
+# --- remembered checksums --------------------------------------------------------------------------
+
+_STAMP_FORMAT = "zstag verified files 1"
+
+
+def _stamps_path(cache_dir: str | Path | None) -> Path:
+    """Where zstag remembers which files it hashed: its own cache, never the shared one."""
+    return cache_root(cache_dir) / "verified.json"
+
+
+def _identity(path: Path) -> tuple[str, dict[str, int]]:
+    """(real path, what changes when the file's content is written or the file replaced)."""
+    real = path.resolve()
+    st = real.stat()
+    # ctime cannot be set back by a user (`touch -d` sets mtime and so updates ctime), and a replaced
+    # file has a new inode: together they catch any rewrite made without root rights.
+    return str(real), {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                       "inode": st.st_ino, "device": st.st_dev}
+
+
+def _read_stamps(stamps: Path) -> dict[str, dict]:
+    """The remembered hashes, or nothing when the file is not one zstag wrote for this user.
+
+    Trusted only when it is a regular file owned by this user, writable by nobody else, and
+    in zstag's format: a stamp another user or tool could have planted is ignored (the files
+    are hashed again).
+    """
+    try:
+        st = os.stat(stamps, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return {}
+        data = json.loads(stamps.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == _STAMP_FORMAT else None
+    return files if isinstance(files, dict) else {}
+
+
+def _has_sha256(path: Path, sha256: str, stamps: Path) -> bool:
+    """Whether the file at `path` has `sha256`: hashed once, then remembered while the file is unchanged."""
+    key, identity = _identity(path)
+    remembered = _read_stamps(stamps)
+    if remembered.get(key) == {**identity, "sha256": sha256}:
+        return True
+    if _sha256(path) != sha256:
+        return False
+    remembered[key] = {**identity, "sha256": sha256}
+    try:
+        stamps.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=stamps.parent, prefix=".verified.", suffix=".tmp")  # mode 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"format": _STAMP_FORMAT, "files": remembered}, out)
+        os.replace(tmp, stamps)
+    except OSError:
+        pass  # a read-only cache only costs hashing again next time
+    return True
 
 
 def snapshots(cache_dir: str | Path | None = None) -> Iterator[tuple[str, Path]]:
@@ -587,16 +663,17 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
     """
     spec = resolve(name_or_url, registry)
     root = hub_dir(cache_dir)
-    if not force and _complete(spec, root, verify=False) is None:
+    stamps = _stamps_path(cache_dir)
+    if not force and _usable(spec, root, stamps) is None:
         for shared in _roots(cache_dir)[1:]:
-            found = _complete(spec, shared, verify=True)  # another tool's cache: use, never modify
+            found = _usable(spec, shared, stamps)  # another tool's cache: use if intact, never modify
             if found is not None:
                 return found
     snapshots = set()
     no_network = network_problem()
     for f in spec.files:
         pointer = _download(spec, f, root, force, progress, no_network)
-        _check_file(spec, f, pointer)
+        _check_file(spec, f, pointer, stamps)
         snapshots.add(_snapshot_of(pointer, f.name))
     if name_or_url.startswith(HF_SCHEME):
         extra = _model_semantics(snapshots)
@@ -623,12 +700,22 @@ def _model_semantics(snapshots: set[Path]) -> str | None:
 
 
 def list_registry(cache_dir: str | Path | None = None, registry: str | Path | None = None) -> list[dict]:
-    """One row per registry entry for `zstag fetch --list`, with whether it is cached (no network)."""
+    """One row per registry entry for `zstag fetch --list`, with whether it is cached (no network).
+
+    `state`: `verified` (cached, every file's sha256 checked), `unverified` (cached, but the
+    registry pins no sha256 for some file: only sizes were checked), `corrupt` (a file differs
+    from its pinned sha256: not used) or `missing`.
+    """
     rows = []
     for name, entry in load_registry(registry).items():
         spec = _spec_from_entry(name, entry)
         sizes = [f.size for f in spec.files]
-        folder = cached(name, cache_dir=cache_dir, registry=registry)
+        try:
+            folder, state = cached(name, cache_dir=cache_dir, registry=registry), None
+        except CorruptFile:
+            folder, state = None, "corrupt"
+        pinned = all(f.sha256 is not None for f in spec.files)
+        state = state or ("missing" if folder is None else "verified" if pinned else "unverified")
         rows.append({
             "name": name,
             "kind": spec.kind,
@@ -639,12 +726,14 @@ def list_registry(cache_dir: str | Path | None = None, registry: str | Path | No
             "files": [f.name for f in spec.files],
             "size": sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None,
             "cached": folder is not None,
+            "state": state,
             "path": str(folder) if folder is not None else None,
         })
     return rows
 
 
 __all__ = [
+    "CorruptFile",
     "FileSpec",
     "HF_SCHEME",
     "Progress",
