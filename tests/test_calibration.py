@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -144,3 +145,27 @@ def trained_uncalibrated(dataset, word_vectors, tmp_path):
     train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
                        semantics=str(word_vectors), epochs=4, image_size=64, device="cpu", workers=0, val_fraction=0.0))
     return out
+
+
+def test_calibrate_never_rewrites_the_shipped_default(dataset, cli):
+    from zstag.core.paths import WEIGHTS_DIR
+
+    config = WEIGHTS_DIR / "default" / "config.json"
+    before = config.read_bytes()
+    result = cli("calibrate", "default", "--data", dataset["manifest"], "--device", "cpu", "--workers", "0")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "models shipped with zstag" in result.err and "calibrate the copy" in result.err and "cp -rL" in result.err
+    assert config.read_bytes() == before
+
+
+def test_calibrate_never_rewrites_a_model_in_a_download_cache(dataset, cli, tmp_path, monkeypatch):
+    from zstag.core.paths import WEIGHTS_DIR
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    snapshot = tmp_path / "hf-home" / "hub" / "models--someone--tagger" / "snapshots" / "0123"
+    shutil.copytree(WEIGHTS_DIR / "default", snapshot)
+    before = (snapshot / "config.json").read_bytes()
+    result = cli("calibrate", snapshot, "--data", dataset["manifest"], "--device", "cpu", "--workers", "0")
+    assert result.code == 2 and "the Hugging Face cache" in result.err and "calibrate the copy" in result.err
+    assert (snapshot / "config.json").read_bytes() == before

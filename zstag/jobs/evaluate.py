@@ -70,13 +70,20 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     """Fit the model's score calibration on a tagged set and store it in the model's config.
 
     The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
-    (zstag/eval/calibration.py); only config.json changes, through a rename.
+    (zstag/eval/calibration.py); only config.json changes, through a rename. A model zstag does not
+    own (the shipped `default`, a download in zstag's or the Hugging Face cache) is refused before
+    any work, with the fix: calibrate a copy.
     """
     from zstag.eval.calibration import fit_platt
     from zstag.store.config import read_config
+    from zstag.store.hub import shared_place
     from zstag.store.model import resolve_model_dir, write_config
 
     folder = resolve_model_dir(opts.model)
+    place = shared_place(folder)
+    if place is not None:
+        raise UsageError(f"{opts.model} is in {place}, which calibrate never rewrites: copy it "
+                         f"(`cp -rL {folder} my-model`) and calibrate the copy")
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
     scores, samples = model_scores(opts, samples, labels)

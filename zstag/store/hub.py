@@ -112,6 +112,21 @@ def hf_user_cache() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
+def shared_place(folder: str | Path, cache_dir: str | Path | None = None) -> str | None:
+    """What holds `folder` when zstag must not rewrite it (the shipped weights, a download cache), else None.
+
+    A model in the shipped `weights/` belongs to the installation, and one in zstag's or the
+    Hugging Face cache is a download that `hf://` references, other tools and `--force` refetches
+    rely on (its files are links into shared blobs): commands that change a model refuse these.
+    """
+    real = Path(folder).resolve()
+    for what, root in (("the models shipped with zstag", WEIGHTS_DIR), ("zstag's download cache", hub_dir(cache_dir)),
+                       ("the Hugging Face cache", hf_user_cache())):
+        if real == root.resolve() or root.resolve() in real.parents:
+            return f"{what} ({root})"
+    return None
+
+
 def registry_path(registry: str | Path | None = None) -> Path:
     """The registry file: the argument, else $ZSTAG_REGISTRY, else `weights/registry.json`."""
     if registry:
@@ -755,6 +770,7 @@ __all__ = [
     "parse_hf_url",
     "reachable",
     "registry_path",
+    "shared_place",
     "resolve",
     "snapshots",
 ]
