@@ -136,6 +136,10 @@ def test_a_model_with_local_semantics_carries_them_and_loads_anywhere(tmp_path, 
     model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 8},
                         image_size=32)
     save_model(model, tmp_path / "a")
+    copy = tmp_path / "a" / "semantics.txt"
+    inode = copy.stat().st_ino
+    save_model(model, tmp_path / "a")  # a later epoch's save does not copy the vectors again
+    assert copy.stat().st_ino == inode and copy.read_bytes() == word_vectors.read_bytes()
     moved = Path(shutil.move(str(tmp_path / "a"), tmp_path / "b"))
     assert load_model(moved).semantics.source == (moved / "semantics.txt")
 

@@ -96,12 +96,19 @@ def bundle_semantics(model: Model, out_dir: Path) -> None:
     if source is None:
         return
     target = out_dir / ("semantics" + (source.suffix or ".txt" if source.is_file() else ""))  # a file has a suffix
-    if source.resolve() != target.resolve():
-        if source.is_file():
-            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
-        else:
-            shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLES)))
+    if source.is_file() and not _same_file_copy(source, target):
+        atomic_write(target, lambda tmp: shutil.copy2(source, tmp))  # copy2 keeps mtime: saves after the first skip
+    elif source.is_dir() and source.resolve() != target.resolve():
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLES)))
     model.config["semantics"] = target.name
+
+
+def _same_file_copy(source: Path, target: Path) -> bool:
+    """Whether `target` is `source` or already a copy of it (same size and mtime), e.g. at a later epoch's save."""
+    if not target.is_file():
+        return False
+    a, b = source.stat(), target.stat()
+    return source.resolve() == target.resolve() or (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
 
 
 def write_config(model_dir: Path, config: dict[str, Any]) -> None:
