@@ -168,6 +168,19 @@ def read_resume_point(opts: TrainOptions) -> dict[str, Any]:
     return checkpoint
 
 
+def run_overrides(opts: TrainOptions, cls: type[Method], samples: list[Sample]) -> dict[str, Any]:
+    """The settings this run changes from the method's defaults: the user's overrides, the epochs,
+    batch size and lr given as options, and the single-label protocol when the data calls for it."""
+    overrides = dict(opts.overrides)
+    for key, value in (("epochs", opts.epochs), ("batch_size", opts.batch_size), ("lr", opts.lr)):
+        if value is not None:
+            overrides[key] = value
+    if cls.has_single_label_protocol() and "single_label" not in overrides:
+        # Single-label data: every image has one tag (images of unseen classes have none left).
+        overrides["single_label"] = all(len(s.tags) <= 1 for s in samples) and any(s.tags for s in samples)
+    return overrides
+
+
 @dataclass
 class Batches:
     """The training and validation batches of a run, and the inputs found unreadable so far."""
@@ -230,13 +243,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     generator = seed_everything(opts.seed)
     samples, seen_labels, unseen, removed = prepare_samples(opts)
     train_set, val_set = split_validation(samples, opts.val_fraction, opts.seed)
-    overrides = dict(opts.overrides)
-    for key, value in (("epochs", opts.epochs), ("batch_size", opts.batch_size), ("lr", opts.lr)):
-        if value is not None:
-            overrides[key] = value
-    if cls.has_single_label_protocol() and "single_label" not in overrides:
-        # Single-label data: every image has one tag (images of unseen classes have none left).
-        overrides["single_label"] = all(len(s.tags) <= 1 for s in samples) and any(s.tags for s in samples)
+    overrides = run_overrides(opts, cls, samples)
     engine = Engine(opts.device, batch_size=cls.hyperparameters(overrides).recipe.batch_size, workers=opts.workers)
     model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
     method = model.method.to(engine.device)
