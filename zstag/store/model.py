@@ -146,8 +146,6 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     method, backbone = config["method"], config["backbone"]
     seen_labels, hp, image_size = config["seen_labels"], config["hp"], int(config["image_size"])
     in_weights = bool(config.get("backbone_in_weights", True))
-    if not isinstance(hp, dict):
-        raise ModelError(f"{folder / CONFIG}: hp must be a JSON object")
     try:
         method_class(method).hyperparameters(hp)  # checked before any backbone or text model loads
     except UsageError as exc:
