@@ -128,3 +128,26 @@ def test_frozen_backbone_trains_on_cached_features(dataset, word_vectors, tmp_pa
     labels = loaded.embed(["red circle", "blue square"])
     with torch.no_grad():
         assert torch.allclose(model.method(images, labels), loaded.method(images, labels), atol=1e-5)
+
+
+def test_a_feature_cache_runs_the_frozen_backbone_once_across_runs(dataset, word_vectors, tmp_path, monkeypatch):
+    """tools/table.py trains many heads on one split: with a shared FeatureCache the pretrained
+    backbone's maps are computed once; without one (`zstag train`) every run computes its own."""
+    from zstag.training import features
+    from zstag.training.features import FeatureCache
+
+    calls = []
+    real = features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *args: calls.append(1) or real(*args))
+
+    def run(method: str, out: str, cache: FeatureCache | None) -> None:
+        train(TrainOptions(data=dataset["manifest"], method=method, out=tmp_path / out, backbone="bundled",
+                           semantics=str(word_vectors), epochs=1, image_size=32, device="cpu", workers=0),
+              feature_cache=cache)
+
+    cache = FeatureCache()
+    run("lesa", "a", cache)
+    run("fast0tag", "b", cache)
+    assert len(calls) == 1
+    run("fast0tag", "c", None)
+    assert len(calls) == 2
