@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zstag.benchmarks import openclipart as oc
+from tools import openclipart as oc
 
 RDF_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 {doctype}<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
