@@ -21,6 +21,7 @@ from zstag.store import hub
 from zstag.backbones import build_backbone
 from zstag.backbones.torchvision_nets import build_torchvision, timm_to_ours
 from zstag.core.errors import MissingWeightsError, ModelError
+from zstag.methods.ml2p import forward_pyramid
 
 
 def ours_to_timm(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,11 +92,31 @@ def test_vgg19_stages_at_224(vgg):
     with torch.no_grad():
         stages = vgg.stages(torch.randn(1, 3, 224, 224))
         logits = vgg.class_logits(stages)
-    assert [tuple(s.shape) for s in stages] == [(1, 512, 28, 28), (1, 512, 14, 14), (1, 512, 7, 7)]
-    assert vgg.channels == (512, 512, 512) and vgg.region_stage == 1 and vgg.region_channels == 512
+    assert [tuple(s.shape) for s in stages] == [(1, 256, 28, 28), (1, 512, 14, 14), (1, 512, 14, 14)]
+    assert vgg.channels == (256, 512, 512) and vgg.region_stage == 2 and vgg.region_channels == 512
     assert tuple(logits.shape) == (1, 1000)
     assert len(vgg.class_names) == 1000 and vgg.class_names[0] == "tench"
-    assert all((s >= 0).all() for s in stages)  # after ReLU / max-pool of ReLU
+    assert all((s >= 0).all() for s in stages)  # max-pools of ReLUs / a ReLU
+
+
+def test_vgg19_stage_indices_are_pool3_pool4_conv5_4(vgg):
+    """Issue 19 item 2: the stages end exactly at torchvision's pool3 (features[18]), pool4
+    (features[27]) and conv5_4's ReLU (features[35]), so (ML)^2P's 7x7 pyramid is pool3 / pool4 /
+    pool5 as in its released code. The old cuts (conv4_4, conv5_4, pool5) gave pool5 twice."""
+    net = torchvision.models.vgg19(weights=None)  # the architecture, to read its layer indices
+    pools = [i for i, m in enumerate(net.features) if isinstance(m, torch.nn.MaxPool2d)]
+    relus = [i for i, m in enumerate(net.features) if isinstance(m, torch.nn.ReLU)]
+    assert pools == [4, 9, 18, 27, 36] and relus[-1] == 35
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        stages = vgg.stages(image)
+        expected = [vgg.features[: pools[2] + 1](image), vgg.features[: pools[3] + 1](image),
+                    vgg.features[: relus[-1] + 1](image)]
+        assert all(torch.equal(a, b) for a, b in zip(stages, expected))
+        pyramid = forward_pyramid(stages, 2, True)  # what (ML)^2P stacks, at pool5's 2x2 grid here
+        pool4, pool5 = expected[1], vgg.features[: pools[4] + 1](image)
+        assert torch.equal(pyramid[:, 768:], pool5)  # the last level is pool5...
+        assert torch.equal(pyramid[:, 256:768], F.max_pool2d(pool4, 2))  # ...the middle one pool4
 
 
 def test_vgg19_equals_torchvision_forward(vgg):
@@ -106,14 +127,10 @@ def test_vgg19_equals_torchvision_forward(vgg):
     state = {**vgg.features.state_dict(prefix="features."), **vgg.classifier.mlp.state_dict(prefix="classifier.")}
     net = reference(torchvision.models.vgg19, state)
     image = torch.randn(1, 3, 64, 64)
-    pools = [i for i, m in enumerate(net.features) if isinstance(m, torch.nn.MaxPool2d)]
     with torch.no_grad():
         stages = vgg.stages(image)
-        assert [tuple(s.shape[-2:]) for s in stages] == [(8, 8), (4, 4), (2, 2)]
+        assert [tuple(s.shape[-2:]) for s in stages] == [(8, 8), (4, 4), (4, 4)]
         assert torch.allclose(net(image), vgg.class_logits(stages), atol=1e-5, rtol=1e-4)
-        conv4_4 = net.features[:pools[3]](image)  # everything before pool4: conv4_4 after its ReLU
-        assert torch.equal(conv4_4, stages[0])
-        assert torch.equal(net.features[pools[3]:pools[4]](conv4_4), stages[1])  # ...up to pool5: conv5_4
 
 
 def test_resnet50_stages_and_torchvision_equivalence(resnet50):

@@ -1,15 +1,20 @@
 """VGG19 and ResNet-50/101: the ImageNet backbones of the papers, as torchvision builds them.
 
 Stages (at 224 px):
-- VGG19: conv4_4 after its ReLU (28x28x512, stride 8), conv5_4 after its ReLU (14x14x512, stride
-  16: the "last convolutional map" LESA, SGMA and BiAM attend over, so `region_stage = 1`) and
-  pool5 (7x7x512, stride 32).
+- VGG19: pool3 (28x28x256, stride 8), pool4 (14x14x512, stride 16) and conv5_4 after its ReLU
+  (14x14x512, stride 16: the "last convolutional map" LESA, SGMA and BiAM attend over, so
+  `region_stage = 2`). The classifier applies pool5 itself. Why these three: (ML)^2P's forward
+  pyramid max-pools the three stages to 7x7, and the released (ML)^2P code pyramids pool3 / pool4 /
+  pool5; max-pooling conv5_4 to 7x7 is exactly pool5 (its 2x2 windows nest in the 7x7 grid), so
+  the pyramid sees pool3, pool4 and pool5 while the attention methods keep conv5_4. (The earlier
+  conv4_4 / conv5_4 / pool5 gave the pyramid pool4, pool5 and pool5 again: one level twice and
+  none from conv3.) The last stage's stride is 16, not 32 as on the other backbones.
 - ResNet: layer2, layer3, layer4 (28x28x512, 14x14x1024, 7x7x2048); layer4 is the region map.
 
 The ImageNet classifier is kept (RGCN-PosVAE reads its class probabilities, ConSE its top
 classes), with `class_names` the ImageNet-1k names torchvision ships. VGG's three-layer
-classifier expects a 7x7 pool5; we adaptive-average-pool to 7x7 first, as torchvision's own VGG
-does, so other input sizes work (at 224 px that pooling is the identity).
+classifier expects a 7x7 pool5; it max-pools conv5_4 (pool5), then adaptive-average-pools to 7x7
+as torchvision's own VGG does, so other input sizes work (at 224 px that pooling is the identity).
 
 Pretrained weights are the original torchvision ImageNet weights as re-published in safetensors
 by timm (`timm/*.tv_in1k`), fetched by `zstag fetch NAME`. We never download from
@@ -36,8 +41,10 @@ from zstag.backbones.base import Backbone
 from zstag.core.errors import MissingWeightsError, ModelError
 
 WEIGHTS_FILE = "model.safetensors"
-# VGG19 `features` indices: conv4_4's ReLU is 26, conv5_4's ReLU is 35, pool5 is 36.
-_VGG_CUTS = (27, 36, 37)
+# VGG19 `features` indices: pool3 is 18, pool4 is 27, conv5_4's ReLU is 35 (pool5, 36, is the
+# classifier's first layer). Each stage ends just after its layer.
+_VGG_CUTS = (19, 28, 36)
+_VGG_POOL5 = 36
 # timm's VGG "pre-logits" MLP and head -> torchvision's classifier layers 0, 3, 6 (Linear).
 _VGG_TIMM = {"pre_logits.fc1.": "classifier.mlp.0.", "pre_logits.fc2.": "classifier.mlp.3.",
              "head.fc.": "classifier.mlp.6."}
@@ -49,15 +56,16 @@ def imagenet_classes() -> list[str]:
 
 
 class _VGGClassifier(nn.Module):
-    """pool5 -> 7x7 -> flatten -> torchvision's Linear-ReLU-Dropout x2 -> Linear(1000)."""
+    """conv5_4 -> pool5 -> 7x7 -> flatten -> torchvision's Linear-ReLU-Dropout x2 -> Linear(1000)."""
 
-    def __init__(self, mlp: nn.Sequential) -> None:
+    def __init__(self, pool5: nn.Module, mlp: nn.Sequential) -> None:
         super().__init__()
+        self.pool5 = pool5
         self.pool = nn.AdaptiveAvgPool2d((7, 7))
         self.mlp = mlp
 
-    def forward(self, pool5: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.flatten(self.pool(pool5), 1))
+    def forward(self, conv5_4: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.flatten(self.pool(self.pool5(conv5_4)), 1))
 
 
 class _PooledLinear(nn.Module):
@@ -73,14 +81,14 @@ class _PooledLinear(nn.Module):
 
 class VGG19Backbone(Backbone):
     name = "vgg19"
-    channels = (512, 512, 512)
-    region_stage = 1
+    channels = (256, 512, 512)
+    region_stage = 2
 
     def __init__(self) -> None:
         super().__init__()
         net = torchvision.models.vgg19(weights=None)
         self.features = net.features
-        self.classifier = _VGGClassifier(net.classifier)
+        self.classifier = _VGGClassifier(net.features[_VGG_POOL5], net.classifier)
         self.class_names = imagenet_classes()
 
     def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
