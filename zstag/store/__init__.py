@@ -1,7 +1,8 @@
 """The model store: model directories (`config`, `model`), the fetch cache and the Hugging Face Hub
 (`hub`, which knows files and checksums, never methods), listing (`catalog`) and publishing (`publish`).
 
-A model directory is these two files, never a pickle.
+A model directory is these two files, never a pickle, and, for a model trained on a local vector
+file or sentence-transformers folder, its copy (`semantics.txt` / `semantics/`) that the config names.
 """
 
 CONFIG = "config.json"
