@@ -23,6 +23,7 @@ from zstag.methods.sgma import (
     crop_parts,
     diversity_loss,
     ridge_map,
+    to_pixels,
 )
 
 DIM = 32
@@ -182,7 +183,7 @@ def test_unseen_prototypes_combine_the_seen_ones_by_ridge_regression():
     weights = unseen @ seen.T @ torch.linalg.inv(seen @ seen.T + 0.5 * torch.eye(len(seen)))  # eq. 12
     phi = torch.randn(4, 2, DIM)
     expected = sum(F.normalize(phi[:, b], dim=-1) @ F.normalize(weights @ protos[b], dim=-1).T for b in range(2))
-    labels = LabelSet(["purple square"], unseen)
+    labels = LabelSet(["a label never seen"], unseen)
     model.inference = "center"
     assert torch.allclose(model.score({"phi": phi}, labels), expected, atol=1e-4)
     model.inference = "compatibility"
@@ -190,6 +191,39 @@ def test_unseen_prototypes_combine_the_seen_ones_by_ridge_regression():
     assert torch.allclose(compat, (phi.sum(1) @ unseen.T), atol=1e-5)
     model.inference, model.beta = "combined", 0.7
     assert torch.allclose(model.score({"phi": phi}, labels), compat + 0.7 * expected, atol=1e-4)  # eq. 13
+
+
+def test_seen_labels_use_their_own_prototype_in_the_center_path():
+    """Issue 19 item 4, eq. 13: a seen label's class-center score is the cosine with its own
+    prototype, not with the ridge reconstruction from all seen prototypes."""
+    model = _model(parts=1, ridge_lambda=0.5).eval()
+    protos = F.normalize(torch.randn(2, model.num_seen, DIM), dim=-1)
+    model.prototypes.copy_(protos)
+    model.proto_count.fill_(1)
+    model.inference = "center"
+    phi = torch.randn(3, 2, DIM)
+    seen = _seen()
+    expected = sum(F.normalize(phi[:, b], dim=-1) @ protos[b].T for b in range(2))
+    assert torch.allclose(model.score({"phi": phi}, seen), expected, atol=1e-5)
+    # A mixed vocabulary: the seen label keeps its prototype, the new one gets eq. 12.
+    mixed = LabelSet([seen.names[2], "a label never seen"], torch.stack([seen.vectors[2], seen.vectors[0]]))
+    scores = model.score({"phi": phi}, mixed)
+    assert torch.allclose(scores[:, 0], expected[:, 2], atol=1e-5)
+    assert not torch.allclose(scores[:, 1], expected[:, 0], atol=1e-3)  # same vector, reconstructed
+
+
+def test_boxes_and_crops_are_float32_under_bf16_autocast():
+    """Issue 19 item 3: under the engine's bf16 autocast the crop net, the squares and the boxcar
+    masks' pixel grid stay float32 (bf16 holds 289 distinct x values out of 448)."""
+    model = _model(parts=2).eval()
+    images = _images(2, seed=3)[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        maps, boxes = model._boxes(images)
+        phi = model._branch_features(images, boxes)
+    assert boxes.dtype == torch.float32 and phi.isfinite().all()
+    with torch.no_grad():
+        expected = to_pixels(model.crop(maps.float()), *images.shape[-2:])
+    assert torch.equal(boxes, expected)
 
 
 # -- the module: shapes, protocols, prototypes, warm-up ----------------------------------------------------

@@ -32,6 +32,11 @@ Deviations from the paper (each also in docs/methods/sgma.md):
 - Seen prototypes are a running mean of each class's normalised features (the paper averages
   over all training images after training; there is no end-of-training hook here), and the
   ridge prototypes are L2-normalised so every label's class-center score is a cosine.
+- Class-center path for seen labels (GZSL): a label named like a seen class is scored against
+  that class's own prototype (eq. 13's [Phi_cct]_y); only labels outside the training set get the
+  ridge combination of eq. 12.
+- Precision: the crop net, the boxes and the boxcar masks run in float32 even under the engine's
+  bf16 autocast; in bf16 a 448-px grid has only 289 distinct x values and box centres snap to ~2 px.
 - Eq. 10 is averaged over negatives and over the branches; the warm-up pre-trains the channel
   grouping and the cropping net but not the joint subnet (the main loop trains it at once).
 - By default the part branches share the global branch's weights (shared_parts=true), the
@@ -303,6 +308,7 @@ class SGMA(Method):
         # Trainable class centers C of eq. 10, one set per branch.
         self.centers = nn.Parameter(F.normalize(torch.randn(branches, self.num_seen, self.dim), dim=-1))
         self.register_buffer("seen_vectors", seen.vectors.detach().clone().float())
+        self.seen_index = {name: i for i, name in enumerate(seen.names)}  # eq. 13's own prototype of a seen label
         # Seen prototypes Phi^s_cct of Sec. 3.4 and how many batches fed each class.
         self.register_buffer("prototypes", torch.zeros(branches, self.num_seen, self.dim))
         self.register_buffer("proto_count", torch.zeros(self.num_seen, dtype=torch.long))
@@ -325,7 +331,8 @@ class SGMA(Method):
     def _boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention maps (B, n, h, w) and part squares (B, n, 3) in pixels of `images`."""
         maps = self.attention(self.backbone.regions(images))
-        return maps, to_pixels(self.crop(maps), *images.shape[-2:])
+        with torch.autocast(images.device.type, enabled=False):  # float32 boxes under bf16 autocast
+            return maps, to_pixels(self.crop(maps.float()), *images.shape[-2:])
 
     def _branch_features(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Mapped features phi_i = theta_i(x)^T W_i of the global image and each part, (B, 1+n, D)."""
@@ -333,7 +340,8 @@ class SGMA(Method):
         scale = self.config.joint_scale
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         whole = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        parts = crop_parts(images, boxes, size, self.config.box_k)  # (B, n, 3, h', w')
+        with torch.autocast(images.device.type, enabled=False):  # the masks' pixel grid in float32
+            parts = crop_parts(images.float(), boxes.float(), size, self.config.box_k)  # (B, n, 3, h', w')
         b = images.shape[0]
         if len(self.part_backbones) == 0:
             batch = torch.cat([whole[:, None], parts], 1).flatten(0, 1)
@@ -359,7 +367,7 @@ class SGMA(Method):
         compat = torch.einsum("bnd,ld->bl", phi, vectors)  # late fusion: sum_i s^i
         if self.inference == "compatibility":
             return compat
-        center = self._center_scores(phi, labels.vectors.to(phi.device))
+        center = self._center_scores(phi, labels)
         if self.inference == "center":
             return center
         return compat + self.beta * center  # eq. 13
@@ -369,10 +377,18 @@ class SGMA(Method):
         observed = (self.proto_count > 0)[None, :, None]
         return torch.where(observed, self.prototypes, F.normalize(self.centers.detach(), dim=-1))
 
-    def _center_scores(self, phi: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """<phi_cct(x), [Phi_cct]_y> of eq. 13 with the branches concatenated, (B, L)."""
+    def _center_scores(self, phi: torch.Tensor, labels: LabelSet) -> torch.Tensor:
+        """<phi_cct(x), [Phi_cct]_y> of eq. 13 with the branches concatenated, (B, L).
+
+        A seen label (by name) is scored against its own prototype, a row of Phi^s_cct; only the
+        other labels get the ridge combination of eq. 12 (reconstructing a seen label from all
+        seen prototypes would blur it whenever seen vectors are correlated or outnumber D)."""
         with torch.autocast(device_type=phi.device.type, enabled=False):
-            weights = vectors.float() @ ridge_map(self.seen_vectors, self.config.ridge_lambda)  # eq. 12
+            vectors = labels.vectors.to(device=phi.device, dtype=torch.float32)
+            weights = vectors @ ridge_map(self.seen_vectors, self.config.ridge_lambda)  # eq. 12
+            own = torch.tensor([self.seen_index.get(name, -1) for name in labels.names], device=phi.device)
+            seen = own >= 0
+            weights[seen] = F.one_hot(own[seen], self.num_seen).float()
             protos = F.normalize(torch.einsum("ls,nsd->nld", weights, self._seen_prototypes().float()), dim=-1)
             feats = F.normalize(phi.float(), dim=-1)
             return torch.einsum("bnd,nld->bl", feats, protos).to(phi.dtype)
