@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from zstag.eval.calibration import apply, fit_platt
-from zstag.data.vocab import read_thresholds
 from zstag.core.errors import UsageError
+from zstag.data.vocab import read_thresholds
+from zstag.eval.calibration import apply, fit_platt
 from zstag.eval.metrics import mean_ap
 from zstag.jobs.tag import label_thresholds, select
 
@@ -85,7 +85,8 @@ def test_select_with_per_label_thresholds():
 
 
 def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
-    from zstag.training.trainer import TrainOptions, train
+    from zstag.training.options import TrainOptions
+    from zstag.training.trainer import train
 
     out = tmp_path / "m"
     train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
@@ -139,7 +140,8 @@ def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_un
 @pytest.fixture
 def trained_uncalibrated(dataset, word_vectors, tmp_path):
     """A model directory without calibration, as made by older versions or with --val-fraction 0."""
-    from zstag.training.trainer import TrainOptions, train
+    from zstag.training.options import TrainOptions
+    from zstag.training.trainer import train
 
     out = tmp_path / "old"
     train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from zstag.core.errors import UsageError
 from zstag.data.manifest import Sample, dataset_labels, read_dataset
 from zstag.data.splits import remove_unseen, split_validation
-from zstag.core.errors import UsageError
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -82,6 +82,24 @@ def test_jsonl_wrong_value_types(tmp_path, row, message):
         read_dataset(write_jsonl(tmp_path / "m.jsonl", [row]))
 
 
+def test_jsonl_tags_as_a_string_are_refused(tmp_path):
+    """`"tags": "dog"` was read as the list ["dog"] (and "a|b" split): a string where a list is
+    expected is refused, naming the line and the list to write instead."""
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": "dog"}])
+    with pytest.raises(UsageError, match=r"""m\.jsonl:2: 'tags' must be a list of strings, not the string 'dog' \(write \["dog"\]\)"""):
+        read_dataset(manifest)
+
+
+def test_jsonl_problems_of_every_line_are_reported_together(tmp_path):
+    rows = [{"image": "a.png", "tags": "x"}, "{", {"image": "ok.png", "tags": []}, {"tags": ["y"]}]
+    rows += [{"image": f"{i}.png", "tags": [i]} for i in range(12)]
+    with pytest.raises(UsageError) as info:
+        read_dataset(write_jsonl(tmp_path / "m.jsonl", rows))
+    lines = str(info.value).splitlines()
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in lines[:3]] == ["1", "2", "4"]
+    assert len(lines) == 11 and lines[-1] == "... and 5 more line(s) with problems"
+
+
 def test_images_listed_twice_are_merged_with_a_warning(tmp_path):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"image": "a.png", "tags": ["dog", "beach"]},
@@ -132,6 +150,13 @@ def test_csv_unknown_columns_warn_and_are_ignored(tmp_path):
     with pytest.warns(UserWarning, match="unknown column\\(s\\) width"):
         samples = read_dataset(tmp_path / "m.csv")
     assert by_image(samples) == {"a.png": ["dog"]}
+
+
+def test_csv_row_without_a_tags_column_is_refused(tmp_path):
+    """A short row (no comma) had its tags silently taken as none."""
+    (tmp_path / "m.csv").write_text("image,tags\na.png,dog\nb.png\nc.png,\n")
+    with pytest.raises(UsageError, match=r"m\.csv:3: the row has no 'tags' column"):
+        read_dataset(tmp_path / "m.csv")
 
 
 def test_csv_escaping_path_names_the_line(tmp_path):
@@ -206,7 +231,7 @@ def test_split_validation_edges():
 
 
 def test_no_warning_for_a_clean_manifest(tmp_path):
-    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": "y|z"}])
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": ["y", "z"]}])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert by_image(read_dataset(manifest)) == {"a.png": ["x"], "b.png": ["y", "z"]}

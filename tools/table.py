@@ -33,7 +33,8 @@ from zstag.data.vocab import read_vocabulary
 from zstag.eval.report import evaluate, evaluation_labels
 from zstag.jobs.evaluate import EvalOptions, run_eval
 from zstag.training.features import FeatureCache
-from zstag.training.trainer import TrainOptions, train
+from zstag.training.options import TrainOptions
+from zstag.training.trainer import train
 
 # (row name, method, --set overrides): the paper methods, their variants and ablations, the baselines.
 ROWS: list[tuple[str, str, dict[str, Any]]] = [

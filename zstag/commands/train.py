@@ -9,7 +9,9 @@ import typer
 
 from zstag.commands import params
 from zstag.commands.build import Flag, from_options
-from zstag.training.trainer import TrainOptions
+from zstag.core import console
+from zstag.training.checks import problems
+from zstag.training.options import TrainOptions
 
 NAME = "train"
 
@@ -53,7 +55,7 @@ FLAGS = {
 }
 
 
-def run(opts: TrainOptions) -> None:
+def run(opts: TrainOptions) -> int:
     """Train a tagger on a folder or manifest of tagged images.
 
     Examples:\n
@@ -62,11 +64,16 @@ def run(opts: TrainOptions) -> None:
       zstag train data.csv --method lesa --set attentions=1 --out models/lesa-m1\n
       zstag train data/train.jsonl --method lesa --out models/lesa --resume   (after an interruption)
     """
-    from zstag.methods import method_class
+    # Every input is checked before torch is imported: mistakes are reported in one go, at once.
+    found = problems(opts)
+    for line in found:
+        console.error(line)
+    if found:
+        return 2
     from zstag.training.trainer import train
 
-    method_class(opts.method)  # an unknown method is refused before any data is read
-    train(opts)
+    model = train(opts)
+    return 3 if model.config["training"]["unreadable_images"] else 0
 
 
 command = from_options(TrainOptions, FLAGS, run)

@@ -4,6 +4,11 @@ A manifest is UTF-8 text; everything wrong with one is a usage error naming its 
 are not UTF-8, malformed or too deeply nested JSON, CSV fields over the csv module's 128 KiB limit,
 and image paths holding a NUL character (no file can have one). Image names that are not valid
 UTF-8 are written as JSON `\\udcXX` escapes, as `zstag tag` writes them (zstag/outputs/streams.py).
+
+Tags are a JSON list of strings in JSONL (`"tags": "dog"` is refused: a string there is more
+likely a slip than a one-tag list) and a `|`-separated field in CSV, which every row must have.
+A manifest's line problems are reported together, up to `SHOWN_PROBLEMS` lines, so that one
+run shows what to fix instead of one line per attempt.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from zstag.data.vocab import unique_labels
 from zstag.core.errors import UsageError
+from zstag.data.vocab import unique_labels
+
+SHOWN_PROBLEMS = 10
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,27 @@ def _resolve(root: Path, raw: str, where: str) -> Path:
 
 def _tags(value: object, where: str) -> list[str]:
     if isinstance(value, str):
-        value = value.split("|")
+        raise UsageError(f"{where}: 'tags' must be a list of strings, not the string {value!r} "
+                         f"(write {json.dumps(value.split('|'), ensure_ascii=False)})")
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise UsageError(f"{where}: 'tags' must be a list of strings")
     return unique_labels(value, where)
+
+
+class _Problems:
+    """The line problems of one manifest, raised together at the end of reading."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, exc: UsageError) -> None:
+        self.lines.append(str(exc))
+
+    def raise_any(self) -> None:
+        if self.lines:
+            more = len(self.lines) - SHOWN_PROBLEMS
+            raise UsageError("\n".join(self.lines[:SHOWN_PROBLEMS]
+                                       + ([f"... and {more} more line(s) with problems"] if more > 0 else [])))
 
 
 def _read_text(path: Path) -> str:
@@ -65,21 +89,27 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def _jsonl_sample(line: str, root: Path, where: str) -> Sample:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: JSON nested too deeply") from None
+    if not isinstance(row, dict) or "image" not in row or "tags" not in row:
+        raise UsageError(f"{where}: each line must be an object with 'image' and 'tags'")
+    return Sample(_resolve(root, row["image"], where), _tags(row["tags"], where))
+
+
 def _read_jsonl(path: Path, root: Path) -> list[Sample]:
-    samples = []
+    samples, problems = [], _Problems()
     for n, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines: names may hold U+2028
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise UsageError(f"{where}: JSON nested too deeply") from None
-        if not isinstance(row, dict) or "image" not in row or "tags" not in row:
-            raise UsageError(f"{where}: each line must be an object with 'image' and 'tags'")
-        samples.append(Sample(_resolve(root, row["image"], where), _tags(row["tags"], where)))
+        if line.strip():
+            try:
+                samples.append(_jsonl_sample(line, root, f"{path}:{n}"))
+            except UsageError as exc:
+                problems.add(exc)
+    problems.raise_any()
     return samples
 
 
@@ -92,10 +122,18 @@ def _read_csv(path: Path, root: Path) -> list[Sample]:
         extra = [h for h in header if h not in ("image", "tags")]
         if extra:
             warnings.warn(f"{path}: ignoring unknown column(s) {', '.join(extra)}", stacklevel=2)
-        samples = []
+        samples, problems = [], _Problems()
         for row in reader:
             where = f"{path}:{reader.line_num}"
-            samples.append(Sample(_resolve(root, row["image"] or "", where), _tags(row["tags"] or "", where)))
+            try:
+                if row["tags"] is None:  # a short row: csv fills the missing columns with None
+                    raise UsageError(f"{where}: the row has no 'tags' column (write an empty field, 'image,', "
+                                     "for an image without tags)")
+                tags = unique_labels(row["tags"].split("|"), where)
+                samples.append(Sample(_resolve(root, row["image"] or "", where), tags))
+            except UsageError as exc:
+                problems.add(exc)
+        problems.raise_any()
         return samples
     except csv.Error as exc:
         raise UsageError(f"{path}:{reader.reader.line_num}: malformed CSV ({exc})") from None

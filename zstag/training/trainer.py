@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,40 +34,10 @@ from zstag.methods.base import Method
 from zstag.store.model import Model, build_model, save_model
 from zstag.training.batches import CachedBatches, ImageBatches, ShuffledBatches, TaggedImages, collate_tagged
 from zstag.training.checkpoint import CHECKPOINT, TrainState, load_checkpoint, restore_rng, save_checkpoint
+from zstag.training.checks import label_warnings, shown
 from zstag.training.features import FeatureCache, StageCache
 from zstag.training.optim import Schedule, make_optimizer
-
-
-@dataclass
-class TrainOptions:
-    data: Path
-    method: str
-    out: Path
-    unseen: Path | None = None
-    labels: Path | None = None
-    backbone: str = "bundled"
-    semantics: str = "minilm"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    image_size: int = 224
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.1
-    overrides: dict[str, Any] = field(default_factory=dict)
-    workers: int | None = None
-    resume: bool = False
-
-    def signature(self) -> dict[str, Any]:
-        """What a resumed run must share with the run it continues (epochs may grow, the device
-        and the number of decoding workers may change)."""
-        overrides = {k: v for k, v in self.overrides.items() if k != "epochs"}
-        return {"data": str(Path(self.data).resolve()), "method": self.method,
-                "unseen": str(Path(self.unseen).resolve()) if self.unseen else None,
-                "labels": str(Path(self.labels).resolve()) if self.labels else None,
-                "backbone": self.backbone, "semantics": self.semantics, "batch_size": self.batch_size,
-                "lr": self.lr, "image_size": self.image_size, "seed": self.seed,
-                "val_fraction": self.val_fraction, "overrides": overrides}
+from zstag.training.options import TrainOptions
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -86,6 +56,8 @@ def prepare_samples(opts: TrainOptions) -> tuple[list[Sample], list[str], list[s
         if dropped:
             console.info(f"{dropped} tag(s) outside --labels ignored")
         samples = [Sample(s.image, [t for t in s.tags if t in vocab]) for s in samples]
+    for warning in label_warnings(samples):
+        console.warn(f"{opts.data}: {warning}")
     unseen = read_vocabulary(opts.unseen) if opts.unseen else []
     samples, removed = remove_unseen(samples, unseen)
     if unseen:
@@ -183,12 +155,23 @@ def run_overrides(opts: TrainOptions, cls: type[Method], samples: list[Sample]) 
 
 @dataclass
 class Batches:
-    """The training and validation batches of a run, and the inputs found unreadable so far."""
+    """The training and validation batches of a run, and the images found unreadable so far."""
 
     train: ImageBatches | CachedBatches
     val: ImageBatches | CachedBatches | None
     cached: bool  # batches are rows of cached backbone features
-    failed: set[int]
+    paths: list[Path]  # the training images, then the validation images
+    n_train: int
+    failed: set[int]  # positions in `paths` found unreadable before training (cached features)
+
+    def unreadable(self) -> list[Path]:
+        """The images that could not be read; image batches note theirs as they meet them."""
+        rows = set(self.failed)
+        if isinstance(self.train, ImageBatches):
+            rows |= self.train.failed
+        if isinstance(self.val, ImageBatches):
+            rows |= {self.n_train + i for i in self.val.failed}
+        return [self.paths[i] for i in sorted(rows)]
 
 
 # The training order for a number of training rows (one shuffle per epoch from the run's generator).
@@ -203,7 +186,7 @@ def image_batches(engine: Engine, method: Method, data: tuple[TaggedImages, Tagg
     train = ImageBatches(engine, engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler),
                          method.backbone, method.hp.recipe)
     val = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method.backbone, None) if has_val else None
-    return Batches(train, val, False, train.failed)
+    return Batches(train, val, False, [*train_images.files.paths, *val_images.files.paths], len(train_images), set())
 
 
 def cached_batches(engine: Engine, method: Method, opts: TrainOptions, data: tuple[TaggedImages, TaggedImages],
@@ -223,7 +206,8 @@ def cached_batches(engine: Engine, method: Method, opts: TrainOptions, data: tup
     train = CachedBatches(train_rows, targets[order[train_rows]], shuffled(len(train_rows)), engine.device)
     in_order = ShuffledBatches(len(val_rows), engine.batch_size, None, False)
     val = CachedBatches(val_rows, targets[order[val_rows]], in_order, engine.device) if has_val else None
-    return Batches(train, val, True, {i for i, _ in features.failures})
+    return Batches(train, val, True, [p for split in splits for p in split], len(train_images),
+                   {i for i, _ in features.failures})
 
 
 def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Model:
@@ -310,7 +294,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
             "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
             "best_epoch": state.best_epoch, "best_val_mAP": state.best if batches.val is not None else None,
             "seconds": round(time.perf_counter() - start, 2), "device": str(engine.device), "seed": opts.seed,
-            "history": state.history, "unreadable_images": len(batches.failed), "cached_features": batches.cached,
+            "history": state.history, "unreadable_images": len(batches.unreadable()), "cached_features": batches.cached,
             "complete": complete,
         }
         save_model(model, opts.out)
@@ -354,8 +338,10 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
             method.backbone = backbone
             if share is not None:
                 distributed.close()
-    if batches.failed:
-        console.warn(f"{len(batches.failed)} training image(s) could not be read and were skipped")
+    unreadable = batches.unreadable()
+    if unreadable:
+        console.warn(f"{len(unreadable)} training image(s) could not be read and were skipped: "
+                     f"{shown([str(p) for p in unreadable])}")
     method.eval()
     record(complete=True)
     if writes:
