@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -51,6 +52,18 @@ def test_a_fit_that_would_reverse_the_ranking_is_refused():
     truth = rng.random(5000) < 1 / (1 + np.exp(2 * scores))  # higher score, less often right
     with pytest.raises(UsageError, match="higher scores are not more often right"):
         fit_platt(scores, truth)
+
+
+def test_a_fit_on_outlying_scores_gives_no_overflow_warning():
+    """Scores far from the rest sent np.exp past its range ("overflow encountered in exp" in the
+    training output); the fit must neither warn nor lose the finite result."""
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(size=2000), [-1e4, 1e4]]
+    truth = np.r_[rng.random(2000) < 1 / (1 + np.exp(-3 * scores[:2000])), [False, True]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = fit_platt(scores, truth)
+    assert fitted["scale"] > 0 and np.isfinite(fitted["log_loss"]) and fitted["log_loss"] < np.log(2)
 
 
 def test_no_calibration_leaves_raw_scores():

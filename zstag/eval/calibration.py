@@ -23,6 +23,11 @@ import torch
 from zstag.core.errors import UsageError
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow: scores far out on either side give 0 or 1, not a warning."""
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
 def fit_platt(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> dict[str, Any]:
     """Scale and bias by Newton's method on the log loss, with Platt's (1999) smoothed targets
     ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) so that a separable set does not send them to infinity."""
@@ -39,7 +44,7 @@ def fit_platt(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> d
     z = (s - mu) / sigma
     a, b = 1.0, math.log((positives + 1) / (negatives + 1))
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(a * z + b)))
+        p = _sigmoid(a * z + b)
         w = np.maximum(p * (1 - p), 1e-12)
         g = np.array([np.dot(p - target, z), np.sum(p - target)])
         h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), np.sum(w)]]) + 1e-9 * np.eye(2)
@@ -49,12 +54,14 @@ def fit_platt(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> d
             break
     if not a > 0:
         # A decreasing map would reverse the method's ranking; such data cannot calibrate it.
-        raise UsageError(f"calibration failed: on these {len(s)} (image, label) pairs higher scores are not more "
-                         "often right (fitted scale <= 0); use a larger or more representative set")
+        # mAP ranks images label by label, so it can be good while the pooled scores are not.
+        raise UsageError(f"cannot calibrate on these {len(s)} (image, label) pairs: pooled over all labels, higher "
+                         "scores are not more often right (fitted scale <= 0), although each label's own ranking, "
+                         "which mAP measures, may be good; fit on a larger or more representative tagged set")
     scale, bias = a / sigma, b - a * mu / sigma
-    p = 1 / (1 + np.exp(-(scale * s + bias)))
-    eps = 1e-12
-    log_loss = float(-np.mean(y * np.log(p + eps) + (~y) * np.log(1 - p + eps)))
+    x = scale * s + bias
+    # -log p = log(1 + exp(-x)) and -log(1 - p) = log(1 + exp(x)), exactly and without overflow.
+    log_loss = float(np.mean(np.where(y, np.logaddexp(0.0, -x), np.logaddexp(0.0, x))))
     return {"scale": float(scale), "bias": float(bias), "pairs": int(len(s)), "positives": positives,
             "log_loss": log_loss, "base_rate": positives / len(s)}
 
