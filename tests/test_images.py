@@ -364,3 +364,76 @@ def test_damaged_valid_files_never_raise_anything_else(tmp_path_factory, fmt, cu
     path = tmp_path_factory.getbasetemp() / f"damaged.{fmt.lower()}"
     path.write_bytes(bytes(data))
     _decodes_or_reports(path, size)
+
+
+# -- bounded decode memory and PNGs whose data ends early (issue 17 item 11) ---------------------
+
+
+def _png(path, width: int, height: int, rows: bytes, depth: int = 8, colour: int = 2) -> None:
+    """A PNG with the given header and raw (filter byte + samples) rows, compressed as one IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_png_whose_data_ends_early_is_truncated_not_black(tmp_path):
+    short = tmp_path / "short.png"
+    _png(short, 3000, 3000, b"\x00" + b"\x80" * 9000)  # one row of data under a 9 Mpx header
+    with pytest.raises(ImageError, match="truncated PNG"):
+        decode_image(short, 224)
+    whole = tmp_path / "flat.png"  # as compressible, but complete: decoded
+    _png(whole, 3000, 3000, (b"\x00" + b"\x80" * 9000) * 3000)
+    assert decode_image(whole, 224).getpixel((10, 10)) == (128, 128, 128)
+
+
+def test_palette_and_16_bit_pictures_are_flattened_strip_by_strip_exactly(tmp_path, monkeypatch):
+    from zstag.data import images
+
+    rng = np.random.default_rng(0)
+    palette = Image.fromarray(rng.integers(0, 255, (1203, 1601, 3), dtype=np.uint8)).quantize(64)
+    palette.info["transparency"] = 5
+    deep = Image.fromarray(rng.integers(0, 65535, (1203, 1601), dtype=np.uint16))
+    for picture in (palette, deep):
+        whole = images._shrink(images._to_rgb(picture), 100)
+        monkeypatch.setattr(images, "_STRIP_PIXELS", 50_000)  # many strips, the last one partial
+        assert np.array_equal(np.asarray(images._flatten_and_shrink(picture, 100)), np.asarray(whole))
+        monkeypatch.undo()
+
+
+def test_decoding_a_large_16_bit_png_adds_little_more_than_its_pixels(tmp_path):
+    from zstag.bench.memory import PeakMemory
+
+    path = tmp_path / "deep.png"
+    _png(path, 6000, 6000, (b"\x00" + b"\x12\x34" * 6000) * 6000, depth=16, colour=0)  # 72 MB of samples
+    with PeakMemory(torch.device("cpu")) as memory:
+        picture = decode_image(path, 224)
+    assert picture.size == (462, 462) and picture.getpixel((3, 3)) == (18, 18, 18)
+    # Converting the whole picture first (uint32 copy, 8-bit copy, RGB copy) peaked near 400 MB.
+    assert memory.mib < 160, memory.mib
+
+
+def test_the_decode_budget_makes_a_large_picture_wait_but_never_deadlocks():
+    import threading
+
+    from zstag.data.images import DecodeBudget
+
+    budget, order = DecodeBudget(100), []
+
+    def second() -> None:
+        with budget.hold(60):
+            order.append(f"second, holding {budget.held}")
+
+    with budget.hold(60):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(0.2)
+        assert waiting.is_alive() and budget.held == 60  # 60 + 60 > 100: it waits
+        order.append("first done")
+    waiting.join(5)
+    assert order == ["first done", "second, holding 60"] and budget.held == 0
+    lone = DecodeBudget(10)
+    with lone.hold(1000):  # larger than the whole budget, with nothing else held: goes ahead
+        assert lone.held == 1000

@@ -23,14 +23,28 @@ Choices made here, and why (docs/reliability.md lists the tests that pin each on
 - EXIF orientation is applied after shrinking, where a transpose is cheap; the table is the
   EXIF Orientation tag's, the same one `ImageOps.exif_transpose` uses. A malformed EXIF block
   is ignored (the pixels are fine) rather than rejecting the image.
+- Memory per image is bounded by what the file decodes to, not by what converting it costs:
+  palette, 1-bit and 16-bit pictures (whose samples cannot be box-averaged) are converted to RGB
+  and reduced strip by strip, never whole at full size (a 169 Mpx 16-bit PNG peaked at about a
+  gigabyte before). The decoded pixels of all pictures being decoded at once in this process share
+  a budget (`DECODE_BUDGET`): a large picture waits for others to finish rather than add to them,
+  and one picture larger than the whole budget still decodes, alone.
+- A PNG whose image data ends early (a header claiming 169 Mpx over one row of data) is reported
+  as truncated, not tagged from the black rows Pillow fills in: when the file is implausibly small
+  for its header, its data stream is inflated once, counting bytes, to check it is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import stat
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -55,6 +69,13 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 # Modes whose samples may be box-averaged: palette indices and 1-bit pixels may not, and Pillow's
 # reduce has no 16-bit kernel, so those are flattened to RGB before shrinking.
 _AVERAGEABLE_MODES = frozenset({"L", "LA", "I", "F", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr"})
+# Bytes per pixel of what Pillow decodes into, per mode (other modes: 4).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
+                "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+# Pixels converted at once when a picture must be flattened before it is reduced.
+_STRIP_PIXELS = 4_000_000
+# A PNG whose header promises more than this many times its own size is inflated once to check its data.
+_PNG_PLAUSIBLE_RATIO = 64
 # EXIF Orientation tag (0x0112) value -> the transpose that shows the picture upright.
 _ORIENTATION_TAG = 0x0112
 _UPRIGHT = {
@@ -66,6 +87,34 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+class DecodeBudget:
+    """Decoded bytes allowed at once across the threads of this process.
+
+    Tagging on a CPU decodes one batch per stream thread; four pictures of 169 Mpx at once would
+    need gigabytes. A picture reserves what its pixels decode to before decoding and waits while
+    others hold the budget; with nothing else held, any picture may start, so nothing deadlocks.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + nbytes <= self.limit)
+            self.held += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= nbytes
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(1 << 30)
 
 
 def decode_image(path: str | os.PathLike[str], size: int | None = None) -> Image.Image:
@@ -129,21 +178,83 @@ def _decode(fh: BinaryIO, size: int | None) -> Image.Image:
     kind = picture.format or "image"
     if size is not None:
         picture.draft("RGB", (size, size))  # JPEG: DCT scaling; other formats: a no-op
-    try:
-        picture.load()  # the first frame of an animation
-    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError... on bad data
-        truncated = isinstance(exc, OSError) and "truncated" in str(exc).lower()
-        raise ImageError(f"truncated {kind}" if truncated else _describe(exc, kind)) from exc
-    orientation = _orientation(picture)
-    # Shrink while the samples are still few bytes each, unless they cannot be averaged.
-    flatten_first = picture.mode not in _AVERAGEABLE_MODES or "transparency" in picture.info
-    if flatten_first:
-        picture = _to_rgb(picture)
-    if size is not None:
-        picture = _shrink(picture, size)
-    if not flatten_first:
-        picture = _to_rgb(picture)
+    if kind == "PNG" and _png_data_ends_early(fh):
+        raise ImageError("truncated PNG (its image data ends before the picture does)")
+    with DECODE_BUDGET.hold(picture.width * picture.height * _PIXEL_BYTES.get(picture.mode, 4)):
+        try:
+            picture.load()  # the first frame of an animation
+        except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError... on bad data
+            truncated = isinstance(exc, OSError) and "truncated" in str(exc).lower()
+            raise ImageError(f"truncated {kind}" if truncated else _describe(exc, kind)) from exc
+        orientation = _orientation(picture)
+        # Shrink while the samples are still few bytes each; samples that cannot be averaged are
+        # converted first, a strip at a time.
+        if picture.mode not in _AVERAGEABLE_MODES or "transparency" in picture.info:
+            picture = _flatten_and_shrink(picture, size)
+        else:
+            picture = _to_rgb(_shrink(picture, size) if size is not None else picture)
     return picture.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else picture
+
+
+def _flatten_and_shrink(picture: Image.Image, size: int | None) -> Image.Image:
+    """`_to_rgb` then `_shrink`, computed strip by strip so that no full-size RGB copy exists.
+
+    Strips are whole multiples of the reduction factor, so box-averaging each strip gives exactly
+    the pixels that reducing the whole picture would.
+    """
+    factor = _reduction(picture, size) if size is not None else 1
+    if factor < 2 or picture.width * picture.height <= _STRIP_PIXELS:
+        return _shrink(_to_rgb(picture), size) if size is not None else _to_rgb(picture)
+    rows = max(1, _STRIP_PIXELS // (picture.width * factor)) * factor
+    out = Image.new("RGB", (-(-picture.width // factor), -(-picture.height // factor)))  # reduce rounds up
+    for top in range(0, picture.height, rows):
+        strip = picture.crop((0, top, picture.width, min(top + rows, picture.height)))
+        out.paste(_to_rgb(strip).reduce(factor), (0, top // factor))
+    return out
+
+
+def _png_data_ends_early(fh: BinaryIO) -> bool:
+    """Whether a non-interlaced PNG's image data inflates to fewer bytes than its header promises.
+
+    Checked only when the file is implausibly small for its header (over `_PNG_PLAUSIBLE_RATIO`
+    times smaller than its raw rows), which real photos and drawings never are; then the stream
+    is inflated once in bounded pieces, only counting. Interlaced files are left to Pillow.
+    """
+    start = fh.tell()
+    try:
+        fh.seek(8)
+        length, kind = struct.unpack(">I4s", fh.read(8))
+        if kind != b"IHDR" or length != 13:
+            return False
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", fh.read(13))
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+        if channels is None or interlace:
+            return False
+        expected = height * (1 + (width * channels * depth + 7) // 8)
+        file_size = os.fstat(fh.fileno()).st_size
+        if expected <= _PNG_PLAUSIBLE_RATIO * file_size:
+            return False
+        fh.seek(8 + 8 + 13 + 4)
+        inflate, produced = zlib.decompressobj(), 0
+        while produced < expected:
+            header = fh.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            data = fh.read(length)
+            fh.seek(4, os.SEEK_CUR)  # the chunk's CRC
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT":
+                continue
+            while data and produced < expected:
+                produced += len(inflate.decompress(data, 1 << 20))
+                data = inflate.unconsumed_tail
+        return produced < expected
+    except (OSError, struct.error, zlib.error):
+        return False  # Pillow's own decoding reports what is wrong
+    finally:
+        fh.seek(start)
 
 
 def _orientation(picture: Image.Image) -> int:
@@ -154,12 +265,15 @@ def _orientation(picture: Image.Image) -> int:
         return 1
 
 
-def _shrink(picture: Image.Image, size: int) -> Image.Image:
-    """Box-average by an integer factor when the picture is over 4x `size` on both sides.
+def _reduction(picture: Image.Image, size: int) -> int:
+    """The box-reduction factor for `size`: each side stays >= 2 * size, so the final bilinear
+    resize still averages real detail; below 2, no reduction."""
+    return min(picture.width // size, picture.height // size) // 2
 
-    Keeps each side >= 2 * size so the final bilinear resize still averages real detail.
-    """
-    factor = min(picture.width // size, picture.height // size) // 2
+
+def _shrink(picture: Image.Image, size: int) -> Image.Image:
+    """Box-average by an integer factor when the picture is over 4x `size` on both sides."""
+    factor = _reduction(picture, size)
     return picture.reduce(factor) if factor >= 2 else picture
 
 
