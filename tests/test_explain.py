@@ -97,7 +97,8 @@ def test_panels_keep_the_image_aspect_ratio():
 
 def test_part_boxes_are_drawn_on_the_image_below_the_title():
     image = Image.new("RGB", (128, 128), (0, 128, 0))
-    picture = np.asarray(render(image, [("boat", "0.81")], None, np.array([[0.1, 0.1, 0.5, 0.5], [0.4, 0.4, 0.9, 0.9]])))
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.4, 0.4, 0.9, 0.9]])
+    picture = np.asarray(render(image, [("boat", "0.81")], None, boxes))
     top = picture.shape[0] - TILE
     assert (picture[:top - LINE, :, 1] != 128).all()  # the title rows hold no image
     panel = picture[top:, :TILE]
