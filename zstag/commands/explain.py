@@ -13,7 +13,7 @@ NAME = "explain"
 FLAGS = {
     "inputs": typer.Argument(metavar="IMAGES...", help="Image files, folders, quoted globs, or '-' for paths on stdin."),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file."),
-    "out": typer.Option("--out", "-o", help="Folder for the PNGs (one per image)."),
+    "out": typer.Option("--out", "-o", help="Folder for the PNGs: one per image, IMAGE.EXT.explain.png."),
     "model": params.model(),
     "top_k": typer.Option("--top-k", "-k", min=1, help="Tags to explain per image."),
     "device": params.device(),

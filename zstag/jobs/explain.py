@@ -47,7 +47,7 @@ PART_COLOURS = ("red", "blue", "green", "orange")
 def letterbox(image: Image.Image, side: int = TILE) -> Image.Image:
     """`image` scaled to fit a `side` square, aspect ratio kept, centred on white."""
     scale = side / max(image.size)
-    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
     square = Image.new("RGB", (side, side), "white")
     square.paste(shown, ((side - shown.width) // 2, (side - shown.height) // 2))
     return square
@@ -56,7 +56,7 @@ def letterbox(image: Image.Image, side: int = TILE) -> Image.Image:
 def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
     """The image dimmed where the map is low and tinted red where it is high; the map (of the
     model's square input) is stretched to the image's own shape."""
-    heat_img = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    heat_img = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
     h = np.asarray(heat_img, dtype=np.float32)[..., None] / 255
     base = np.asarray(image, dtype=np.float32)
     red = np.array([255, 40, 40], dtype=np.float32)
