@@ -47,7 +47,8 @@ PART_COLOURS = ("red", "blue", "green", "orange")
 def letterbox(image: Image.Image, side: int = TILE) -> Image.Image:
     """`image` scaled to fit a `side` square, aspect ratio kept, centred on white."""
     scale = side / max(image.size)
-    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    shown = image.resize(size, Image.Resampling.BILINEAR)
     square = Image.new("RGB", (side, side), "white")
     square.paste(shown, ((side - shown.width) // 2, (side - shown.height) // 2))
     return square
