@@ -245,3 +245,70 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
                 "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(var, raising=False)
     return fake
+
+
+# --- tiny checkpoints in the formats the Hub serves ---------------------------------------------
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2 / CLIP's printable stand-ins for the 256 bytes (byte-level BPE's base alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def tiny_clip_files(folder: Path) -> dict[str, bytes]:
+    """A random CLIPModel (2 text, 3 vision layers, 32 px, 8 px patches, 16-d joint space) saved as the
+    Hub serves openai/clip-vit-*: `save_pretrained` safetensors, config and a byte-level tokenizer with
+    no merges (each character a token). Returns name -> bytes for a FakeHub repository."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)} | {s + "</w>": 256 + i for i, s in enumerate(symbols)}
+    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=40, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    torch_seed()
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
+        folder, safe_serialization=True)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def tiny_resnet50_file(folder: Path) -> bytes:
+    """A random torchvision ResNet-50 under timm's `resnet50.tv_in1k` key names (the same as
+    torchvision's), as `model.safetensors` bytes. ResNet-50 cannot be made smaller: about 100 MB."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch_seed()
+    state = {k: v.contiguous() for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    save_file(state, str(folder / "model.safetensors"))
+    return (folder / "model.safetensors").read_bytes()
+
+
+def torch_seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
+
+
+def serve_registry(fake: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                   files: dict[str, bytes]) -> None:
+    """Serve `files` as registry entry `name`'s repository, with a registry copy pinned to the fake
+    hub's commit and to these files' sha256 (so fetching checks them as it checks the real ones)."""
+    from zstag.store import hub
+
+    entries = hub.load_registry()
+    entry = entries[name]
+    fake.repos[entry["repo"]] = dict(files)
+    entry["revision"] = COMMIT
+    entry["files"] = [{"name": n, "sha256": sha(files[n]), "size": len(files[n])} for n in sorted(files)]
+    path = tmp_path / "registry.json"
+    if path.is_file():  # a second entry served in the same test
+        entries = {**entries, **json.loads(path.read_text()), name: entry}
+    path.write_text(json.dumps(entries))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(path))

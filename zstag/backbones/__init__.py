@@ -9,7 +9,10 @@ from zstag.core.errors import UsageError
 if TYPE_CHECKING:  # the names stay importable without torch (shell completion lists them)
     from zstag.backbones.base import Backbone
 
-BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101")
+# CLIP checkpoints in the registry: each is a backbone (image tower), a semantics source (text tower)
+# and a zero-shot model (`--model NAME`).
+CLIP_MODELS = ("clip-vit-b32", "clip-vit-l14")
+BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101", *CLIP_MODELS)
 
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:
@@ -30,7 +33,11 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
         from zstag.backbones.torchvision_nets import build_torchvision
 
         return build_torchvision(name, pretrained)
+    if name in CLIP_MODELS:
+        from zstag.backbones.clip import ClipBackbone
+
+        return ClipBackbone(name, pretrained)
     raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = ["BACKBONES", "CLIP_MODELS", "build_backbone"]

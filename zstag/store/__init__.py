@@ -7,4 +7,6 @@ file or sentence-transformers folder, its copy (`semantics.txt` / `semantics/`) 
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-SEMANTICS_NAMES = ("minilm", "glove-300")  # the registry's semantics a model's config may name
+from zstag.backbones import CLIP_MODELS  # noqa: E402 (names only, no torch)
+
+SEMANTICS_NAMES = ("minilm", "glove-300", *CLIP_MODELS)  # the registry's semantics a model's config may name

@@ -2,7 +2,8 @@
 
 Three places hold models: `weights/` (bundled with zstag), the fetch cache (`zstag fetch
 hf://...`, also the standard Hugging Face cache) and folders the user names (a model directory,
-or a folder such as `runs/` searched for them). Rows are built from `config.json` and the
+or a folder such as `runs/` searched for them). Ready-made models (`imagenet`, `clip-vit-b32`, see
+`ReadyMade`) have no directory: they are listed once the weights they are assembled from are fetched. Rows are built from `config.json` and the
 safetensors header only, never from tensors, so listing a cache of many models takes a moment
 and needs neither torch nor the network. A broken directory becomes a row with `error` set: one
 bad model must not hide the others.
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from zstag.backbones import CLIP_MODELS
 from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
 from zstag.store import CONFIG
@@ -23,6 +25,67 @@ from zstag.store.config import epochs_run, looks_like_model, read_config, weight
 from zstag.core.paths import WEIGHTS_DIR
 
 DEFAULT = "default"
+IMAGENET = "imagenet"
+IMAGENET_BACKBONES = ("resnet101", "resnet50", "vgg19")  # `imagenet` uses the first one fetched
+IMAGENET_CLASSES = 1000
+CONSE_T = 10  # Norouzi et al.'s best T on ImageNet
+
+
+@dataclass(frozen=True)
+class ReadyMade:
+    """A model assembled in memory from fetched weights, with nothing trained and no directory.
+
+    `imagenet` (or `imagenet-resnet50`, ...): ConSE over the backbone's own ImageNet-1k classifier,
+    the softmax's top T = 10 classes weighting the MiniLM vectors of their torchvision names.
+    `clip-vit-b32` (any of `CLIP_MODELS`): CLIP zero-shot with prompt ensembling.
+    """
+
+    name: str
+    method: str
+    backbone: str
+    semantics: str
+    hp: dict[str, Any]
+    image_size: int = 224
+
+    @property
+    def weights(self) -> str:
+        """The registry entry it is assembled from (what `zstag fetch` needs)."""
+        return self.backbone
+
+
+def ready_made(ref: str, cache_dir: str | Path | None = None) -> ReadyMade | None:
+    """The ready-made model `ref` names, None when `ref` is anything else (an existing path wins)."""
+    if Path(ref).exists():
+        return None
+    if ref in CLIP_MODELS:
+        return ReadyMade(ref, "clip-zeroshot", ref, ref, {})
+    backbone = ref[len(IMAGENET) + 1:] if ref.startswith(IMAGENET + "-") else None
+    if ref == IMAGENET:
+        backbone = next((b for b in IMAGENET_BACKBONES if _fetched_weights(b, cache_dir)), IMAGENET_BACKBONES[0])
+    if backbone not in IMAGENET_BACKBONES:
+        return None
+    hp = {"single_label": True, "top_t": CONSE_T, "backbone_classifier": True}
+    return ReadyMade(ref, "conse", backbone, "minilm", hp)
+
+
+def _fetched_weights(name: str, cache_dir: str | Path | None) -> Path | None:
+    try:
+        return hub.cached(name, cache_dir=cache_dir)
+    except ZstagError:  # a corrupt copy: not usable
+        return None
+
+
+def _ready_made_rows(cache_dir: str | Path | None) -> Iterator[ModelRow]:
+    """A row for each ready-made model whose weights are fetched."""
+    names = [IMAGENET, *(f"{IMAGENET}-{b}" for b in IMAGENET_BACKBONES), *CLIP_MODELS]
+    for name in names:
+        made = ready_made(name, cache_dir)
+        folder = _fetched_weights(made.weights, cache_dir) if made is not None else None
+        if made is None or folder is None:
+            continue
+        yield ModelRow(name=name, where="fetched", method=made.method, backbone=made.backbone,
+                       semantics=made.semantics, seen=IMAGENET_CLASSES if made.method == "conse" else None,
+                       image_size=made.image_size, size=_folder_size(folder), path=str(folder))
 
 
 @dataclass
@@ -126,7 +189,7 @@ def list_models(paths: Iterable[Path] = (), search: Iterable[Path] = (),
     Bundled first, then fetched, then local; a folder reached twice (a PATH inside the cache)
     is listed once, under the first name found for it.
     """
-    rows: dict[Path, ModelRow] = {}
+    rows: dict[Path | str, ModelRow] = {}
     broken: list[ModelRow] = []
 
     def add(folder: Path, name: str, where: str) -> ModelRow:
@@ -139,6 +202,8 @@ def list_models(paths: Iterable[Path] = (), search: Iterable[Path] = (),
         add(folder, name, "bundled")
     for reference, folder in _fetched(cache_dir):
         add(folder, reference, "fetched")
+    for made in _ready_made_rows(cache_dir):
+        rows[made.name] = made  # keyed by name: they share their weights' folders
     for folder, named in _local(paths, search):
         row = add(folder, str(folder), "local")
         if named and row.error and row not in broken:

@@ -1,7 +1,9 @@
 """Model directories: `config.json` + `model.safetensors`, never a pickle.
 
 A model is rebuilt from its config (method, backbone, semantics, hyperparameters, training labels)
-and its tensors loaded strictly. A frozen, pretrained backbone is not copied into every model: its
+and its tensors loaded strictly. A ready-made model (`--model imagenet`, `--model clip-vit-b32`,
+`store.catalog.ReadyMade`) has no directory: it is assembled from fetched weights alone.
+A frozen, pretrained backbone is not copied into every model: its
 tensors stay in the fetch cache or `weights/`, and the config says so (`backbone_in_weights`).
 """
 
@@ -24,6 +26,7 @@ from zstag.data.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
 from zstag.store import CONFIG, WEIGHTS
+from zstag.store.catalog import ReadyMade, ready_made
 from zstag.store.config import read_config, semantics_source
 from zstag.core.paths import WEIGHTS_DIR
 from zstag.semantics import PICKLES, embed_labels, get_semantics
@@ -52,7 +55,11 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
                 image_size: int, pretrained: bool = True) -> Model:
     """A fresh (or to-be-loaded) model; `hp` holds the overrides of the method's defaults (a saved
     model's whole `hp` object). They are validated before anything is loaded or allocated."""
-    cls = method_class(method)
+    return _assemble(method_class(method), backbone, semantics, seen_labels, hp, image_size, pretrained)
+
+
+def _assemble(cls: type[Method], backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
+              image_size: int, pretrained: bool) -> Model:
     settings = cls.hyperparameters(hp)
     sem = get_semantics(semantics)
     net = build_backbone(backbone, pretrained=pretrained)
@@ -61,7 +68,7 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
     config = {
         "format": 1,
         "zstag_version": __version__,
-        "method": method,
+        "method": cls.name,
         "backbone": backbone,
         "semantics": semantics,
         "semantic_dim": seen.dim,
@@ -117,11 +124,32 @@ def write_config(model_dir: Path, config: dict[str, Any]) -> None:
     atomic_write(Path(model_dir) / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
 
+def build_ready_made(made: ReadyMade, semantics: str | None = None) -> Model:
+    """A ready-made model from its fetched weights (a MissingWeightsError naming `zstag fetch` if absent)."""
+    if made.method == "conse":
+        from zstag.backbones.torchvision_nets import imagenet_classes
+        from zstag.methods.conse import ConSE
+
+        cls, seen = ConSE, imagenet_classes()
+    else:
+        from zstag.methods.zeroshot import ClipZeroShot
+
+        cls, seen = ClipZeroShot, []
+    model = _assemble(cls, made.backbone, semantics or made.semantics, seen, made.hp, made.image_size, True)
+    model.method.eval()
+    model.config["ready_made"] = made.name
+    return model
+
+
 def resolve_model_dir(ref: str | Path) -> Path:
     """`default` -> the bundled model; a folder; or a fetched name / hf:// URL from the cache."""
     ref = str(ref)
     if ref == "default":
         return WEIGHTS_DIR / "default"
+    made = ready_made(ref)
+    if made is not None:
+        raise UsageError(f"{ref} is a ready-made model assembled from `zstag fetch {made.weights}`, with no model "
+                         "directory to write to; its scores are raw cosine similarities (see docs/usage.md)")
     path = Path(ref)
     if path.is_dir():
         return path
@@ -139,7 +167,10 @@ def resolve_model_dir(ref: str | Path) -> Path:
 
 
 def load_model(ref: str | Path, semantics: str | None = None) -> Model:
-    """Rebuild a model directory; every problem is a one-line ModelError/UsageError."""
+    """Rebuild a model directory (or assemble a ready-made one); every problem is a one-line error."""
+    made = ready_made(str(ref))
+    if made is not None:
+        return build_ready_made(made, semantics)
     folder = resolve_model_dir(ref)
     weights_path = folder / WEIGHTS
     config = read_config(folder)

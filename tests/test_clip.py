@@ -1,0 +1,130 @@
+"""CLIP through the whole command line, offline: a tiny random CLIPModel in the Hub's format behind
+the local fake hub; `zstag fetch clip-vit-b32`, then zero-shot `tag` / `eval` / `models`, the refusal
+to calibrate a ready-made model, and the four paper methods trained on its image and text towers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import synth
+from fakehub import serve, serve_registry, tiny_clip_files
+
+ZSTAG = shutil.which("zstag")
+pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
+
+
+def zstag(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The console script with the test's environment (the fake hub, its cache and registry)."""
+    return subprocess.run([ZSTAG, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory) -> dict[str, bytes]:
+    return tiny_clip_files(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture
+def hub_with_clip(clip_files, tmp_path, monkeypatch):
+    fake = serve(tmp_path, monkeypatch)
+    serve_registry(fake, tmp_path, monkeypatch, "clip-vit-b32", clip_files)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fetched(hub_with_clip, tmp_path):
+    result = zstag("fetch", "clip-vit-b32", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return hub_with_clip
+
+
+def test_missing_weights_name_the_fetch_command(hub_with_clip, tmp_path):
+    (tmp_path / "photos").mkdir()
+    photos = synth.noise_pngs(tmp_path / "photos", 1, (32, 32))
+    (tmp_path / "vocab.txt").write_text("cat\ndog\n")
+    result = zstag("tag", photos[0], "--labels", tmp_path / "vocab.txt", "--model", "clip-vit-b32", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "zstag fetch clip-vit-b32" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    listed = zstag("models", "--json", cwd=tmp_path)
+    assert "clip-vit-b32" not in listed.stdout  # listed only once fetched
+
+
+def test_zero_shot_tag_eval_models_and_no_calibrate(fetched, tmp_path):
+    data = synth.make_dataset(tmp_path / "data", n=6, size=32)
+    tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", "clip-vit-b32", "--top-k", "3",
+                   "--device", "cpu", cwd=tmp_path)
+    assert tagged.returncode == 0, tagged.stderr
+    rows = [json.loads(line) for line in tagged.stdout.splitlines()]
+    assert len(rows) == 6 and all(len(row["tags"]) == 3 for row in rows)
+    evaluated = zstag("eval", "--model", "clip-vit-b32", "--truth", data["manifest"], "--unseen", data["unseen"],
+                      "--json", "--device", "cpu", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "mAP" in json.loads(evaluated.stdout)["zs"]
+    models = [json.loads(line) for line in zstag("models", "--json", cwd=tmp_path).stdout.splitlines()]
+    row = next(r for r in models if r["name"] == "clip-vit-b32")
+    assert (row["method"], row["backbone"], row["semantics"], row["error"]) == (
+        "clip-zeroshot", "clip-vit-b32", "clip-vit-b32", None)
+    refused = zstag("calibrate", "clip-vit-b32", "--data", data["manifest"], cwd=tmp_path)
+    assert refused.returncode == 2 and "ready-made" in refused.stderr, refused.stderr
+
+
+def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
+    """The model's scores are CLIP's own: cosine of the image vector and the mean prompt vector."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from zstag.semantics.clip import TEMPLATES
+    from zstag.store import hub
+    from zstag.store.model import load_model
+
+    model = load_model("clip-vit-b32")
+    folder = hub.cached("clip-vit-b32")
+    reference = CLIPModel.from_pretrained(str(folder), use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = model.method(images, model.embed(["cat", "red car"]))
+        image = torch.nn.functional.normalize(reference.visual_projection(
+            reference.vision_model(pixel_values=images).pooler_output), dim=1)
+        texts = []
+        for label in ("cat", "red car"):
+            tokens = tokenizer([t.format(label) for t in TEMPLATES], padding=True, return_tensors="pt")
+            vectors = torch.nn.functional.normalize(reference.text_projection(reference.text_model(**tokens).pooler_output), dim=1)
+            texts.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
+        expected = image @ torch.stack(texts).T
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, extra", [("lesa", []), ("sgma", []), ("ml2p", []),
+                                           ("rgcn-posvae", ["--set", "variant=rgcn"])])
+def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra):
+    data = synth.make_dataset(tmp_path / "data", n=16, size=32)
+    out = tmp_path / "model"
+    trained = zstag("-q", "train", data["manifest"], "--method", method, "--backbone", "clip-vit-b32",
+                    "--semantics", "clip-vit-b32", "--unseen", data["unseen"], "--epochs", "1", "--image-size", "32",
+                    "--batch-size", "8", "--device", "cpu", "--workers", "0", "--val-fraction", "0.25",
+                    "--out", out, *extra, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["backbone"], config["semantics"], config["backbone_in_weights"]) == (
+        "clip-vit-b32", "clip-vit-b32", False)  # frozen: the tower stays in the fetch cache
+    tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", out, "--device", "cpu",
+                   "--top-k", "2", cwd=tmp_path)
+    assert tagged.returncode == 0, tagged.stderr
+    assert len(tagged.stdout.splitlines()) == 16
+
+
+def test_clip_backbone_region_map_is_the_patch_grid(fetched):
+    from zstag.backbones import build_backbone
+
+    backbone = build_backbone("clip-vit-b32")
+    stages = backbone.stages(torch.randn(2, 3, 64, 64))  # twice the checkpoint's size: interpolated positions
+    assert [tuple(s.shape) for s in stages] == [(2, 32, 8, 8)] * 3
+    assert backbone.regions(torch.randn(1, 3, 32, 32)).shape == (1, 32, 4, 4)
