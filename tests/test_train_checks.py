@@ -17,6 +17,7 @@ import pytest
 import synth
 from test_console_script import ZSTAG, zstag
 
+from zstag.backbones import BACKBONES
 from zstag.data.manifest import Sample
 from zstag.training.checks import label_warnings
 
@@ -60,7 +61,7 @@ def test_every_problem_is_reported_in_one_go(tmp_path):
     assert lines == [
         "error: unknown method 'lesax'; choose one of: lesa, sgma, rgcn-posvae, ml2p, fast0tag, conse",
         "error: --set: hyperparameter 'lr' must be > 0, not -1",
-        "error: unknown backbone 'vgg'; choose one of: small, bundled, vgg19, resnet50, resnet101",
+        f"error: unknown backbone 'vgg'; choose one of: {', '.join(BACKBONES)}",
         "error: --out out.txt is a file; give a folder for the model",
         "error: --unseen: vocabulary file not found: none.txt",
         "error: m.jsonl:1: 'tags' must be a list of strings, not the string 'dog' (write [\"dog\"])",
