@@ -92,9 +92,14 @@ class Recipe(Settings):
     momentum: float = setting(0.9, 0)  # sgd / rmsprop
     batch_size: int = setting(32, 1, 1 << 20)
     epochs: int = setting(20, 1, 1_000_000)
-    # plateau: lr x lr_factor when validation degrades; step: at each of lr_milestones; none.
+    # plateau: lr x lr_factor when the monitored value stops improving; step: at each of lr_milestones; none.
     schedule: str = setting("plateau", choices=("plateau", "step", "none"))
     lr_factor: float = setting(0.1, above=0)
+    # plateau: epochs without improvement tolerated before a decay (0 = decay after each one,
+    # LESA's "whenever ... degrades"), and what is watched: validation mAP ("val"; the training
+    # loss when there is no validation split) or the training loss ("loss", RGCN-PosVAE's paper).
+    lr_patience: int = setting(0, 0, 1_000_000)
+    plateau_metric: str = setting("val", choices=("val", "loss"))
     lr_milestones: list[int] = setting([], 1)
     min_lr: float = setting(0.0, 0)
     early_stopping: int = setting(0, 0)  # epochs without improvement before stopping; 0 = never

@@ -319,7 +319,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
                     record(complete=False)
                 else:
                     state.stale += 1
-                    state.lr = schedule.no_improvement(state.lr)
+                state.lr = schedule.epoch_end(state.history, state.lr)  # plateau: val mAP or training loss
                 if writes:
                     state.seconds = time.perf_counter() - start
                     save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer,
