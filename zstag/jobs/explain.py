@@ -96,19 +96,20 @@ def render(image: Image.Image, tags: list[tuple[str, str]], maps: list[np.ndarra
         else:
             panels += [(f"{label} {score}", overlay(image, heat))
                        for (label, score), heat in zip(tags, maps, strict=True)]
-    width = TILE * max(len(panels), 2)  # room for the title even beside a single panel
+    side = TILE if len(panels) > 1 else 2 * TILE  # a lone picture (SGMA's parts) is drawn larger
+    width = side * len(panels)
     title = textwrap.wrap("tags: " + ", ".join(f"{label} {score}" for label, score in tags), width // 6)
     title += textwrap.wrap(f"note: {note}", width // 6) if note else []
     if boxes is not None:
         title += textwrap.wrap("every tag is scored from these parts", width // 6)
     top = LINE * len(title)
-    picture = Image.new("RGB", (width, top + LINE + TILE), "white")
+    picture = Image.new("RGB", (width, top + LINE + side), "white")
     draw = ImageDraw.Draw(picture)
     for n, line in enumerate(title):
         draw.text((4, n * LINE + 3), line, fill="black")
     for n, (caption, shown) in enumerate(panels):
-        draw.text((n * TILE + 4, top + 3), caption[:CHARS_PER_TILE], fill="black")
-        picture.paste(letterbox(shown), (n * TILE, top + LINE))
+        draw.text((n * side + 4, top + 3), caption[:CHARS_PER_TILE], fill="black")
+        picture.paste(letterbox(shown, side), (n * side, top + LINE))
     return picture
 
 
