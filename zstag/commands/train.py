@@ -73,7 +73,8 @@ def run(opts: TrainOptions) -> int:
     from zstag.training.trainer import train
 
     model = train(opts)
-    return 3 if model.config["training"]["unreadable_images"] else 0
+    # Under torchrun only rank 0 writes the model and its training record.
+    return 3 if model.config.get("training", {}).get("unreadable_images") else 0
 
 
 command = from_options(TrainOptions, FLAGS, run)
