@@ -24,9 +24,12 @@ Deviations from the paper, and why:
 - Normalisation. Every term is a per-image quantity averaged over the images of the batch (the
   paper sums over images), so the defaults do not drift with the batch size. L_rank is averaged
   over the image's present/absent pairs instead of summed: a sum grows with |Y_i| x |C_s \\ Y_i|
-  (about 2,700 pairs on NUS-WIDE) and would drown the regularisers at the paper's lambdas; the
-  public code likewise normalises the ranking term per image (by its violating pairs) while
-  summing L_rel over the labels, which is what the tiny lambda_rel = 1e-3 is calibrated for.
+  (about 2,700 pairs on NUS-WIDE) and would drown the regularisers at the paper's lambdas. This
+  is not what the public code does: by the reading in issue 19 it divides the summed hinge by the
+  number of *violating* pairs (hinge > 0), so its ranking term does not shrink as pairs satisfy the
+  margin, while ours (all pairs) does; we keep the mean over all pairs, a smooth function of the
+  scores that is exactly eq. 13 up to a per-image constant. Like the public code we sum L_rel
+  over the labels, which is what the tiny lambda_rel = 1e-3 is calibrated for.
   L_div sums over ordered pairs m != n as eq. 7 writes. L_dist keeps eq. 9's utility summed over
   the images *inside* the square (balance across the data, not within each image) but as a batch
   mean: l_m is the expected number of an image's labels that module m scores.
