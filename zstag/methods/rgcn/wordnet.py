@@ -22,7 +22,10 @@ lets `zstag.methods.rgcn.graph` vectorise it):
 - WUP(a, b) = 2 depth(LCS) / (depth(a) + depth(b))  (Wu & Palmer 1994, with node depths).
   For dog.n.01 / cat.n.01 this gives 2*12/(14+14) = 0.857, the value NLTK prints.
 - WUP of two *words* is the maximum over their noun senses (the paper does not say; the max is
-  what NLTK-based reference code computes when it loops over synsets).
+  what NLTK-based reference code computes when it loops over synsets). The paper resolves
+  ImageNet classes to their exact synsets; zstag cannot, because ImageNet's wnids (WordNet 3.0
+  noun offsets such as n01440764) are not available offline: torchvision's weight metadata holds
+  only the class names, so an ImageNet class ("crane", "mouse") takes the union of its senses.
 
 Labels are resolved to senses by `WordNet.lookup`: the phrase with spaces as underscores
 ("sports car" -> sports_car), then its base form (plural "cars" -> car, via noun.exc and the
