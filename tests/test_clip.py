@@ -72,6 +72,12 @@ def test_zero_shot_tag_eval_models_and_no_calibrate(fetched, tmp_path):
     row = next(r for r in models if r["name"] == "clip-vit-b32")
     assert (row["method"], row["backbone"], row["semantics"], row["error"]) == (
         "clip-zeroshot", "clip-vit-b32", "clip-vit-b32", None)
+    explained = zstag("explain", data["images"] / "img0000.png", "--labels", data["vocab"], "--model", "clip-vit-b32",
+                      "--out", tmp_path / "explained", "--device", "cpu", cwd=tmp_path)
+    assert explained.returncode == 0, explained.stderr
+    assert list((tmp_path / "explained").glob("*.explain.png"))
+    benched = zstag("bench", "--model", "clip-vit-b32", "--quick", "--device", "cpu", "--json", "-", cwd=tmp_path)
+    assert benched.returncode == 0, benched.stderr
     refused = zstag("calibrate", "clip-vit-b32", "--data", data["manifest"], cwd=tmp_path)
     assert refused.returncode == 2 and "ready-made" in refused.stderr, refused.stderr
 
@@ -102,9 +108,11 @@ def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, extra", [("lesa", []), ("sgma", []), ("ml2p", []),
-                                           ("rgcn-posvae", ["--set", "variant=rgcn"])])
-def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra):
+@pytest.mark.parametrize("method, extra, finetuned", [
+    ("lesa", [], False), ("rgcn-posvae", ["--set", "variant=rgcn"], False),
+    ("sgma", [], True),  # the SGMA and (ML)^2P recipes fine-tune the backbone, as their papers do ...
+    ("ml2p", ["--set", "finetune_backbone=false"], False)])  # ... unless told not to
+def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra, finetuned):
     data = synth.make_dataset(tmp_path / "data", n=16, size=32)
     out = tmp_path / "model"
     trained = zstag("-q", "train", data["manifest"], "--method", method, "--backbone", "clip-vit-b32",
@@ -114,7 +122,7 @@ def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra):
     assert trained.returncode == 0, trained.stderr
     config = json.loads((out / "config.json").read_text())
     assert (config["backbone"], config["semantics"], config["backbone_in_weights"]) == (
-        "clip-vit-b32", "clip-vit-b32", False)  # frozen: the tower stays in the fetch cache
+        "clip-vit-b32", "clip-vit-b32", finetuned)  # frozen: the tower stays in the fetch cache
     tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", out, "--device", "cpu",
                    "--top-k", "2", cwd=tmp_path)
     assert tagged.returncode == 0, tagged.stderr

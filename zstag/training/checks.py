@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from zstag.backbones import BACKBONES
+from zstag.backbones import BACKBONES, CLIP_MODELS
 from zstag.core.errors import UsageError
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.splits import remove_unseen
@@ -22,7 +22,7 @@ from zstag.methods import METHODS, method_class
 from zstag.methods.settings import Recipe
 from zstag.training.options import TrainOptions
 
-SEMANTICS = ("minilm", "glove-300")  # registry names; anything else must be a file or folder
+SEMANTICS = ("minilm", "glove-300", *CLIP_MODELS)  # registry names; anything else must be a file or folder
 MAX_LABEL_CHARS = 200  # no tag is this long; a longer "label" is a pasted text
 SHOWN = 5  # names shown per problem before "... and N more"
 # A label "looks like a sentence" when it ends in sentence punctuation or has more words than this.
