@@ -466,3 +466,18 @@ def test_training_after_validation_under_inference_mode():
     total, _ = model.loss(images, targets, seen)
     total.backward()
     assert model.target_nodes.label.weight.grad is not None
+
+
+def test_training_logs_every_loss_term_per_epoch(tmp_path, capsys):
+    """Issue 19: a collapsing KL must be visible to a user, so each epoch's log line and the
+    history in config.json carry the PosVAE's reconstruction and KL terms beside the BCE."""
+    from zstag.training.trainer import TrainOptions, train
+
+    data = synth.make_dataset(tmp_path / "data", n=16, size=32)
+    options = TrainOptions(data=data["manifest"], method="rgcn-posvae", out=tmp_path / "model", backbone="bundled",
+                           unseen=data["unseen"], epochs=2, batch_size=8,
+                           image_size=32, device="cpu", seed=0, val_fraction=0.25, workers=0, overrides={})
+    history = train(options).config["training"]["history"]
+    assert all({"loss", "bce", "vae_mse", "vae_kl"} <= set(epoch) for epoch in history), history
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(" vae_mse " in line and " vae_kl " in line and " bce " in line for line in lines), lines
