@@ -149,3 +149,12 @@ def test_a_feature_cache_runs_the_frozen_backbone_once_across_runs(dataset, word
     assert len(calls) == 1
     run("fast0tag", "c", None)
     assert len(calls) == 2
+
+
+def test_the_trainer_tells_the_method_its_unseen_labels(tiny_data, word_vectors, tmp_path, monkeypatch):
+    """Issue 19 item 6 needs the trainer's part: the method hears the unseen names before training."""
+    heard: list[list[str]] = []
+    monkeypatch.setattr(Fast0Tag, "on_unseen_labels", lambda self, names: heard.append(list(names)))
+    train(options(tiny_data, word_vectors, tmp_path / "m"))
+    unseen = [line.strip() for line in Path(tiny_data["unseen"]).read_text().splitlines() if line.strip()]
+    assert heard == [unseen] and unseen

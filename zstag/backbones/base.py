@@ -1,7 +1,8 @@
 """What every feature extractor offers the methods.
 
 A backbone maps a batch of normalised images (B, 3, H, W) to the feature maps of its last three
-stages, at strides 8, 16 and 32 (28x28, 14x14 and 7x7 at 224 px). Methods pick what their paper
+stages, at strides 8, 16 and 32 (28x28, 14x14 and 7x7 at 224 px; VGG19's last two are both at 16:
+pool4 and conv5_4, its classifier pooling conv5_4 to pool5 itself). Methods pick what their paper
 uses: `region_stage` names the "last convolutional map" that LESA and SGMA attend over (VGG19
 conv5_4, 14x14; ResNet layer4, 7x7), (ML)^2P stacks all three, RGCN-PosVAE pools one and also uses
 the pretraining classifier's probabilities.

@@ -146,6 +146,13 @@ class Method(nn.Module, ABC):
         """
         return Explanation(maps=occlusion_maps(self, images, labels))
 
+    def on_unseen_labels(self, names: list[str]) -> None:
+        """The run's unseen labels, known (by name only) while training on the seen ones.
+
+        A method whose training graph must not contain them (RGCN-PosVAE removes external classes
+        named like any target label, seen or unseen) takes note here. Default: nothing.
+        """
+
     def on_train_start(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seen: LabelSet) -> None:
         """Optional warm-up before the first epoch (k-means initialisations, pretraining phases).
 

@@ -231,6 +231,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     engine = Engine(opts.device, batch_size=cls.hyperparameters(overrides).recipe.batch_size, workers=opts.workers)
     model = build_model(opts.method, opts.backbone, opts.semantics, seen_labels, overrides, opts.image_size)
     method = model.method.to(engine.device)
+    method.on_unseen_labels(unseen)
     recipe = method.hp.recipe
     seen = model.seen.to(engine.device)
     if method.single_label:
