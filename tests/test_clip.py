@@ -11,9 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-
 import synth
+import torch
 from fakehub import serve, serve_registry, tiny_clip_files
 
 ZSTAG = shutil.which("zstag")
@@ -102,7 +101,8 @@ def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
         texts = []
         for label in ("cat", "red car"):
             tokens = tokenizer([t.format(label) for t in TEMPLATES], padding=True, return_tensors="pt")
-            vectors = torch.nn.functional.normalize(reference.text_projection(reference.text_model(**tokens).pooler_output), dim=1)
+            vectors = reference.text_projection(reference.text_model(**tokens).pooler_output)
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
             texts.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
         expected = image @ torch.stack(texts).T
     assert torch.allclose(got, expected, atol=1e-5)
@@ -127,6 +127,13 @@ def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra, finetun
                    "--top-k", "2", cwd=tmp_path)
     assert tagged.returncode == 0, tagged.stderr
     assert len(tagged.stdout.splitlines()) == 16
+
+
+def test_bench_measures_a_method_on_the_clip_backbone(fetched, tmp_path):
+    benched = zstag("bench", "--backbone", "clip-vit-b32", "--image-size", "32", "--quick", "--only", "forward",
+                    "--device", "cpu", "--json", "-", cwd=tmp_path)
+    assert benched.returncode == 0, benched.stderr
+    assert '"clip-vit-b32"' in benched.stdout
 
 
 def test_clip_backbone_region_map_is_the_patch_grid(fetched):

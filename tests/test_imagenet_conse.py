@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import synth
 import torch
+from fakehub import serve, serve_registry, tiny_resnet50_file
 from torch import nn
 
-import synth
-from fakehub import serve, serve_registry, tiny_resnet50_file
 from zstag.backbones.base import Backbone
 from zstag.data.labels import LabelSet
 from zstag.methods.conse import ConSE
@@ -68,7 +67,8 @@ def test_fetch_tag_eval_with_the_imagenet_model(tmp_path, monkeypatch):
     fake = serve(tmp_path, monkeypatch)
     try:
         (tmp_path / "w").mkdir()
-        serve_registry(fake, tmp_path, monkeypatch, "resnet50", {"model.safetensors": tiny_resnet50_file(tmp_path / "w")})
+        weights = tiny_resnet50_file(tmp_path / "w")
+        serve_registry(fake, tmp_path, monkeypatch, "resnet50", {"model.safetensors": weights})
         data = synth.make_dataset(tmp_path / "data", n=4, size=32)
 
         def zstag(*args: object) -> subprocess.CompletedProcess[str]:

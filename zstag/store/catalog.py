@@ -3,10 +3,10 @@
 Three places hold models: `weights/` (bundled with zstag), the fetch cache (`zstag fetch
 hf://...`, also the standard Hugging Face cache) and folders the user names (a model directory,
 or a folder such as `runs/` searched for them). Ready-made models (`imagenet`, `clip-vit-b32`, see
-`ReadyMade`) have no directory: they are listed once the weights they are assembled from are fetched. Rows are built from `config.json` and the
-safetensors header only, never from tensors, so listing a cache of many models takes a moment
-and needs neither torch nor the network. A broken directory becomes a row with `error` set: one
-bad model must not hide the others.
+`ReadyMade`) have no directory: they are listed once the weights they are assembled from are fetched.
+Rows are built from `config.json` and the safetensors header only, never from tensors, so listing
+a cache of many models takes a moment and needs neither torch nor the network. A broken directory
+becomes a row with `error` set: one bad model must not hide the others.
 """
 
 from __future__ import annotations
@@ -18,13 +18,36 @@ from pathlib import Path
 from typing import Any
 
 from zstag.backbones import CLIP_MODELS
-from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store import CONFIG
-from zstag.store.config import epochs_run, looks_like_model, read_config, weight_names
 from zstag.core.paths import WEIGHTS_DIR
+from zstag.store import CONFIG, hub
+from zstag.store.config import epochs_run, looks_like_model, read_config, weight_names
 
 DEFAULT = "default"
+
+
+@dataclass
+class ModelRow:
+    """One listed model; `name` is what `--model` accepts, fields it cannot know are None."""
+
+    name: str
+    where: str  # bundled, fetched or local
+    method: str | None = None
+    backbone: str | None = None
+    semantics: str | None = None
+    seen: int | None = None
+    unseen: int | None = None
+    image_size: int | None = None
+    size: int | None = None  # bytes of the files in the folder (symbolic links followed)
+    best_val_mAP: float | None = None  # the name training writes in config.json
+    epochs: int | None = None
+    path: str = ""
+    error: str | None = None
+
+
+COLUMNS = tuple(f.name for f in fields(ModelRow))
+
+
 IMAGENET = "imagenet"
 IMAGENET_BACKBONES = ("resnet101", "resnet50", "vgg19")  # `imagenet` uses the first one fetched
 IMAGENET_CLASSES = 1000
@@ -86,28 +109,6 @@ def _ready_made_rows(cache_dir: str | Path | None) -> Iterator[ModelRow]:
         yield ModelRow(name=name, where="fetched", method=made.method, backbone=made.backbone,
                        semantics=made.semantics, seen=IMAGENET_CLASSES if made.method == "conse" else None,
                        image_size=made.image_size, size=_folder_size(folder), path=str(folder))
-
-
-@dataclass
-class ModelRow:
-    """One listed model; `name` is what `--model` accepts, fields it cannot know are None."""
-
-    name: str
-    where: str  # bundled, fetched or local
-    method: str | None = None
-    backbone: str | None = None
-    semantics: str | None = None
-    seen: int | None = None
-    unseen: int | None = None
-    image_size: int | None = None
-    size: int | None = None  # bytes of the files in the folder (symbolic links followed)
-    best_val_mAP: float | None = None  # the name training writes in config.json
-    epochs: int | None = None
-    path: str = ""
-    error: str | None = None
-
-
-COLUMNS = tuple(f.name for f in fields(ModelRow))
 
 
 def describe(folder: Path, name: str, where: str) -> ModelRow:
