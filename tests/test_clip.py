@@ -143,3 +143,13 @@ def test_clip_backbone_region_map_is_the_patch_grid(fetched):
     stages = backbone.stages(torch.randn(2, 3, 64, 64))  # twice the checkpoint's size: interpolated positions
     assert [tuple(s.shape) for s in stages] == [(2, 32, 8, 8)] * 3
     assert backbone.regions(torch.randn(1, 3, 32, 32)).shape == (1, 32, 4, 4)
+
+
+def test_text_vector_cache_key_follows_the_registry_pin(hub_with_clip, tmp_path, monkeypatch, clip_files):
+    """Vectors cached for one CLIP are never served for other weights under the same name."""
+    from zstag.semantics import get_semantics
+
+    before = get_semantics("clip-vit-b32").key
+    serve_registry(hub_with_clip, tmp_path, monkeypatch, "clip-vit-b32",
+                   {**clip_files, "model.safetensors": clip_files["model.safetensors"] + b" "})
+    assert get_semantics("clip-vit-b32").key != before

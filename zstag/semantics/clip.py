@@ -53,8 +53,14 @@ class ClipTextSemantics(Semantics):
     """The text tower of registry entry `name`, found in the fetch cache only when needed."""
 
     def __init__(self, name: str) -> None:
+        from zstag.store import hub
+
         self.name = name
-        self.key = f"{name}:{RECIPE}"
+        # The cache key names the registry's revision and weights, so a registry that moves the name
+        # to other weights never reads the old vectors (no file is read: the weights may be absent).
+        spec = hub.resolve(name)
+        weights = next((f.sha256 for f in spec.files if f.name == "model.safetensors"), None)
+        self.key = f"{name}@{spec.revision}:{weights or 'unpinned'}:{RECIPE}"
 
     def _folder(self) -> Path:
         from zstag.backbones.clip import clip_folder
