@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from zstag import __version__
 from zstag.core.atomic import atomic_write
-from zstag.backbones import build_backbone
+from zstag.backbones import CLIP_MODELS, build_backbone
 from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.data.labels import LabelSet
 from zstag.methods import method_class
@@ -54,7 +54,15 @@ class Model:
 def build_model(method: str, backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
                 image_size: int, pretrained: bool = True) -> Model:
     """A fresh (or to-be-loaded) model; `hp` holds the overrides of the method's defaults (a saved
-    model's whole `hp` object). They are validated before anything is loaded or allocated."""
+    model's whole `hp` object). They are validated before anything is loaded or allocated.
+
+    A CLIP backbone is frozen unless `hp` says otherwise, whatever the method's recipe: SGMA's and
+    (ML)^2P's recipes fine-tune the ImageNet CNNs of their papers, while CLIP's value is the
+    image-text alignment that fine-tuning on a small tagged set would erode (and a frozen tower
+    stays in the fetch cache instead of being copied into every model).
+    """
+    if backbone in CLIP_MODELS and "finetune_backbone" not in hp:
+        hp = {**hp, "finetune_backbone": False}
     return _assemble(method_class(method), backbone, semantics, seen_labels, hp, image_size, pretrained)
 
 
