@@ -13,6 +13,9 @@ tower's final LayerNorm (`post_layernorm`) as the class token does before the pr
 earlier ones are the raw residual stream. All three share one stride (the patch size), unlike the
 CNNs' 8/16/32: (ML)^2P's pyramid then pools three depths of one grid. Other image sizes than the
 checkpoint's interpolate the position embeddings (`interpolate_pos_encoding`).
+Deviation: images reach the tower as for every zstag model, squashed to a square with bilinear
+filtering and normalised with CLIP's mean and std, not through CLIP's own processor (bicubic
+resize of the short side, then a centre crop), so a photo's edges are kept and its aspect changes.
 `image_embedding` is CLIP's own image vector (class token -> LayerNorm -> projection) that zero-shot
 scoring compares with the text vectors. No pretraining classifier: RGCN-PosVAE's variants with
 external classifier nodes need a CNN backbone; its `rgcn` variant works.
