@@ -22,9 +22,11 @@ SKIP = ("__pycache__", "*.py[co]", ".*")
 
 def weight_files() -> list[Path]:
     """The files of weights/ that ship (relative paths), without caches or hidden files."""
-    return sorted(p.relative_to(WEIGHTS) for p in WEIGHTS.rglob("*")
-                  if p.is_file() and not any(fnmatch.fnmatch(part, pat) for part in p.relative_to(WEIGHTS).parts
-                                             for pat in SKIP))
+    return sorted(
+        p.relative_to(WEIGHTS)
+        for p in WEIGHTS.rglob("*")
+        if p.is_file() and not any(fnmatch.fnmatch(part, pat) for part in p.relative_to(WEIGHTS).parts for pat in SKIP)
+    )
 
 
 class BuildPyWithWeights(build_py):

@@ -129,17 +129,23 @@ class FakeHub:
                     request = json.loads(body)
                     repo = f"{request['organization']}/{request['name']}"
                     if repo in hub_.repos:  # the real hub names the existing repository, and clients read it
-                        return self._json({"error": "You already created this model repo",
-                                           "url": f"{hub_.url}/{repo}"}, status=409)
+                        return self._json(
+                            {"error": "You already created this model repo", "url": f"{hub_.url}/{repo}"}, status=409
+                        )
                     hub_.repos[repo] = {}
                     if request.get("visibility") == "private" or request.get("private"):
                         hub_.private.add(repo)
                     return self._json({"url": f"{hub_.url}/{repo}"})
                 if path.endswith(".git/info/lfs/objects/batch"):
-                    objects = [{"oid": o["oid"], "size": o["size"], "authenticated": True}
-                               | ({} if o["oid"] in hub_.lfs else
-                                  {"actions": {"upload": {"href": f"{hub_.url}/lfs-upload/{o['oid']}"}}})
-                               for o in json.loads(body)["objects"]]
+                    objects = [
+                        {"oid": o["oid"], "size": o["size"], "authenticated": True}
+                        | (
+                            {}
+                            if o["oid"] in hub_.lfs
+                            else {"actions": {"upload": {"href": f"{hub_.url}/lfs-upload/{o['oid']}"}}}
+                        )
+                        for o in json.loads(body)["objects"]
+                    ]
                     return self._json({"transfer": "basic", "objects": objects})
                 parts = path.lstrip("/").split("/")
                 if parts[:2] != ["api", "models"] or len(parts) < 6:
@@ -155,9 +161,14 @@ class FakeHub:
                 if hub_.snapshot(repo, revision) is None:
                     return self._error(404, "RevisionNotFound")
                 if action == "preupload":
-                    files = [{"path": f["path"], "shouldIgnore": False,
-                              "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular"}
-                             for f in json.loads(body)["files"]]
+                    files = [
+                        {
+                            "path": f["path"],
+                            "shouldIgnore": False,
+                            "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular",
+                        }
+                        for f in json.loads(body)["files"]
+                    ]
                     return self._json({"files": files})
                 if action == "commit":
                     return self._commit(repo, revision, body)
@@ -241,8 +252,15 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "XDG_CACHE_HOME", "HF_TOKEN",
-                "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_CACHE",
+        "XDG_CACHE_HOME",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_OIDC_RESOURCE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return fake
 
@@ -266,13 +284,24 @@ def tiny_clip_files(folder: Path) -> dict[str, bytes]:
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)} | {s + "</w>": 256 + i for i, s in enumerate(symbols)}
     vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=40, bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
-                  patch_size=8)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch_seed()
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
-        folder, safe_serialization=True)
+        folder, safe_serialization=True
+    )
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
@@ -284,8 +313,11 @@ def tiny_resnet50_file(folder: Path) -> bytes:
     from safetensors.torch import save_file
 
     torch_seed()
-    state = {k: v.contiguous() for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.contiguous()
+        for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     save_file(state, str(folder / "model.safetensors"))
     return (folder / "model.safetensors").read_bytes()
 
@@ -296,8 +328,9 @@ def torch_seed() -> None:
     torch.manual_seed(0)
 
 
-def serve_registry(fake: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
-                   files: dict[str, bytes]) -> None:
+def serve_registry(
+    fake: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, files: dict[str, bytes]
+) -> None:
     """Serve `files` as registry entry `name`'s repository, with a registry copy pinned to the fake
     hub's commit and to these files' sha256 (so fetching checks them as it checks the real ones)."""
     from zstag.store import hub

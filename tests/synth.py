@@ -54,7 +54,9 @@ def sample_tags(rng: random.Random, labels: list[str] = LABELS) -> list[str]:
     return rng.sample(labels, rng.randint(1, 3))
 
 
-def make_tensors(n: int, size: int = 64, seed: int = 0, labels: list[str] = LABELS) -> tuple[torch.Tensor, torch.Tensor]:
+def make_tensors(
+    n: int, size: int = 64, seed: int = 0, labels: list[str] = LABELS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images as a float tensor (n, 3, size, size) in [0, 1] and multi-hot targets (n, len(labels))."""
     rng = random.Random(seed)
     images, targets = [], torch.zeros(n, len(labels))
@@ -73,7 +75,9 @@ def random_label_vectors(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True)
 
 
-def make_dataset(root: Path, n: int = 120, size: int = 64, seed: int = 0, single_label: bool = False) -> dict[str, Path]:
+def make_dataset(
+    root: Path, n: int = 120, size: int = 64, seed: int = 0, single_label: bool = False
+) -> dict[str, Path]:
     """Write PNGs, a JSONL manifest, the vocabulary and the unseen list under `root`.
 
     Returns the paths: manifest, vocab, unseen, images (the folder).
@@ -110,8 +114,16 @@ def mean_ap(scores: torch.Tensor, targets: torch.Tensor) -> float:
     return sum(aps) / len(aps)
 
 
-def fit(model: torch.nn.Module, seen, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 1e-3,
-        batch: int = 32, frozen_backbone: bool = False) -> None:
+def fit(
+    model: torch.nn.Module,
+    seen,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lr: float = 1e-3,
+    batch: int = 32,
+    frozen_backbone: bool = False,
+) -> None:
     """Train a method for `steps` Adam steps on random batches (seeded): the methods' learning tests
     share this loop so that each test only states its data, its model and its bar."""
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -128,7 +140,9 @@ def fit(model: torch.nn.Module, seen, x: torch.Tensor, y: torch.Tensor, steps: i
     model.eval()
 
 
-def noise_pngs(folder: Path, count: int, shape: tuple[int, int], unreadable: tuple[int, ...] = (), seed: int = 0) -> list[Path]:
+def noise_pngs(
+    folder: Path, count: int, shape: tuple[int, int], unreadable: tuple[int, ...] = (), seed: int = 0
+) -> list[Path]:
     """`count` PNGs of random pixels (height, width) named 00.png, 01.png, ...; those at the
     `unreadable` positions hold bytes that are no image."""
     rng = np.random.default_rng(seed)

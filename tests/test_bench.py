@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from zstag.bench.memory import LargestTensor, PeakMemory
-from zstag.bench.photos import write_photos
 from zstag.bench.options import SECTIONS, BenchOptions
+from zstag.bench.photos import write_photos
 from zstag.bench.run import Plan
 from zstag.methods import METHODS
 
@@ -19,8 +19,12 @@ SMALL = ("--quick", "--device", "cpu", "--images", "4", "--batch-size", "2", "--
 
 
 def numbers(section: dict) -> list[tuple[str, float]]:
-    return [(f"{i}.{k}", float(v)) for i, row in enumerate(section["rows"]) for k, v in row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [
+        (f"{i}.{k}", float(v))
+        for i, row in enumerate(section["rows"])
+        for k, v in row.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
 
 
 def check_common(report: dict, sections: list[str]) -> None:
@@ -62,7 +66,9 @@ def test_bench_tensor_sections(cli, tmp_path):
     assert sections["forward"]["rows"][0]["image_size"] == 64  # the default model, rebuilt at that size
     assert all(r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in rows)
     assert {r["path"].split()[0] for r in sections["decode"]["rows"]} == {"Pillow", "torchvision"}
-    assert sections["forward"]["rows"][0]["images_per_s"] == pytest.approx(2 / (sections["forward"]["rows"][0]["ms_per_batch"] / 1e3))
+    assert sections["forward"]["rows"][0]["images_per_s"] == pytest.approx(
+        2 / (sections["forward"]["rows"][0]["ms_per_batch"] / 1e3)
+    )
 
 
 @pytest.mark.slow

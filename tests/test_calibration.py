@@ -90,11 +90,12 @@ def test_select_with_per_label_thresholds():
     names = ["a", "b", "c"]
     scores = torch.tensor([[0.9, 0.6, 0.3], [0.2, 0.65, 0.95]])
     thresholds = label_thresholds(names, 0.5, {"c": 0.99, "b": 0.62})
-    assert select(scores, names, 0, thresholds) == [[("a", pytest.approx(0.9))],
-                                                     [("b", pytest.approx(0.65))]]
+    assert select(scores, names, 0, thresholds) == [[("a", pytest.approx(0.9))], [("b", pytest.approx(0.65))]]
     assert label_thresholds(names, None, {}) is None
-    assert select(scores, names, 2, None) == [[("a", pytest.approx(0.9)), ("b", pytest.approx(0.6))],
-                                              [("c", pytest.approx(0.95)), ("b", pytest.approx(0.65))]]
+    assert select(scores, names, 2, None) == [
+        [("a", pytest.approx(0.9)), ("b", pytest.approx(0.6))],
+        [("c", pytest.approx(0.95)), ("b", pytest.approx(0.65))],
+    ]
 
 
 def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
@@ -102,14 +103,40 @@ def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors,
     from zstag.training.trainer import train
 
     out = tmp_path / "m"
-    train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
-                       semantics=str(word_vectors), epochs=4, image_size=64, device="cpu", workers=0, val_fraction=0.3))
+    train(
+        TrainOptions(
+            data=dataset["manifest"],
+            method="fast0tag",
+            out=out,
+            unseen=dataset["unseen"],
+            backbone="small",
+            semantics=str(word_vectors),
+            epochs=4,
+            image_size=64,
+            device="cpu",
+            workers=0,
+            val_fraction=0.3,
+        )
+    )
     calibration = json.loads((out / "config.json").read_text())["calibration"]
     assert calibration["fitted_on"] == "validation split" and calibration["pairs"] > 0
     assert math.isfinite(calibration["scale"]) and math.isfinite(calibration["bias"])
 
     image = sorted(dataset["images"].iterdir())[0]
-    common = ("tag", image, "--labels", dataset["vocab"], "--model", out, "--top-k", "0", "--device", "cpu", "--workers", "0")
+    common = (
+        "tag",
+        image,
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        out,
+        "--top-k",
+        "0",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     calibrated = {t["label"]: t["score"] for t in json.loads(cli(*common).out)["tags"]}
     raw = {t["label"]: t["score"] for t in json.loads(cli(*common, "--raw-scores").out)["tags"]}
     assert set(calibrated) == set(raw)
@@ -136,17 +163,33 @@ def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_un
     model = trained_uncalibrated
     before = json.loads((model / "config.json").read_text())
     assert before["calibration"] is None
-    evaluate = ("eval", "--model", model, "--truth", dataset["manifest"], "--unseen", dataset["unseen"], "--json",
-                "--device", "cpu", "--workers", "0")
+    evaluate = (
+        "eval",
+        "--model",
+        model,
+        "--truth",
+        dataset["manifest"],
+        "--unseen",
+        dataset["unseen"],
+        "--json",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     report_before = json.loads(cli(*evaluate).out)
     seen = model / "seen.txt"
     seen.write_text("\n".join(before["seen_labels"]) + "\n")
-    result = cli("calibrate", model, "--data", dataset["manifest"], "--labels", seen, "--device", "cpu", "--workers", "0")
+    result = cli(
+        "calibrate", model, "--data", dataset["manifest"], "--labels", seen, "--device", "cpu", "--workers", "0"
+    )
     assert result.code == 0, result.err
     fitted = json.loads(result.out)
     after = json.loads((model / "config.json").read_text())
     assert after["calibration"] == fitted and after["calibration"]["fitted_on"] == str(dataset["manifest"])
-    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items() if k != "calibration"}
+    assert {k: v for k, v in after.items() if k != "calibration"} == {
+        k: v for k, v in before.items() if k != "calibration"
+    }
     assert json.loads(cli(*evaluate).out) == report_before  # an increasing map: same metrics
 
 
@@ -157,8 +200,21 @@ def trained_uncalibrated(dataset, word_vectors, tmp_path):
     from zstag.training.trainer import train
 
     out = tmp_path / "old"
-    train(TrainOptions(data=dataset["manifest"], method="fast0tag", out=out, unseen=dataset["unseen"], backbone="small",
-                       semantics=str(word_vectors), epochs=4, image_size=64, device="cpu", workers=0, val_fraction=0.0))
+    train(
+        TrainOptions(
+            data=dataset["manifest"],
+            method="fast0tag",
+            out=out,
+            unseen=dataset["unseen"],
+            backbone="small",
+            semantics=str(word_vectors),
+            epochs=4,
+            image_size=64,
+            device="cpu",
+            workers=0,
+            val_fraction=0.0,
+        )
+    )
     return out
 
 

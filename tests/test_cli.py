@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from zstag.data.manifest import read_dataset
-from zstag.eval.report import evaluation_labels
 from zstag.eval.metrics import mean_ap
+from zstag.eval.report import evaluation_labels
 
 
 def random_map(manifest, labels) -> float:
@@ -26,14 +26,38 @@ def trained(tmp_path_factory, dataset, word_vectors):
 
     Batches of 8 give 52 optimiser steps in 4 epochs: with the recipe's 32 (12 steps) whether
     the model clears the bar below depended on the seed; with 8 it did for each of seeds 0-4."""
-    from zstag.cli import main
     import sys
+
+    from zstag.cli import main
 
     out = tmp_path_factory.mktemp("models") / "f0t"
     argv = sys.argv
-    sys.argv = ["zstag", "--quiet", "train", str(dataset["manifest"]), "--method", "fast0tag", "--backbone", "small",
-                "--semantics", str(word_vectors), "--unseen", str(dataset["unseen"]), "--epochs", "4", "--batch-size", "8",
-                "--image-size", "64", "--device", "cpu", "--out", str(out), "--workers", "0"]
+    sys.argv = [
+        "zstag",
+        "--quiet",
+        "train",
+        str(dataset["manifest"]),
+        "--method",
+        "fast0tag",
+        "--backbone",
+        "small",
+        "--semantics",
+        str(word_vectors),
+        "--unseen",
+        str(dataset["unseen"]),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+    ]
     try:
         with pytest.raises(SystemExit) as exit_info:
             main()
@@ -56,8 +80,23 @@ def test_tag_stdin_then_eval_beats_random(trained, dataset, cli, tmp_path, monke
     monkeypatch.chdir(dataset["manifest"].parent)
     paths = "\n".join(f"images/{p.name}" for p in sorted(dataset["images"].iterdir()))
     pred = tmp_path / "pred.jsonl"
-    result = cli("tag", "-", "--labels", dataset["vocab"], "--model", trained, "--top-k", "0",
-                 "--output", pred, "--device", "cpu", "--workers", "0", stdin=paths)
+    result = cli(
+        "tag",
+        "-",
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        trained,
+        "--top-k",
+        "0",
+        "--output",
+        pred,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        stdin=paths,
+    )
     assert result.code == 0, result.err
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert len(rows) == 120
@@ -82,11 +121,31 @@ def test_eval_with_model_matches_predictions_file(trained, dataset, cli, tmp_pat
     """`eval --model` goes through the same engine as `tag`, so both routes agree."""
     monkeypatch.chdir(dataset["manifest"].parent)
     pred = tmp_path / "pred.jsonl"
-    assert cli("tag", "images", "--labels", dataset["vocab"], "--model", trained, "--top-k", "0", "-o", pred,
-               "--device", "cpu", "--workers", "0").code == 0
+    assert (
+        cli(
+            "tag",
+            "images",
+            "--labels",
+            dataset["vocab"],
+            "--model",
+            trained,
+            "--top-k",
+            "0",
+            "-o",
+            pred,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).code
+        == 0
+    )
     a = json.loads(cli("eval", "-p", pred, "--truth", dataset["manifest"], "--json").out)
-    b = json.loads(cli("eval", "--model", trained, "--truth", dataset["manifest"], "--json", "--device", "cpu",
-                       "--workers", "0").out)
+    b = json.loads(
+        cli(
+            "eval", "--model", trained, "--truth", dataset["manifest"], "--json", "--device", "cpu", "--workers", "0"
+        ).out
+    )
     # The file holds scores rounded to 6 decimals; rounding can only create ties.
     assert a["gzs"]["mAP"] == pytest.approx(b["gzs"]["mAP"], abs=1e-3)
 
@@ -96,8 +155,21 @@ def test_unreadable_input_exit_3_and_other_rows_kept(trained, dataset, cli, tmp_
     bad.write_bytes(b"not an image")
     good = sorted(dataset["images"].iterdir())[0]
     errors = tmp_path / "errors.jsonl"
-    result = cli("tag", good, bad, "--labels", dataset["vocab"], "--model", trained, "--device", "cpu",
-                 "--workers", "0", "--errors", errors)
+    result = cli(
+        "tag",
+        good,
+        bad,
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        trained,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--errors",
+        errors,
+    )
     assert result.code == 3
     assert str(bad) in result.err
     assert [json.loads(line)["image"] for line in result.out.splitlines()] == [str(good)]
@@ -110,8 +182,22 @@ def test_delimited_formats(trained, dataset, cli, fmt):
     import io
 
     images = sorted(dataset["images"].iterdir())[:3]
-    result = cli("tag", *images, "--labels", dataset["vocab"], "--model", trained, "--format", fmt, "--top-k", "2",
-                 "--device", "cpu", "--workers", "0")
+    result = cli(
+        "tag",
+        *images,
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        trained,
+        "--format",
+        fmt,
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert result.code == 0, result.err
     rows = list(csv.reader(io.StringIO(result.out), delimiter="," if fmt == "csv" else "\t"))
     assert rows[0] == ["image", "tags", "scores"]
@@ -121,12 +207,42 @@ def test_delimited_formats(trained, dataset, cli, fmt):
 
 def test_threshold_keeps_only_high_scores(trained, dataset, cli):
     image = sorted(dataset["images"].iterdir())[0]
-    full = json.loads(cli("tag", image, "--labels", dataset["vocab"], "--model", trained, "--top-k", "0",
-                          "--device", "cpu", "--workers", "0").out)
+    full = json.loads(
+        cli(
+            "tag",
+            image,
+            "--labels",
+            dataset["vocab"],
+            "--model",
+            trained,
+            "--top-k",
+            "0",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).out
+    )
     ordered = sorted(t["score"] for t in full["tags"])
     cut = (ordered[8] + ordered[9]) / 2  # between two printed scores, away from rounding
-    kept = json.loads(cli("tag", image, "--labels", dataset["vocab"], "--model", trained, "--top-k", "0",
-                          "--threshold", str(cut), "--device", "cpu", "--workers", "0").out)
+    kept = json.loads(
+        cli(
+            "tag",
+            image,
+            "--labels",
+            dataset["vocab"],
+            "--model",
+            trained,
+            "--top-k",
+            "0",
+            "--threshold",
+            str(cut),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).out
+    )
     assert kept["tags"] and all(t["score"] >= cut for t in kept["tags"])
     assert len(kept["tags"]) == sum(t["score"] >= cut for t in full["tags"])
 
@@ -166,26 +282,85 @@ def test_version_and_help(cli):
         assert result.code == 0 and "Example" in result.out
 
 
-@pytest.mark.parametrize("method, sets", [("lesa", []), ("lesa", ["attentions=1"]), ("ml2p", []), ("sgma", []),
-                                          ("conse", []), ("rgcn-posvae", ["variant=rgcn"])])
+@pytest.mark.parametrize(
+    "method, sets",
+    [
+        ("lesa", []),
+        ("lesa", ["attentions=1"]),
+        ("ml2p", []),
+        ("sgma", []),
+        ("conse", []),
+        ("rgcn-posvae", ["variant=rgcn"]),
+    ],
+)
 def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vectors, cli, tmp_path):
     """Each method goes through the standard commands (one short epoch; learning is pinned per method)."""
     out = tmp_path / "model"
-    args = ["train", dataset["manifest"], "--method", method, "--backbone", "small", "--semantics", word_vectors,
-            "--unseen", dataset["unseen"], "--epochs", "1", "--image-size", "32", "--device", "cpu",
-            "--workers", "0", "--out", out]
+    args = [
+        "train",
+        dataset["manifest"],
+        "--method",
+        method,
+        "--backbone",
+        "small",
+        "--semantics",
+        word_vectors,
+        "--unseen",
+        dataset["unseen"],
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        out,
+    ]
     for s in sets:
         args += ["--set", s]
     result = cli("-q", *args)
     assert result.code == 0, result.err
     pred = tmp_path / "pred.jsonl"
     images = sorted(dataset["images"].iterdir())[:8]
-    assert cli("tag", *images, "--labels", dataset["vocab"], "--model", out, "--top-k", "0", "-o", pred,
-               "--device", "cpu", "--workers", "0").code == 0
+    assert (
+        cli(
+            "tag",
+            *images,
+            "--labels",
+            dataset["vocab"],
+            "--model",
+            out,
+            "--top-k",
+            "0",
+            "-o",
+            pred,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).code
+        == 0
+    )
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["tags"]) == 18 for r in rows)
-    report = json.loads(cli("eval", "--model", out, "--truth", dataset["manifest"], "--unseen", dataset["unseen"],
-                            "--json", "--device", "cpu", "--workers", "0").out)
+    report = json.loads(
+        cli(
+            "eval",
+            "--model",
+            out,
+            "--truth",
+            dataset["manifest"],
+            "--unseen",
+            dataset["unseen"],
+            "--json",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).out
+    )
     assert 0 <= report["gzs"]["mAP"] <= 1 and 0 <= report["zs"]["mAP"] <= 1
 
 
@@ -195,13 +370,47 @@ def test_sgma_single_label_protocol(word_vectors, cli, tmp_path):
 
     data = synth.make_dataset(tmp_path / "single", n=60, single_label=True)
     out = tmp_path / "sgma"
-    result = cli("-q", "train", data["manifest"], "--method", "sgma", "--backbone", "small", "--semantics", word_vectors,
-                 "--unseen", data["unseen"], "--epochs", "1", "--image-size", "32", "--device", "cpu", "--workers", "0",
-                 "--out", out)
+    result = cli(
+        "-q",
+        "train",
+        data["manifest"],
+        "--method",
+        "sgma",
+        "--backbone",
+        "small",
+        "--semantics",
+        word_vectors,
+        "--unseen",
+        data["unseen"],
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        out,
+    )
     assert result.code == 0, result.err
     assert json.loads((out / "config.json").read_text())["hp"]["single_label"] is True
-    report = json.loads(cli("eval", "--model", out, "--truth", data["manifest"], "--unseen", data["unseen"], "--json",
-                            "--device", "cpu", "--workers", "0").out)
+    report = json.loads(
+        cli(
+            "eval",
+            "--model",
+            out,
+            "--truth",
+            data["manifest"],
+            "--unseen",
+            data["unseen"],
+            "--json",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).out
+    )
     single = report["single_label"]
     assert set(single) >= {"MCA", "A_U", "A_S", "H", "MCA_zs"}
     assert all(0 <= v <= 1 for v in single.values() if v is not None)

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script 
 
 def zstag(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The console script with the test's environment (the fake hub, its cache and registry)."""
-    return subprocess.run([ZSTAG, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return subprocess.run(
+        [ZSTAG, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +64,58 @@ def test_missing_weights_name_the_fetch_command(hub_with_clip, tmp_path):
 
 def test_zero_shot_tag_eval_models_and_no_calibrate(fetched, tmp_path):
     data = synth.make_dataset(tmp_path / "data", n=6, size=32)
-    tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", "clip-vit-b32", "--top-k", "3",
-                   "--device", "cpu", cwd=tmp_path)
+    tagged = zstag(
+        "tag",
+        data["images"],
+        "--labels",
+        data["vocab"],
+        "--model",
+        "clip-vit-b32",
+        "--top-k",
+        "3",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert tagged.returncode == 0, tagged.stderr
     rows = [json.loads(line) for line in tagged.stdout.splitlines()]
     assert len(rows) == 6 and all(len(row["tags"]) == 3 for row in rows)
-    evaluated = zstag("eval", "--model", "clip-vit-b32", "--truth", data["manifest"], "--unseen", data["unseen"],
-                      "--json", "--device", "cpu", cwd=tmp_path)
+    evaluated = zstag(
+        "eval",
+        "--model",
+        "clip-vit-b32",
+        "--truth",
+        data["manifest"],
+        "--unseen",
+        data["unseen"],
+        "--json",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert "mAP" in json.loads(evaluated.stdout)["zs"]
     models = [json.loads(line) for line in zstag("models", "--json", cwd=tmp_path).stdout.splitlines()]
     row = next(r for r in models if r["name"] == "clip-vit-b32")
     assert (row["method"], row["backbone"], row["semantics"], row["error"]) == (
-        "clip-zeroshot", "clip-vit-b32", "clip-vit-b32", None)
-    explained = zstag("explain", data["images"] / "img0000.png", "--labels", data["vocab"], "--model", "clip-vit-b32",
-                      "--out", tmp_path / "explained", "--device", "cpu", cwd=tmp_path)
+        "clip-zeroshot",
+        "clip-vit-b32",
+        "clip-vit-b32",
+        None,
+    )
+    explained = zstag(
+        "explain",
+        data["images"] / "img0000.png",
+        "--labels",
+        data["vocab"],
+        "--model",
+        "clip-vit-b32",
+        "--out",
+        tmp_path / "explained",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert explained.returncode == 0, explained.stderr
     assert list((tmp_path / "explained").glob("*.explain.png"))
     benched = zstag("bench", "--model", "clip-vit-b32", "--quick", "--device", "cpu", "--json", "-", cwd=tmp_path)
@@ -96,8 +139,9 @@ def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         got = model.method(images, model.embed(["cat", "red car"]))
-        image = torch.nn.functional.normalize(reference.visual_projection(
-            reference.vision_model(pixel_values=images).pooler_output), dim=1)
+        image = torch.nn.functional.normalize(
+            reference.visual_projection(reference.vision_model(pixel_values=images).pooler_output), dim=1
+        )
         texts = []
         for label in ("cat", "red car"):
             tokens = tokenizer([t.format(label) for t in TEMPLATES], padding=True, return_tensors="pt")
@@ -108,30 +152,87 @@ def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, extra, finetuned", [
-    ("lesa", [], False), ("rgcn-posvae", ["--set", "variant=rgcn"], False),
-    ("sgma", [], False),  # frozen on CLIP although SGMA's recipe fine-tunes its CNN ...
-    ("ml2p", ["--set", "finetune_backbone=true"], True)])  # ... unless asked
+@pytest.mark.parametrize(
+    "method, extra, finetuned",
+    [
+        ("lesa", [], False),
+        ("rgcn-posvae", ["--set", "variant=rgcn"], False),
+        ("sgma", [], False),  # frozen on CLIP although SGMA's recipe fine-tunes its CNN ...
+        ("ml2p", ["--set", "finetune_backbone=true"], True),
+    ],
+)  # ... unless asked
 def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra, finetuned):
     data = synth.make_dataset(tmp_path / "data", n=16, size=32)
     out = tmp_path / "model"
-    trained = zstag("-q", "train", data["manifest"], "--method", method, "--backbone", "clip-vit-b32",
-                    "--semantics", "clip-vit-b32", "--unseen", data["unseen"], "--epochs", "1", "--image-size", "32",
-                    "--batch-size", "8", "--device", "cpu", "--workers", "0", "--val-fraction", "0.25",
-                    "--out", out, *extra, cwd=tmp_path)
+    trained = zstag(
+        "-q",
+        "train",
+        data["manifest"],
+        "--method",
+        method,
+        "--backbone",
+        "clip-vit-b32",
+        "--semantics",
+        "clip-vit-b32",
+        "--unseen",
+        data["unseen"],
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.25",
+        "--out",
+        out,
+        *extra,
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     config = json.loads((out / "config.json").read_text())
     assert (config["backbone"], config["semantics"], config["backbone_in_weights"]) == (
-        "clip-vit-b32", "clip-vit-b32", finetuned)  # frozen: the tower stays in the fetch cache
-    tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", out, "--device", "cpu",
-                   "--top-k", "2", cwd=tmp_path)
+        "clip-vit-b32",
+        "clip-vit-b32",
+        finetuned,
+    )  # frozen: the tower stays in the fetch cache
+    tagged = zstag(
+        "tag",
+        data["images"],
+        "--labels",
+        data["vocab"],
+        "--model",
+        out,
+        "--device",
+        "cpu",
+        "--top-k",
+        "2",
+        cwd=tmp_path,
+    )
     assert tagged.returncode == 0, tagged.stderr
     assert len(tagged.stdout.splitlines()) == 16
 
 
 def test_bench_measures_a_method_on_the_clip_backbone(fetched, tmp_path):
-    benched = zstag("bench", "--backbone", "clip-vit-b32", "--image-size", "32", "--quick", "--only", "forward",
-                    "--device", "cpu", "--json", "-", cwd=tmp_path)
+    benched = zstag(
+        "bench",
+        "--backbone",
+        "clip-vit-b32",
+        "--image-size",
+        "32",
+        "--quick",
+        "--only",
+        "forward",
+        "--device",
+        "cpu",
+        "--json",
+        "-",
+        cwd=tmp_path,
+    )
     assert benched.returncode == 0, benched.stderr
     assert '"clip-vit-b32"' in benched.stdout
 
@@ -150,6 +251,11 @@ def test_text_vector_cache_key_follows_the_registry_pin(hub_with_clip, tmp_path,
     from zstag.semantics import get_semantics
 
     before = get_semantics("clip-vit-b32").key
-    serve_registry(hub_with_clip, tmp_path, monkeypatch, "clip-vit-b32",
-                   {**clip_files, "model.safetensors": clip_files["model.safetensors"] + b" "})
+    serve_registry(
+        hub_with_clip,
+        tmp_path,
+        monkeypatch,
+        "clip-vit-b32",
+        {**clip_files, "model.safetensors": clip_files["model.safetensors"] + b" "},
+    )
     assert get_semantics("clip-vit-b32").key != before

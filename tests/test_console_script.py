@@ -19,20 +19,35 @@ pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script 
 
 
 def zstag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ZSTAG, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run(
+        [ZSTAG, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
 
 
-@pytest.mark.parametrize("args, names", [
-    (["tagg"], ["No such command 'tagg'", "Did you mean 'tag'"]),
-    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "-1"], ["'--top-k'"]),
-    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--threshold", "1.5"], ["'--threshold'"]),
-    (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "0"], ["'--batch-size'"]),
-    (["train"], ["Missing argument", "data"]),
-    (["tag", "x.jpg", "--labels", "v.txt", "--no-such-option"], ["No such option: --no-such-option"]),
-    (["tag", str(EXAMPLES / "photos"), "--labels", "missing.txt"], ["missing.txt"]),
-    (["eval", "--truth", "t.jsonl", "--k", "x"], ["--k"]),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["tagg"], ["No such command 'tagg'", "Did you mean 'tag'"]),
+        (["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "-1"], ["'--top-k'"]),
+        (
+            ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--threshold", "1.5"],
+            ["'--threshold'"],
+        ),
+        (
+            ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "0"],
+            ["'--batch-size'"],
+        ),
+        (["train"], ["Missing argument", "data"]),
+        (["tag", "x.jpg", "--labels", "v.txt", "--no-such-option"], ["No such option: --no-such-option"]),
+        (["tag", str(EXAMPLES / "photos"), "--labels", "missing.txt"], ["missing.txt"]),
+        (["eval", "--truth", "t.jsonl", "--k", "x"], ["--k"]),
+    ],
+)
 def test_bad_usage_exits_2_with_one_line_naming_the_option(args, names, tmp_path):
     result = zstag(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -59,13 +74,16 @@ def test_quiet_and_verbose_work_after_the_command(tmp_path):
     assert quiet.stdout == loud.stdout and '"image"' in quiet.stdout
 
 
-@pytest.mark.parametrize("words, expected", [
-    ("zstag train d --method ", {"lesa", "sgma", "rgcn-posvae", "ml2p", "fast0tag", "conse"}),
-    ("zstag tag x --format ", {"jsonl", "csv", "tsv", "txt", "xmp"}),
-    ("zstag tag x --device ", {"auto", "cpu", "cuda"}),
-    ("zstag train d --backbone res", {"resnet50", "resnet101"}),
-    ("zstag tag x --model ", {"default"}),
-])
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("zstag train d --method ", {"lesa", "sgma", "rgcn-posvae", "ml2p", "fast0tag", "conse"}),
+        ("zstag tag x --format ", {"jsonl", "csv", "tsv", "txt", "xmp"}),
+        ("zstag tag x --device ", {"auto", "cpu", "cuda"}),
+        ("zstag train d --backbone res", {"resnet50", "resnet101"}),
+        ("zstag tag x --model ", {"default"}),
+    ],
+)
 def test_shell_completion_offers_values(words, expected, tmp_path):
     current = len(words.split()) - (0 if words.endswith(" ") else 1)  # the index of the word being completed
     env = {"_ZSTAG_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(current)}

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from zstag.engine import engine as engine_module
 from zstag.bench.photos import write_photos
 from zstag.data.jpeg import exif_orientation, read_header, read_jpeg
+from zstag.engine import engine as engine_module
 from zstag.engine.engine import CPU, GPU_JPEG, Engine, ImageFiles, collate, decode_route
 
 CUDA, CPU_DEVICE = torch.device("cuda"), torch.device("cpu")
@@ -69,10 +69,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("kind, route", [
-    ("baseline", GPU_JPEG), ("grey", GPU_JPEG), ("upright-exif", GPU_JPEG),
-    ("png", CPU), ("cmyk", CPU), ("progressive", CPU), ("rotated", CPU), ("truncated", CPU), ("cut-in-header", CPU),
-])
+@pytest.mark.parametrize(
+    "kind, route",
+    [
+        ("baseline", GPU_JPEG),
+        ("grey", GPU_JPEG),
+        ("upright-exif", GPU_JPEG),
+        ("png", CPU),
+        ("cmyk", CPU),
+        ("progressive", CPU),
+        ("rotated", CPU),
+        ("truncated", CPU),
+        ("cut-in-header", CPU),
+    ],
+)
 def test_route_on_cuda(files, kind, route):
     data = files[kind].read_bytes()
     assert decode_route(data, CUDA) == route
@@ -212,8 +222,14 @@ def test_gpu_decoded_tags_match_cpu_decoded(photos, tmp_path, monkeypatch):
     for switch in ("1", "0"):
         monkeypatch.setenv("ZSTAG_GPU_DECODE", switch)
         out = tmp_path / f"tags-{switch}.jsonl"
-        assert tag(TagOptions(inputs=[str(p) for p in photos], labels=vocab, top_k=0, output=str(out),
-                              device="cuda", workers=0)) == 0
+        assert (
+            tag(
+                TagOptions(
+                    inputs=[str(p) for p in photos], labels=vocab, top_k=0, output=str(out), device="cuda", workers=0
+                )
+            )
+            == 0
+        )
         rows[switch] = [json.loads(line) for line in out.read_text().splitlines()]
     for gpu, cpu in zip(rows["1"], rows["0"]):
         assert gpu["image"] == cpu["image"]
@@ -226,6 +242,7 @@ def test_batches_in_flight_keep_order_scores_and_failures(photos, files):
     """On CUDA the engine hands batch i over only once batch i+1 is queued; the same logic run on a
     CPU (in_flight forced to 1) gives exactly the batches of the plain loop, in the same order."""
     import synth
+
     from zstag.backbones.small import SmallBackbone
     from zstag.data.labels import LabelSet
     from zstag.methods.fast0tag import Fast0Tag

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import synth
 import torch
 
-import synth
-from zstag.engine import engine as engine_module
 from zstag.backbones.small import SmallBackbone
-from zstag.engine.engine import Engine, resolve_device
 from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
+from zstag.engine import engine as engine_module
+from zstag.engine.engine import Engine, resolve_device
 from zstag.methods.fast0tag import Fast0Tag
 
 N_LABELS, DIM, SIZE = 10, 8, 32
@@ -46,12 +46,15 @@ def test_resolve_device_cpu_and_auto():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("bogus", "unknown device 'bogus'"),
-    ("cuda:x", "unknown device 'cuda:x'"),
-    ("mps", "unsupported device 'mps'"),
-    ("meta", "unsupported device 'meta'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("bogus", "unknown device 'bogus'"),
+        ("cuda:x", "unknown device 'cuda:x'"),
+        ("mps", "unsupported device 'mps'"),
+        ("meta", "unsupported device 'meta'"),
+    ],
+)
 def test_resolve_device_rejects_unknown_devices(spec, message):
     with pytest.raises(UsageError, match=message):
         resolve_device(spec)

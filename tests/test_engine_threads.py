@@ -8,12 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import synth
 import torch
 
-import synth
+from zstag.data.labels import LabelSet
 from zstag.engine import engine as engine_module
 from zstag.engine.engine import Engine, ImageFiles, cpu_streams, default_workers, threads_beside
-from zstag.data.labels import LabelSet
 from zstag.methods.fast0tag import Fast0Tag
 
 SIZE = 32
@@ -49,13 +49,16 @@ def test_no_decoding_process_by_default_on_a_cpu():
     assert Engine("cpu").workers == 0
 
 
-@pytest.mark.parametrize("threads, batches, expected", [
-    (2, 8, (2, 1)),  # the development machine: a stream per core, one thread each
-    (16, 100, (4, 4)),  # at most MAX_STREAMS, the threads shared among them
-    (8, 1, (1, 8)),  # a lone batch gets every thread
-    (8, 3, (3, 2)),
-    (1, 5, (1, 1)),  # OMP_NUM_THREADS=1, as torchrun sets: one stream
-])
+@pytest.mark.parametrize(
+    "threads, batches, expected",
+    [
+        (2, 8, (2, 1)),  # the development machine: a stream per core, one thread each
+        (16, 100, (4, 4)),  # at most MAX_STREAMS, the threads shared among them
+        (8, 1, (1, 8)),  # a lone batch gets every thread
+        (8, 3, (3, 2)),
+        (1, 5, (1, 1)),  # OMP_NUM_THREADS=1, as torchrun sets: one stream
+    ],
+)
 def test_cpu_streams_layout(threads, batches, expected):
     assert engine_module.MAX_STREAMS == 4
     assert cpu_streams(threads, batches) == expected
@@ -84,8 +87,13 @@ def test_streams_score_in_input_order_on_their_share_of_threads(method, labels, 
     monkeypatch.setattr(engine_module, "MAX_STREAMS", 2)
     seen: list[tuple[str, int]] = []
     encode = type(method).encode
-    monkeypatch.setattr(type(method), "encode", lambda self, images: seen.append(
-        (threading.current_thread().name, torch.get_num_threads())) or encode(self, images))
+    monkeypatch.setattr(
+        type(method),
+        "encode",
+        lambda self, images: (
+            seen.append((threading.current_thread().name, torch.get_num_threads())) or encode(self, images)
+        ),
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import reference_metrics as ref
+
 from zstag.core.errors import UsageError
 from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions
 

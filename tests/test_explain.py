@@ -21,8 +21,9 @@ from zstag.store.model import build_model, save_model
 @pytest.fixture
 def model_dir(tmp_path, word_vectors, dataset):
     def make(method: str, calibration: dict | None = None, **hp) -> str:
-        model = build_model(method, "small", str(word_vectors), ["red circle", "blue square", "green triangle"],
-                            hp, image_size=64)
+        model = build_model(
+            method, "small", str(word_vectors), ["red circle", "blue square", "green triangle"], hp, image_size=64
+        )
         model.config["training"] = {}
         if calibration:
             model.config["calibration"] = calibration
@@ -45,8 +46,20 @@ def picture_panels(path) -> int:
 def test_explain_writes_one_png_per_image(method, hp, model_dir, dataset, cli, tmp_path):
     images = sorted(dataset["images"].iterdir())[:2]
     out = tmp_path / "explained"
-    result = cli("explain", *images, "--labels", dataset["vocab"], "--model", model_dir(method, **hp),
-                 "--out", out, "--top-k", "2", "--device", "cpu")
+    result = cli(
+        "explain",
+        *images,
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        model_dir(method, **hp),
+        "--out",
+        out,
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert result.code == 0, result.err
     written = sorted(out.glob("*.png"))
     assert [p.name for p in written] == [f"{p.name}.explain.png" for p in images]
@@ -60,8 +73,21 @@ def test_a_map_shared_by_every_tag_is_drawn_once_with_a_note(model_dir, dataset,
     would read as three findings."""
     images = sorted(dataset["images"].iterdir())[:2]
     out = tmp_path / "explained"
-    result = zstag("explain", *map(str, images), "--labels", str(dataset["vocab"]), "--top-k", "3", "--device", "cpu",
-                   "--model", model_dir("lesa", attentions=1), "--out", str(out), cwd=tmp_path)
+    result = zstag(
+        "explain",
+        *map(str, images),
+        "--labels",
+        str(dataset["vocab"]),
+        "--top-k",
+        "3",
+        "--device",
+        "cpu",
+        "--model",
+        model_dir("lesa", attentions=1),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(SAME_MAPS) == 1
     assert [picture_panels(out / f"{p.name}.explain.png") for p in images] == [2, 2]
@@ -70,13 +96,26 @@ def test_a_map_shared_by_every_tag_is_drawn_once_with_a_note(model_dir, dataset,
 def test_panels_show_calibrated_probabilities_like_tag(model_dir, dataset, cli, tmp_path, monkeypatch):
     """Raw scores ("train 4.16") where `tag` prints probabilities (0.05) were two units for one thing."""
     drawn = []
-    monkeypatch.setattr(explain_job, "render", lambda image, tags, maps, boxes: drawn.append(tags) or render(
-        image, tags, maps, boxes))
+    monkeypatch.setattr(
+        explain_job, "render", lambda image, tags, maps, boxes: drawn.append(tags) or render(image, tags, maps, boxes)
+    )
     image = sorted(dataset["images"].iterdir())[0]
     calibration = {"scale": 0.5, "bias": -1.0}
     model = model_dir("fast0tag", calibration=calibration)
-    result = cli("explain", image, "--labels", dataset["vocab"], "--model", model, "--out", tmp_path / "e",
-                 "--top-k", "2", "--device", "cpu")
+    result = cli(
+        "explain",
+        image,
+        "--labels",
+        dataset["vocab"],
+        "--model",
+        model,
+        "--out",
+        tmp_path / "e",
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert result.code == 0, result.err
     tagged = cli("tag", image, "--labels", dataset["vocab"], "--model", model, "--top-k", "2", "--device", "cpu")
     expected = [(t["label"], f"{t['score']:.2f}") for t in json.loads(tagged.out)["tags"]]
@@ -93,8 +132,8 @@ def test_panels_keep_the_image_aspect_ratio():
     boxed = np.asarray(letterbox(wide))
     assert boxed.shape == (TILE, TILE, 3)
     band = (TILE - TILE // 2) // 2
-    assert (boxed[:band - 1] == 255).all() and (boxed[-band + 1:] == 255).all()  # white above and below
-    assert (boxed[band + 1:TILE - band - 1] == 0).all()  # the whole picture, unstretched
+    assert (boxed[: band - 1] == 255).all() and (boxed[-band + 1 :] == 255).all()  # white above and below
+    assert (boxed[band + 1 : TILE - band - 1] == 0).all()  # the whole picture, unstretched
 
 
 def test_part_boxes_are_drawn_on_the_image_below_the_title():
@@ -103,7 +142,7 @@ def test_part_boxes_are_drawn_on_the_image_below_the_title():
     picture = np.asarray(render(image, [("boat", "0.81")], None, boxes))
     top = picture.shape[0] - 2 * TILE  # one panel, drawn twice as large
     assert picture.shape[1] == 2 * TILE
-    assert (picture[:top - LINE, :, 1] != 128).all()  # the title rows hold no image
+    assert (picture[: top - LINE, :, 1] != 128).all()  # the title rows hold no image
     panel = picture[top:]
     assert ((panel == (0, 128, 0)).all(axis=2)).mean() > 0.5  # the image itself, not an empty background
     assert ((panel == (255, 0, 0)).all(axis=2)).any() and ((panel == (0, 0, 255)).all(axis=2)).any()
@@ -111,7 +150,12 @@ def test_part_boxes_are_drawn_on_the_image_below_the_title():
 
 def test_output_names_never_clash():
     assert output_names(["a/x.jpg", "b/x.jpg", "b.jpg", "b.png", "a/x.jpg.2"]) == [
-        "x.jpg.explain.png", "x.jpg.2.explain.png", "b.jpg.explain.png", "b.png.explain.png", "x.jpg.2.2.explain.png"]
+        "x.jpg.explain.png",
+        "x.jpg.2.explain.png",
+        "b.jpg.explain.png",
+        "b.png.explain.png",
+        "x.jpg.2.2.explain.png",
+    ]
 
 
 def test_pictures_of_same_named_images_do_not_overwrite_and_foreign_files_are_kept(model_dir, dataset, tmp_path):
@@ -121,8 +165,21 @@ def test_pictures_of_same_named_images_do_not_overwrite_and_foreign_files_are_ke
         shutil.copy(source, tmp_path / folder / "x.png")
     Image.open(source).convert("RGB").save(tmp_path / "one" / "x.jpg")
     out = tmp_path / "explained"
-    args = ["explain", "one", "two", "--labels", str(dataset["vocab"]), "--model", model_dir("fast0tag"),
-            "--out", str(out), "--top-k", "1", "--device", "cpu"]
+    args = [
+        "explain",
+        "one",
+        "two",
+        "--labels",
+        str(dataset["vocab"]),
+        "--model",
+        model_dir("fast0tag"),
+        "--out",
+        str(out),
+        "--top-k",
+        "1",
+        "--device",
+        "cpu",
+    ]
     result = zstag(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["x.jpg.explain.png", "x.png.2.explain.png", "x.png.explain.png"]

@@ -31,8 +31,14 @@ FAST = ["--device", "cpu", "--workers", "0"]
 
 def zstag(*args: str | os.PathLike[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """The console script, in bytes: stdout must be checked as bytes (valid UTF-8 or not)."""
-    return subprocess.run([ZSTAG, "-q", *map(os.fsencode, args)], cwd=cwd, input=stdin, capture_output=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [ZSTAG, "-q", *map(os.fsencode, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def err(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -139,8 +145,11 @@ def test_a_second_run_on_the_same_output_exits_2_and_leaves_the_first_alone(work
 def test_an_output_that_is_an_input_or_not_a_zstag_output_is_refused(work):
     photo = image(work / "b.png")
     before = photo.read_bytes()
-    for args in (["ok.jpg", "b.png", "-o", "b.png"], ["ok.jpg", "b.png", "--resume", "-o", "b.png"],
-                 ["ok.jpg", "b.png", "-o", "b.png", "--force"]):
+    for args in (
+        ["ok.jpg", "b.png", "-o", "b.png"],
+        ["ok.jpg", "b.png", "--resume", "-o", "b.png"],
+        ["ok.jpg", "b.png", "-o", "b.png", "--force"],
+    ):
         result = tag(work, *args)
         assert result.returncode == 2, err(result)
         assert "b.png" in err(result) and len(err(result).strip().splitlines()) == 1
@@ -157,7 +166,7 @@ def test_an_output_that_is_an_input_or_not_a_zstag_output_is_refused(work):
 
 # --- 17.8 names holding line separators -------------------------------------------------------------
 
-ODD_NAMES = ["a\u2028b.png", "c\x85d.png", "e\x1cf.png", "g\nh.png", "i\rj.png", "k,l\".png"]
+ODD_NAMES = ["a\u2028b.png", "c\x85d.png", "e\x1cf.png", "g\nh.png", "i\rj.png", 'k,l".png']
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv"])
@@ -201,8 +210,9 @@ def test_a_label_with_a_control_character_is_a_usage_error_naming_its_line(work)
 def test_nan_scores_are_named_and_never_written(work, word_vectors):
     from zstag.store.model import build_model, save_model
 
-    model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 16},
-                        image_size=32)
+    model = build_model(
+        "fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 16}, image_size=32
+    )
     with torch.no_grad():
         for parameter in model.method.parameters():
             parameter.fill_(math.nan)
@@ -238,13 +248,16 @@ def test_resume_continues_an_orphan_partial_over_an_older_finished_file(work):
     assert not Path(f"{target}.partial").exists()
 
 
-@pytest.mark.parametrize("args, named", [
-    (["-o", "folder"], "folder is a folder"),
-    (["--errors", "missing/e.jsonl"], "missing/e.jsonl does not exist"),
-    (["--labels", "/dev/zero"], "/dev/zero is larger than"),
-    (["nothere.jpg"], "no such file or folder: 'nothere.jpg'"),  # issue 18 item 7
-    (["nothere/*.jpg"], "no file matches 'nothere/*.jpg'"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["-o", "folder"], "folder is a folder"),
+        (["--errors", "missing/e.jsonl"], "missing/e.jsonl does not exist"),
+        (["--labels", "/dev/zero"], "/dev/zero is larger than"),
+        (["nothere.jpg"], "no such file or folder: 'nothere.jpg'"),  # issue 18 item 7
+        (["nothere/*.jpg"], "no file matches 'nothere/*.jpg'"),
+    ],
+)
 def test_bad_paths_exit_2_before_any_work(work, args, named):
     (work / "folder").mkdir()
     result = zstag("tag", "ok.jpg", "--labels", "vocab.txt", *FAST, *args, "--model", "no-such-model", cwd=work)
@@ -259,11 +272,15 @@ def test_a_nul_in_a_path_read_from_stdin_is_an_unreadable_input(work):
     assert "NUL" in err(result)
 
 
-@pytest.mark.parametrize("content, line", [
-    (b'{"image": "ok.jpg", "tags": ["dog"]}\n{"image": "a\\u0000.jpg", "tags": ["dog"]}\n', 2),
-    (b'{"image": "ok.jpg", "tags": ["dog"]}\n{"image": "\xff.jpg", "tags": ["dog"]}\n', 2),
-    (b'{"image": "ok.jpg", "tags": ["dog"]}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", 2),
-], ids=["nul-in-path", "not-utf8", "deeply-nested"])  # ids: a 200 KB id would not fit in the environment
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (b'{"image": "ok.jpg", "tags": ["dog"]}\n{"image": "a\\u0000.jpg", "tags": ["dog"]}\n', 2),
+        (b'{"image": "ok.jpg", "tags": ["dog"]}\n{"image": "\xff.jpg", "tags": ["dog"]}\n', 2),
+        (b'{"image": "ok.jpg", "tags": ["dog"]}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", 2),
+    ],
+    ids=["nul-in-path", "not-utf8", "deeply-nested"],
+)  # ids: a 200 KB id would not fit in the environment
 def test_hostile_jsonl_manifests_exit_2_naming_the_line(work, content, line):
     (work / "m.jsonl").write_bytes(content)
     (work / "p.jsonl").write_text(format_row("jsonl", "ok.jpg", [("dog", 0.5)]))

@@ -13,15 +13,16 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from zstag.core.errors import ModelError, UsageError
 from zstag.core.paths import WEIGHTS_DIR
 from zstag.store.config import MAX_LABELS, read_config
-from zstag.store.model import CONFIG, WEIGHTS, build_model, load_model, save_model
+from zstag.store.model import CONFIG, build_model, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -47,7 +48,7 @@ CASES = [
     ("image_size", setter(image_size="128")),
     ("image_size", setter(image_size=True)),
     ("image_size", setter(image_size=8)),
-    ("semantic_dim", setter(semantic_dim=10 ** 9)),
+    ("semantic_dim", setter(semantic_dim=10**9)),
     ("semantic_dim", setter(semantic_dim=384.0)),
     ("semantic_dim", setter(semantic_dim=300)),  # the header's project.weight is 256 x 384
     ("seen_labels", setter(seen_labels="dog")),
@@ -122,8 +123,15 @@ def test_a_pickle_only_sentence_transformers_folder_is_refused(tmp_path):
 
 
 def test_a_label_count_mismatch_is_caught_from_the_header(tmp_path, word_vectors):
-    model = build_model("conse", "small", str(word_vectors), ["red circle", "blue square", "green triangle"], {},
-                        image_size=32, pretrained=False)
+    model = build_model(
+        "conse",
+        "small",
+        str(word_vectors),
+        ["red circle", "blue square", "green triangle"],
+        {},
+        image_size=32,
+        pretrained=False,
+    )
     save_model(model, tmp_path / "conse")
     config = json.loads((tmp_path / "conse" / CONFIG).read_text())
     config["seen_labels"] = config["seen_labels"][:2]
@@ -133,8 +141,9 @@ def test_a_label_count_mismatch_is_caught_from_the_header(tmp_path, word_vectors
 
 
 def test_a_model_with_local_semantics_carries_them_and_loads_anywhere(tmp_path, word_vectors):
-    model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 8},
-                        image_size=32)
+    model = build_model(
+        "fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 8}, image_size=32
+    )
     save_model(model, tmp_path / "a")
     copy = tmp_path / "a" / "semantics.txt"
     inode = copy.stat().st_ino
@@ -148,20 +157,34 @@ needs_console_script = pytest.mark.skipif(ZSTAG is None, reason="the zstag conso
 
 
 @needs_console_script
-@pytest.mark.parametrize("field, change", [
-    ("image_size", setter(image_size=100000)),
-    ("seen_labels", setter(seen_labels="dog")),
-    ("calibration.scale", setter(calibration={"scale": float("nan"), "bias": 0.0})),
-    ("semantics", setter(semantics="/etc/passwd")),
-    ("hp", setter(hp="x")),
-])
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("image_size", setter(image_size=100000)),
+        ("seen_labels", setter(seen_labels="dog")),
+        ("calibration.scale", setter(calibration={"scale": float("nan"), "bias": 0.0})),
+        ("semantics", setter(semantics="/etc/passwd")),
+        ("hp", setter(hp="x")),
+    ],
+)
 def test_tag_with_a_hostile_model_exits_2_with_one_line(tmp_path, field, change):
     folder = hostile_copy(tmp_path, change)
     start = time.monotonic()
-    result = subprocess.run([ZSTAG, "tag", str(EXAMPLES / "photos" / "car.jpg"), "--labels",
-                             str(EXAMPLES / "vocab.txt"), "--model", str(folder)],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "ZSTAG_CACHE": str(tmp_path / "cache")})
+    result = subprocess.run(
+        [
+            ZSTAG,
+            "tag",
+            str(EXAMPLES / "photos" / "car.jpg"),
+            "--labels",
+            str(EXAMPLES / "vocab.txt"),
+            "--model",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "ZSTAG_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and str(folder / CONFIG) in lines[0], result.stderr

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fakehub import COMMIT, FakeHub, serve, sha
 
-from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
+from zstag.store import hub
 
 WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4  # any bytes do
 CONFIG = b'{"method": "lesa"}\n'
@@ -44,8 +44,11 @@ def tiny_entry(sha256: str | None = None, size: int | None = None, **extra: obje
         "license": "mit",
         "description": "test weights",
         "files": [
-            {"name": "model.safetensors", "sha256": sha(WEIGHTS) if sha256 is None else sha256,
-             "size": len(WEIGHTS) if size is None else size},
+            {
+                "name": "model.safetensors",
+                "sha256": sha(WEIGHTS) if sha256 is None else sha256,
+                "size": len(WEIGHTS) if size is None else size,
+            },
             {"name": "config.json", "sha256": None, "size": None},
         ],
         **extra,
@@ -135,8 +138,10 @@ def test_force_offline_is_refused(server, tmp_path, monkeypatch):
         hub.fetch("tiny", force=True)
 
 
-@pytest.mark.parametrize("bad", ["../evil.safetensors", "/etc/passwd", "a\\b.json", "C:/x.bin", "a/./b",
-                                 "a//b", "", "x\n.json", "sub/../../up"])
+@pytest.mark.parametrize(
+    "bad",
+    ["../evil.safetensors", "/etc/passwd", "a\\b.json", "C:/x.bin", "a/./b", "a//b", "", "x\n.json", "sub/../../up"],
+)
 def test_hostile_file_names_are_refused_before_any_request(server, tmp_path, monkeypatch, bad):
     entry = tiny_entry()
     entry["files"].append({"name": bad, "sha256": None, "size": None})
@@ -152,8 +157,11 @@ def test_plain_relative_names_pass(good):
 
 
 def test_hostile_archive_member_is_refused(server, tmp_path, monkeypatch):
-    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(
-        extract={"archive": "model.safetensors", "members": ["../../outside.txt"]})})
+    write_registry(
+        tmp_path,
+        monkeypatch,
+        {"tiny": tiny_entry(extract={"archive": "model.safetensors", "members": ["../../outside.txt"]})},
+    )
     with pytest.raises(ZstagError, match="unsafe file name"):
         hub.fetch("tiny")
     assert server.requests == []
@@ -180,8 +188,22 @@ def test_hf_url_with_a_missing_file(server, tmp_path, monkeypatch):
         hub.fetch("hf://someone/half")
 
 
-@pytest.mark.parametrize("url", ["hf://", "hf://only-owner", "hf://../x", "hf://a/b@", "hf://a/b/c", "hf://a/b/",
-                                 "hf:/a/b", "xhf://a/b", "hf://a/b@../c", "hf://a/b\n", "hf://a b/c"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "hf://",
+        "hf://only-owner",
+        "hf://../x",
+        "hf://a/b@",
+        "hf://a/b/c",
+        "hf://a/b/",
+        "hf:/a/b",
+        "xhf://a/b",
+        "hf://a/b@../c",
+        "hf://a/b\n",
+        "hf://a b/c",
+    ],
+)
 def test_malformed_hf_urls(url):
     with pytest.raises(ZstagError):
         hub.resolve(url)
@@ -193,8 +215,17 @@ def test_parse_hf_url():
     assert hub.parse_hf_url("hf://me/model@refs/pr/1") == ("me/model", "refs/pr/1")
 
 
-@pytest.mark.parametrize("url", ["someone/repo", "hf:/someone/repo", "https://huggingface.co/someone/repo",
-                                 "hf://some one/repo", "hf://someone/repo@", "hf://someone/repo@a..b"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "someone/repo",
+        "hf:/someone/repo",
+        "https://huggingface.co/someone/repo",
+        "hf://some one/repo",
+        "hf://someone/repo@",
+        "hf://someone/repo@a..b",
+    ],
+)
 def test_anything_but_an_hf_url_is_refused(url):
     # `someone/repo` used to become `ne/repo` (five characters dropped, prefix never checked)
     with pytest.raises(UsageError, match="expected hf://OWNER/REPO"):
@@ -209,12 +240,20 @@ def test_unknown_name_lists_the_registry(tmp_path, monkeypatch):
 
 def test_list_registry_rows(server, tmp_path, monkeypatch):
     server.repos["zstag-test/zipped"] = {}
-    write_registry(tmp_path, monkeypatch, {
-        "tiny": tiny_entry(),
-        "sized": {"repo": "zstag-test/tiny", "revision": COMMIT, "kind": "semantics",
-                  "files": [{"name": "model.safetensors", "sha256": None, "size": len(WEIGHTS)}]},
-        "absent": {"repo": "zstag-test/zipped", "files": [{"name": "nothing.bin"}]},
-    })
+    write_registry(
+        tmp_path,
+        monkeypatch,
+        {
+            "tiny": tiny_entry(),
+            "sized": {
+                "repo": "zstag-test/tiny",
+                "revision": COMMIT,
+                "kind": "semantics",
+                "files": [{"name": "model.safetensors", "sha256": None, "size": len(WEIGHTS)}],
+            },
+            "absent": {"repo": "zstag-test/zipped", "files": [{"name": "nothing.bin"}]},
+        },
+    )
     hub.fetch("tiny")
     rows = {row["name"]: row for row in hub.list_registry()}
     assert list(rows) == ["tiny", "sized", "absent"]
@@ -222,8 +261,17 @@ def test_list_registry_rows(server, tmp_path, monkeypatch):
     assert rows["tiny"]["size"] is None  # config.json has no known size
     assert rows["sized"]["cached"] and rows["sized"]["size"] == len(WEIGHTS)  # same commit, already there
     assert rows["absent"] == {
-        "name": "absent", "kind": "model", "repo": "zstag-test/zipped", "revision": "main", "license": None,
-        "description": "", "files": ["nothing.bin"], "size": None, "cached": False, "state": "missing", "path": None,
+        "name": "absent",
+        "kind": "model",
+        "repo": "zstag-test/zipped",
+        "revision": "main",
+        "license": None,
+        "description": "",
+        "files": ["nothing.bin"],
+        "size": None,
+        "cached": False,
+        "state": "missing",
+        "path": None,
     }
     assert rows["tiny"]["state"] == "unverified"  # config.json has no pinned sha256
     assert rows["sized"]["state"] == "unverified"
@@ -245,11 +293,18 @@ def test_archive_members_are_extracted_once(server, tmp_path, monkeypatch):
         zf.writestr("vec.300d.txt", "cat 0.1 0.2\ndog 0.3 0.4\n")
         zf.writestr("vec.50d.txt", "not wanted\n")
     server.repos["zstag-test/vectors"] = {"vectors.zip": payload.getvalue()}
-    write_registry(tmp_path, monkeypatch, {"vec": {
-        "repo": "zstag-test/vectors", "kind": "semantics",
-        "files": [{"name": "vectors.zip", "sha256": sha(payload.getvalue()), "size": None}],
-        "extract": {"archive": "vectors.zip", "members": ["vec.300d.txt"]},
-    }})
+    write_registry(
+        tmp_path,
+        monkeypatch,
+        {
+            "vec": {
+                "repo": "zstag-test/vectors",
+                "kind": "semantics",
+                "files": [{"name": "vectors.zip", "sha256": sha(payload.getvalue()), "size": None}],
+                "extract": {"archive": "vectors.zip", "members": ["vec.300d.txt"]},
+            }
+        },
+    )
     folder = hub.fetch("vec")
     assert sorted(p.name for p in folder.iterdir()) == [".complete", "vec.300d.txt"]
     assert (folder / "vec.300d.txt").read_text() == "cat 0.1 0.2\ndog 0.3 0.4\n"
@@ -359,11 +414,16 @@ def test_offline_fetch_on_the_command_line_is_one_line_well_under_2_seconds(tmp_
 
     registry = write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry()})
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"),
-               ZSTAG_CACHE=str(tmp_path / "cache"), ZSTAG_REGISTRY=str(registry))
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+        HF_HOME=str(tmp_path / "hf"),
+        ZSTAG_CACHE=str(tmp_path / "cache"),
+        ZSTAG_REGISTRY=str(registry),
+    )
     start = time.monotonic()
-    result = subprocess.run([shutil.which("zstag") or "zstag", "fetch", "tiny"], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        [shutil.which("zstag") or "zstag", "fetch", "tiny"], capture_output=True, text=True, env=env, timeout=60
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "cannot be reached" in result.stderr, result.stderr
@@ -419,8 +479,16 @@ def test_a_stamp_zstag_did_not_write_is_not_trusted(server, tmp_path, monkeypatc
     blob = (folder / "model.safetensors").resolve()
     tamper(blob)
     st = blob.stat()
-    claim = {str(blob): {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                         "inode": st.st_ino, "device": st.st_dev, "sha256": sha(WEIGHTS)}}
+    claim = {
+        str(blob): {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino,
+            "device": st.st_dev,
+            "sha256": sha(WEIGHTS),
+        }
+    }
     stamps = tmp_path / "cache" / "verified.json"
     stamps.parent.mkdir(parents=True)
     if plant == "foreign format":
@@ -461,8 +529,9 @@ def test_fetch_list_and_a_pretrained_backbone_refuse_a_tampered_copy(server, tmp
     with pytest.raises(hub.CorruptFile, match="run `zstag fetch vgg19 --force`"):
         build_backbone("vgg19", pretrained=True)  # what `train --backbone vgg19` builds; it used to load the file
     env = {**os.environ, "ZSTAG_REGISTRY": str(registry)}
-    listing = subprocess.run([shutil.which("zstag") or "zstag", "fetch", "--list"], capture_output=True, text=True,
-                             env=env, timeout=120)
+    listing = subprocess.run(
+        [shutil.which("zstag") or "zstag", "fetch", "--list"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert listing.returncode == 0, listing.stderr
     row = next(line.split("\t") for line in listing.stdout.splitlines() if line.startswith("vgg19\t"))
     assert "corrupt" in row  # was listed as "cached"

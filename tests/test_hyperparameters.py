@@ -30,23 +30,26 @@ def test_the_bundled_models_hp_is_read_unchanged():
     assert {key: flat[key] for key in flat.keys() - hp.keys()} == {"lr_patience": 0, "plateau_metric": "val"}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"atentions": 2}, "unknown hyperparameter 'atentions' for lesa .did you mean 'attentions'"),
-    ({"attentions": "3"}, "'attentions' must be an integer, not '3'"),
-    ({"attentions": 2.0}, "'attentions' must be an integer"),
-    ({"attentions": True}, "'attentions' must be an integer"),
-    ({"attentions": 0}, "'attentions' must be >= 1 and <= 4096"),
-    ({"attentions": 10**9}, "'attentions' must be >= 1 and <= 4096"),
-    ({"lr": 0}, "'lr' must be > 0"),
-    ({"lr": True}, "'lr' must be a number"),
-    ({"lr": float("nan")}, "'lr' must be a number"),
-    ({"epochs": 0}, "'epochs' must be >= 1"),
-    ({"batch_size": 0}, "'batch_size' must be >= 1"),
-    ({"use_div": "yes"}, "'use_div' must be true or false"),
-    ({"lr_milestones": [0]}, "'lr_milestones' must be >= 1"),
-    ({"optimizer": "lbfgs"}, "'optimizer' must be one of adam, adamw, rmsprop, sgd"),
-    ({"epochs": None}, "'epochs' must be an integer, not None"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"atentions": 2}, "unknown hyperparameter 'atentions' for lesa .did you mean 'attentions'"),
+        ({"attentions": "3"}, "'attentions' must be an integer, not '3'"),
+        ({"attentions": 2.0}, "'attentions' must be an integer"),
+        ({"attentions": True}, "'attentions' must be an integer"),
+        ({"attentions": 0}, "'attentions' must be >= 1 and <= 4096"),
+        ({"attentions": 10**9}, "'attentions' must be >= 1 and <= 4096"),
+        ({"lr": 0}, "'lr' must be > 0"),
+        ({"lr": True}, "'lr' must be a number"),
+        ({"lr": float("nan")}, "'lr' must be a number"),
+        ({"epochs": 0}, "'epochs' must be >= 1"),
+        ({"batch_size": 0}, "'batch_size' must be >= 1"),
+        ({"use_div": "yes"}, "'use_div' must be true or false"),
+        ({"lr_milestones": [0]}, "'lr_milestones' must be >= 1"),
+        ({"optimizer": "lbfgs"}, "'optimizer' must be one of adam, adamw, rmsprop, sgd"),
+        ({"epochs": None}, "'epochs' must be an integer, not None"),
+    ],
+)
 def test_bad_settings_are_one_line_usage_errors_naming_the_key(overrides, message):
     with pytest.raises(UsageError, match=message) as caught:
         method_class("lesa").hyperparameters(overrides)

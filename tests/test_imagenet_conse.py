@@ -72,18 +72,26 @@ def test_fetch_tag_eval_with_the_imagenet_model(tmp_path, monkeypatch):
         data = synth.make_dataset(tmp_path / "data", n=4, size=32)
 
         def zstag(*args: object) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([ZSTAG, *map(str, args)], cwd=tmp_path, capture_output=True, text=True,
-                                  timeout=600, env=dict(os.environ))
+            return subprocess.run(
+                [ZSTAG, *map(str, args)],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=dict(os.environ),
+            )
 
         missing = zstag("tag", data["images"], "--labels", data["vocab"], "--model", "imagenet")
         assert missing.returncode == 2 and "zstag fetch resnet101" in missing.stderr, missing.stderr
         assert zstag("fetch", "resnet50").returncode == 0
-        tagged = zstag("tag", data["images"], "--labels", data["vocab"], "--model", "imagenet", "--top-k", "2",
-                       "--device", "cpu")
+        tagged = zstag(
+            "tag", data["images"], "--labels", data["vocab"], "--model", "imagenet", "--top-k", "2", "--device", "cpu"
+        )
         assert tagged.returncode == 0, tagged.stderr
         assert len([json.loads(line) for line in tagged.stdout.splitlines()]) == 4
-        evaluated = zstag("eval", "--model", "imagenet-resnet50", "--truth", data["manifest"], "--json",
-                          "--device", "cpu")
+        evaluated = zstag(
+            "eval", "--model", "imagenet-resnet50", "--truth", data["manifest"], "--json", "--device", "cpu"
+        )
         assert evaluated.returncode == 0, evaluated.stderr
         models = {json.loads(line)["name"]: json.loads(line) for line in zstag("models", "--json").stdout.splitlines()}
         assert models["imagenet"]["backbone"] == "resnet50" and models["imagenet"]["seen"] == 1000

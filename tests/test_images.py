@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from zstag.core.errors import ImageError
 from zstag.data import images
 from zstag.data.images import IMAGE_EXTENSIONS, decode_image, to_tensor
-from zstag.core.errors import ImageError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -328,8 +328,18 @@ def test_to_tensor_rejects_non_rgb():
 
 # ---- property: nothing but ImageError ever escapes --------------------------------------------
 
-_MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-           b"RIFF\x00\x01\x00\x00WEBPVP8 ", b"P6\n", b"\x00\x00\x01\x00"]
+_MAGICS = [
+    b"",
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+    b"P6\n",
+    b"\x00\x00\x01\x00",
+]
 _VALID = {fmt: _encoded(_noise(24, 16, seed=1), fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP")}
 _EXTENSIONS = [".jpg", ".png", ".gif", ".webp", ".bmp", ".tif"]
 
@@ -344,8 +354,12 @@ def _decodes_or_reports(path: Path, size: int | None) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(magic=st.sampled_from(_MAGICS), body=st.binary(max_size=600),
-       ext=st.sampled_from(_EXTENSIONS), size=st.sampled_from([None, 16]))
+@given(
+    magic=st.sampled_from(_MAGICS),
+    body=st.binary(max_size=600),
+    ext=st.sampled_from(_EXTENSIONS),
+    size=st.sampled_from([None, 16]),
+)
 def test_random_bytes_never_raise_anything_else(tmp_path_factory, magic, body, ext, size):
     path = tmp_path_factory.getbasetemp() / f"fuzz{ext}"
     path.write_bytes(magic + body)
@@ -353,9 +367,12 @@ def test_random_bytes_never_raise_anything_else(tmp_path_factory, magic, body, e
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fmt=st.sampled_from(sorted(_VALID)), cut=st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=3),
-       size=st.sampled_from([None, 16]))
+@given(
+    fmt=st.sampled_from(sorted(_VALID)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=3),
+    size=st.sampled_from([None, 16]),
+)
 def test_damaged_valid_files_never_raise_anything_else(tmp_path_factory, fmt, cut, flips, size):
     data = bytearray(_VALID[fmt][: int(len(_VALID[fmt]) * cut)])
     for where, mask in flips:
@@ -371,12 +388,14 @@ def test_damaged_valid_files_never_raise_anything_else(tmp_path_factory, fmt, cu
 
 def _png(path, width: int, height: int, rows: bytes, depth: int = 8, colour: int = 2) -> None:
     """A PNG with the given header and raw (filter byte + samples) rows, compressed as one IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
 
 
 def test_a_png_whose_data_ends_early_is_truncated_not_black(tmp_path):

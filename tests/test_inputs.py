@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from zstag.core.errors import ImageError, UsageError
 from zstag.data.images import decode_image
 from zstag.data.inputs import iter_inputs
-from zstag.core.errors import ImageError, UsageError
 
 
 def _tree(root: Path, names: list[str]) -> None:
@@ -30,24 +30,43 @@ def _displays(inputs: list[str], **options) -> list[str]:
 def photos(tmp_path, monkeypatch) -> Path:
     """photos/ with images at two depths, a sidecar, hidden entries and odd case extensions."""
     monkeypatch.chdir(tmp_path)
-    _tree(tmp_path, [
-        "photos/b.jpg", "photos/a.PNG", "photos/notes.txt", "photos/c.jpeg",
-        "photos/sub/d.webp", "photos/sub/deeper/e.gif", "photos/sub/e.txt", "photos/z.tif",
-        "photos/.hidden.jpg", "photos/._a.jpg", "photos/.thumbnails/t.jpg", "photos/noext",
-    ])
+    _tree(
+        tmp_path,
+        [
+            "photos/b.jpg",
+            "photos/a.PNG",
+            "photos/notes.txt",
+            "photos/c.jpeg",
+            "photos/sub/d.webp",
+            "photos/sub/deeper/e.gif",
+            "photos/sub/e.txt",
+            "photos/z.tif",
+            "photos/.hidden.jpg",
+            "photos/._a.jpg",
+            "photos/.thumbnails/t.jpg",
+            "photos/noext",
+        ],
+    )
     return tmp_path / "photos"
 
 
 def test_directory_recursive_in_name_order(photos):
     assert _displays(["photos"]) == [
-        "photos/a.PNG", "photos/b.jpg", "photos/c.jpeg",
-        "photos/sub/d.webp", "photos/sub/deeper/e.gif", "photos/z.tif",
+        "photos/a.PNG",
+        "photos/b.jpg",
+        "photos/c.jpeg",
+        "photos/sub/d.webp",
+        "photos/sub/deeper/e.gif",
+        "photos/z.tif",
     ]
 
 
 def test_directory_non_recursive(photos):
     assert _displays(["photos"], recursive=False) == [
-        "photos/a.PNG", "photos/b.jpg", "photos/c.jpeg", "photos/z.tif",
+        "photos/a.PNG",
+        "photos/b.jpg",
+        "photos/c.jpeg",
+        "photos/z.tif",
     ]
 
 
@@ -67,7 +86,9 @@ def test_extensions_filter(photos):
 
 def test_explicit_file_kept_whatever_its_extension(photos):
     assert _displays(["photos/notes.txt", "photos/noext", "photos/.hidden.jpg"]) == [
-        "photos/notes.txt", "photos/noext", "photos/.hidden.jpg",
+        "photos/notes.txt",
+        "photos/noext",
+        "photos/.hidden.jpg",
     ]
 
 
@@ -99,16 +120,23 @@ def test_literal_name_with_glob_characters_is_not_expanded(tmp_path, monkeypatch
 
 def test_each_file_once_at_first_mention(photos):
     assert _displays(["photos/b.jpg", "photos", "photos/**/*.jpg", "./photos/b.jpg"]) == [
-        "photos/b.jpg", "photos/a.PNG", "photos/c.jpeg",
-        "photos/sub/d.webp", "photos/sub/deeper/e.gif", "photos/z.tif",
+        "photos/b.jpg",
+        "photos/a.PNG",
+        "photos/c.jpeg",
+        "photos/sub/d.webp",
+        "photos/sub/deeper/e.gif",
+        "photos/z.tif",
     ]
 
 
 def test_stdin_lines(photos):
     stream = io.StringIO("photos/b.jpg\n\n   \nphotos/notes.txt\r\nphotos/sub\nphotos/*.jpg\n")
     assert _displays(["photos/z.tif", "-"], stdin=stream) == [
-        "photos/z.tif", "photos/b.jpg", "photos/notes.txt",
-        "photos/sub/d.webp", "photos/sub/deeper/e.gif",
+        "photos/z.tif",
+        "photos/b.jpg",
+        "photos/notes.txt",
+        "photos/sub/d.webp",
+        "photos/sub/deeper/e.gif",
         "photos/*.jpg",  # stdin paths are literal: no globbing
     ]
 

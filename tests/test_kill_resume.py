@@ -22,13 +22,36 @@ def start_run(dataset, word_vectors, tmp_path) -> tuple[subprocess.Popen, list[s
     save_model(model, tmp_path / "model")
     out = tmp_path / "tags.jsonl"
     images = [str(p) for p in sorted(dataset["images"].iterdir())]
-    args = [sys.executable, "-m", "zstag", "tag", "-", "--labels", str(dataset["vocab"]), "--model",
-            str(tmp_path / "model"), "--batch-size", "1", "--device", "cpu", "--workers", "0", "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "zstag",
+        "tag",
+        "-",
+        "--labels",
+        str(dataset["vocab"]),
+        "--model",
+        str(tmp_path / "model"),
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "-o",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # SIGINT back to its default in the child: a shell starts background jobs (a CI step, `pytest &`)
     # with it ignored, the child would inherit that, and Ctrl-C could not be tested.
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     partial = Path(f"{out}.partial")
     proc.stdin.write("\n".join(images).encode())
     proc.stdin.close()

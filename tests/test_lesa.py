@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from zstag.core.errors import UsageError
+import synth
 import torch
 
-import synth
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from zstag.backbones.small import SmallBackbone
+from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
 from zstag.methods.kmeans import kmeans, nearest
 from zstag.methods.lesa import LESA, distribution_loss, diversity_loss, ranking_loss, relevance_loss
@@ -136,7 +135,10 @@ def test_prepared_labels_score_the_same_without_the_projection(batch, overrides,
         z = model.encode(batch[0])
         plain = model.score(z, vocab)
         prepared = model.prepare_labels(vocab)
-        assert set(prepared.derived) == {"lesa.theta"} and prepared.derived["lesa.theta"].shape == (7, model.project.out_features)
+        assert set(prepared.derived) == {"lesa.theta"} and prepared.derived["lesa.theta"].shape == (
+            7,
+            model.project.out_features,
+        )
         monkeypatch.setattr(model, "classifiers", lambda vectors: pytest.fail("projected again"))
         torch.testing.assert_close(model.score(z, prepared), plain)
         torch.testing.assert_close(model.score(z, prepared.subset(slice(2, 5))), plain[:, 2:5])
@@ -236,7 +238,9 @@ def test_distribution_loss_counts_argmax_when_scores_are_far_apart():
     targets = torch.ones(1, 3)
     assert float(distribution_loss(module_scores, targets)) == pytest.approx(1.0**2 + 2.0**2, rel=1e-6)
     balanced = torch.tensor([[[50.0, 0.0], [0.0, 50.0]]])
-    assert float(distribution_loss(balanced, torch.ones(1, 2))) < float(distribution_loss(module_scores[:, :, 1:], torch.ones(1, 2)))
+    assert float(distribution_loss(balanced, torch.ones(1, 2))) < float(
+        distribution_loss(module_scores[:, :, 1:], torch.ones(1, 2))
+    )
 
 
 # -- eq. 14 and switches -------------------------------------------------------------------------
@@ -254,7 +258,9 @@ def test_total_is_weighted_sum_and_switches_drop_terms(batch):
         ablated.load_state_dict(model.state_dict())
         total_a, parts_a = ablated.loss(images, targets, seen)
         assert term not in parts_a
-        assert float(total_a.detach()) == pytest.approx(float(total.detach()) - model.lambdas[term] * parts[term], rel=1e-5)
+        assert float(total_a.detach()) == pytest.approx(
+            float(total.detach()) - model.lambdas[term] * parts[term], rel=1e-5
+        )
 
 
 def test_single_attention_turns_off_div_and_dist(batch):
@@ -411,5 +417,8 @@ def test_transfers_to_unseen_labels_through_semantic_vectors(one_thread):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         learned = synth.mean_ap(model(test_x, unseen), test_y[:, unseen_idx])
-    chance = sum(synth.mean_ap(torch.rand(len(test_x), len(unseen), generator=g), test_y[:, unseen_idx]) for _ in range(5)) / 5
+    chance = (
+        sum(synth.mean_ap(torch.rand(len(test_x), len(unseen), generator=g), test_y[:, unseen_idx]) for _ in range(5))
+        / 5
+    )
     assert learned > chance + 0.08, (learned, chance)

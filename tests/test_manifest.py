@@ -32,11 +32,14 @@ def by_image(samples: list[Sample]) -> dict[str, list[str]]:
 def test_jsonl_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
-    manifest = write_jsonl(data / "m.jsonl", [
-        {"image": "images/a.png", "tags": ["dog", "beach"]},
-        "",  # blank lines are allowed
-        {"image": "./images/../images/b.png", "tags": ["cat"]},
-    ])
+    manifest = write_jsonl(
+        data / "m.jsonl",
+        [
+            {"image": "images/a.png", "tags": ["dog", "beach"]},
+            "",  # blank lines are allowed
+            {"image": "./images/../images/b.png", "tags": ["cat"]},
+        ],
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the current directory must not matter
@@ -72,11 +75,14 @@ def test_jsonl_missing_keys(tmp_path, row):
         read_dataset(manifest)
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"image": "", "tags": ["x"]}, "'image' must be a non-empty string"),
-    ({"image": 3, "tags": ["x"]}, "'image' must be a non-empty string"),
-    ({"image": "a.png", "tags": [1, 2]}, "'tags' must be a list of strings"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"image": "", "tags": ["x"]}, "'image' must be a non-empty string"),
+        ({"image": 3, "tags": ["x"]}, "'image' must be a non-empty string"),
+        ({"image": "a.png", "tags": [1, 2]}, "'tags' must be a list of strings"),
+    ],
+)
 def test_jsonl_wrong_value_types(tmp_path, row, message):
     with pytest.raises(UsageError, match=message):
         read_dataset(write_jsonl(tmp_path / "m.jsonl", [row]))
@@ -86,7 +92,9 @@ def test_jsonl_tags_as_a_string_are_refused(tmp_path):
     """`"tags": "dog"` was read as the list ["dog"] (and "a|b" split): a string where a list is
     expected is refused, naming the line and the list to write instead."""
     manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": "dog"}])
-    with pytest.raises(UsageError, match=r"""m\.jsonl:2: 'tags' must be a list of strings, not the string 'dog' \(write \["dog"\]\)"""):
+    with pytest.raises(
+        UsageError, match=r"""m\.jsonl:2: 'tags' must be a list of strings, not the string 'dog' \(write \["dog"\]\)"""
+    ):
         read_dataset(manifest)
 
 
@@ -101,18 +109,23 @@ def test_jsonl_problems_of_every_line_are_reported_together(tmp_path):
 
 
 def test_images_listed_twice_are_merged_with_a_warning(tmp_path):
-    manifest = write_jsonl(tmp_path / "m.jsonl", [
-        {"image": "a.png", "tags": ["dog", "beach"]},
-        {"image": "b.png", "tags": ["cat"]},
-        {"image": "./a.png", "tags": ["beach", "sun"]},  # the same file, written differently
-    ])
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "a.png", "tags": ["dog", "beach"]},
+            {"image": "b.png", "tags": ["cat"]},
+            {"image": "./a.png", "tags": ["beach", "sun"]},  # the same file, written differently
+        ],
+    )
     with pytest.warns(UserWarning, match="1 image\\(s\\) listed more than once"):
         samples = read_dataset(manifest)
     assert by_image(samples) == {"a.png": ["dog", "beach", "sun"], "b.png": ["cat"]}
 
 
 def test_tags_are_normalised_and_deduplicated(tmp_path):
-    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["  coral   reef ", "caf\u0065\u0301", "caf\u00e9"]}])
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["  coral   reef ", "caf\u0065\u0301", "caf\u00e9"]}]
+    )
     with pytest.warns(UserWarning, match="duplicate"):
         samples = read_dataset(manifest)
     assert samples[0].tags == ["coral reef", "caf\u00e9"]
@@ -133,9 +146,15 @@ def test_empty_manifest_and_unknown_suffix(tmp_path):
 
 
 def test_csv_with_pipe_separated_tags(tmp_path):
-    (tmp_path / "m.csv").write_text('image,tags\nimg/a.png,dog|beach\n"img/b, c.png",coral reef\nimg/d.png,\n', encoding="utf-8")
+    (tmp_path / "m.csv").write_text(
+        'image,tags\nimg/a.png,dog|beach\n"img/b, c.png",coral reef\nimg/d.png,\n', encoding="utf-8"
+    )
     samples = read_dataset(tmp_path / "m.csv")
-    assert [s.image for s in samples] == [tmp_path / "img" / "a.png", tmp_path / "img" / "b, c.png", tmp_path / "img" / "d.png"]
+    assert [s.image for s in samples] == [
+        tmp_path / "img" / "a.png",
+        tmp_path / "img" / "b, c.png",
+        tmp_path / "img" / "d.png",
+    ]
     assert [s.tags for s in samples] == [["dog", "beach"], ["coral reef"], []]
 
 
@@ -231,7 +250,9 @@ def test_split_validation_edges():
 
 
 def test_no_warning_for_a_clean_manifest(tmp_path):
-    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": ["y", "z"]}])
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl", [{"image": "a.png", "tags": ["x"]}, {"image": "b.png", "tags": ["y", "z"]}]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert by_image(read_dataset(manifest)) == {"a.png": ["x"], "b.png": ["y", "z"]}
@@ -243,9 +264,12 @@ def test_names_with_line_separators_stay_one_row(tmp_path):
 
     names = ["a\u2028b.jpg", "c\x85d.jpg"]
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("".join(json.dumps({"image": n, "tags": ["dog"]}, ensure_ascii=False) + "\n" for n in names),
-                        encoding="utf-8")
+    manifest.write_text(
+        "".join(json.dumps({"image": n, "tags": ["dog"]}, ensure_ascii=False) + "\n" for n in names), encoding="utf-8"
+    )
     assert [s.image.name for s in read_dataset(manifest)] == names
     predictions = tmp_path / "p.jsonl"
-    predictions.write_text(manifest.read_text(encoding="utf-8").replace('"tags": ["dog"]', '"tags": []'), encoding="utf-8")
+    predictions.write_text(
+        manifest.read_text(encoding="utf-8").replace('"tags": ["dog"]', '"tags": []'), encoding="utf-8"
+    )
     assert [row["image"] for row in load_predictions(predictions)] == names

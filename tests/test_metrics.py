@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 import reference_metrics as ref
+
 from zstag.eval import metrics
 from zstag.eval.metrics import (
     average_precision_per_label,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import synth
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import synth
 from zstag.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from zstag.backbones.small import SmallBackbone
 from zstag.data.labels import LabelSet
@@ -70,7 +70,13 @@ def test_any_channel_counts_and_dimensions():
 
 def test_default_recipe_matches_the_paper():
     hp = ML2P.hyperparameters().flat()
-    assert (hp["optimizer"], hp["lr"], hp["weight_decay"], hp["batch_size"], hp["epochs"]) == ("adam", 5e-5, 4e-3, 48, 20)
+    assert (hp["optimizer"], hp["lr"], hp["weight_decay"], hp["batch_size"], hp["epochs"]) == (
+        "adam",
+        5e-5,
+        4e-3,
+        48,
+        20,
+    )
     assert (hp["schedule"], hp["lr_milestones"], hp["lr_factor"]) == ("step", [7], 0.1)
     assert (hp["groups"], hp["reg_weight"], hp["finetune_backbone"]) == (7, 0.4, True)
 
@@ -189,7 +195,13 @@ def test_ranknet_loss_against_a_loop():
         expected.append(sum(pairs) / len(pairs) if pairs else 0.0)
     assert torch.allclose(ranknet_loss(scores, targets), torch.tensor(expected), atol=1e-6)
     assert expected[0] == pytest.approx(
-        (math.log(1 + math.exp(-1.5)) + math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(-3)) + math.log(1 + math.exp(-2))) / 4
+        (
+            math.log(1 + math.exp(-1.5))
+            + math.log(1 + math.exp(-0.5))
+            + math.log(1 + math.exp(-3))
+            + math.log(1 + math.exp(-2))
+        )
+        / 4
     )
 
 
@@ -266,4 +278,3 @@ def test_learns_synthetic_shapes():
         scores = model(test_x, labels)
     random_map = synth.mean_ap(torch.rand(scores.shape, generator=torch.Generator().manual_seed(0)), test_y)
     assert synth.mean_ap(scores, test_y) > random_map + MARGIN
-

@@ -119,8 +119,11 @@ def test_missing_and_unexpected_tensors(broken):
     name = next(k for k in state if k.startswith("direction."))
     state["extra.weight"] = state.pop(name)
     save_file(state, str(broken / WEIGHTS))
-    with pytest.raises(ModelError, match=rf"tensors do not match the fast0tag model \(missing \['{re.escape(name)}'\], "
-                                         r"unexpected \['extra.weight'\]\)"):
+    with pytest.raises(
+        ModelError,
+        match=rf"tensors do not match the fast0tag model \(missing \['{re.escape(name)}'\], "
+        r"unexpected \['extra.weight'\]\)",
+    ):
         load_model(broken)
 
 

@@ -17,16 +17,22 @@ import pytest
 import torch
 from fakehub import TOKEN, serve, sha
 
-from zstag.store import catalog, hub, publish
 from zstag.core.errors import ModelError, UsageError, ZstagError
+from zstag.store import catalog, hub, publish
 from zstag.store.model import CONFIG, WEIGHTS, build_model, load_model, save_model
 
 SEEN = ["red circle", "blue square", "green triangle", "yellow circle"]
 UNSEEN = ["purple square", "orange triangle"]
 # huggingface_hub's LFS upload passes a file object as `data=`, which its HTTP client deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-TRAINING = {"best_val_mAP": 0.625, "best_epoch": 2, "n_train": 90, "n_val": 10, "complete": True,
-            "history": [{"epoch": 1, "val_mAP": 0.5}, {"epoch": 2, "val_mAP": 0.625}, {"epoch": 3, "val_mAP": 0.6}]}
+TRAINING = {
+    "best_val_mAP": 0.625,
+    "best_epoch": 2,
+    "n_train": 90,
+    "n_val": 10,
+    "complete": True,
+    "history": [{"epoch": 1, "val_mAP": 0.5}, {"epoch": 2, "val_mAP": 0.625}, {"epoch": 3, "val_mAP": 0.6}],
+}
 
 
 @pytest.fixture
@@ -78,8 +84,9 @@ def test_lists_the_bundled_default_as_tsv(cli):
 
 
 def test_lists_fetched_and_local_models_and_broken_ones(cli, server, model_dir, tmp_path):
-    server.repos["someone/tagger"] = {name: (model_dir / name).read_bytes()
-                                      for name in (*hub.MODEL_FILES, "semantics.txt")}
+    server.repos["someone/tagger"] = {
+        name: (model_dir / name).read_bytes() for name in (*hub.MODEL_FILES, "semantics.txt")
+    }
     hub.fetch("hf://someone/tagger")
     runs = model_dir.parent
     (runs / "broken").mkdir()
@@ -99,10 +106,19 @@ def test_lists_fetched_and_local_models_and_broken_ones(cli, server, model_dir, 
     assert Path(fetched["path"]) == hub.cached("hf://someone/tagger")
     local = rows[str(model_dir)]
     assert local == {
-        "name": str(model_dir), "where": "local", "method": "fast0tag", "backbone": "small",
-        "semantics": local["semantics"], "seen": 4, "unseen": 2, "image_size": 32,
-        "size": sum(p.stat().st_size for p in model_dir.iterdir()), "best_val_mAP": 0.625, "epochs": 3,
-        "path": str(model_dir), "error": None,
+        "name": str(model_dir),
+        "where": "local",
+        "method": "fast0tag",
+        "backbone": "small",
+        "semantics": local["semantics"],
+        "seen": 4,
+        "unseen": 2,
+        "image_size": 32,
+        "size": sum(p.stat().st_size for p in model_dir.iterdir()),
+        "best_val_mAP": 0.625,
+        "epochs": 3,
+        "path": str(model_dir),
+        "error": None,
     }
     assert "unreadable model config" in rows[str(runs / "broken")]["error"]
     assert "model.safetensors is missing" in rows[str(runs / "half")]["error"]
@@ -147,9 +163,11 @@ def test_a_terminal_gets_a_table(cli, model_dir, monkeypatch):
 
 
 def test_listing_reads_no_tensors_and_imports_no_torch(model_dir):
-    code = ("import sys; from pathlib import Path; from zstag.store import catalog; "
-            f"rows, _ = catalog.list_models([Path({str(model_dir)!r})]); "
-            "print(sorted(r.method or '' for r in rows), 'torch' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from zstag.store import catalog; "
+        f"rows, _ = catalog.list_models([Path({str(model_dir)!r})]); "
+        "print(sorted(r.method or '' for r in rows), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("] ")[-1].strip() == "False" and "fast0tag" in out.stdout
@@ -216,7 +234,12 @@ def test_push_to_a_branch_of_a_private_repository(cli, server, model_dir, monkey
     assert result.code == 0, result.err
     assert result.out.startswith("hf://me/tagger@v2\t")
     assert "me/tagger" in server.private
-    assert server.repos["me/tagger"] == {} and sorted(server.branches[("me/tagger", "v2")]) == ["README.md", CONFIG, WEIGHTS, "semantics.txt"]
+    assert server.repos["me/tagger"] == {} and sorted(server.branches[("me/tagger", "v2")]) == [
+        "README.md",
+        CONFIG,
+        WEIGHTS,
+        "semantics.txt",
+    ]
     assert "--model hf://me/tagger@v2" in server.branches[("me/tagger", "v2")]["README.md"].decode()
     folder = hub.fetch("hf://me/tagger@v2")
     listed = {r["name"]: r for r in rows_of(cli("models", "--json").out)}
@@ -259,13 +282,23 @@ def test_offline_or_unreachable_hub(server, model_dir, monkeypatch):
         publish.push(model_dir, "hf://me/tagger")
 
 
-@pytest.mark.parametrize("damage, error", [
-    (lambda d: (d / WEIGHTS).unlink(), "model.safetensors is missing"),
-    (lambda d: (d / CONFIG).unlink(), "config.json is missing"),
-    (lambda d: (d / WEIGHTS).write_bytes(b"\x80\x04\x95 a pickle, not safetensors"), "not a readable safetensors file"),
-    (lambda d: (d / CONFIG).write_text(json.dumps({**json.loads((d / CONFIG).read_text()), "method": "teleport"})),
-     "unknown method 'teleport'"),
-])
+@pytest.mark.parametrize(
+    "damage, error",
+    [
+        (lambda d: (d / WEIGHTS).unlink(), "model.safetensors is missing"),
+        (lambda d: (d / CONFIG).unlink(), "config.json is missing"),
+        (
+            lambda d: (d / WEIGHTS).write_bytes(b"\x80\x04\x95 a pickle, not safetensors"),
+            "not a readable safetensors file",
+        ),
+        (
+            lambda d: (d / CONFIG).write_text(
+                json.dumps({**json.loads((d / CONFIG).read_text()), "method": "teleport"})
+            ),
+            "unknown method 'teleport'",
+        ),
+    ],
+)
 def test_an_invalid_directory_is_refused_before_any_request(cli, server, model_dir, monkeypatch, damage, error):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     damage(model_dir)
@@ -281,14 +314,26 @@ def test_a_file_is_not_a_model_directory(model_dir):
         publish.check_model(model_dir.parent)
 
 
-@pytest.mark.parametrize("backbone, in_weights, says", [
-    ("vgg19", False, "run `zstag fetch vgg19` once"),
-    ("bundled", False, "ships with zstag"),
-    ("small", True, "inside model.safetensors"),
-])
+@pytest.mark.parametrize(
+    "backbone, in_weights, says",
+    [
+        ("vgg19", False, "run `zstag fetch vgg19` once"),
+        ("bundled", False, "ships with zstag"),
+        ("small", True, "inside model.safetensors"),
+    ],
+)
 def test_the_card_says_which_backbone_a_model_needs(backbone, in_weights, says):
-    config = {"method": "lesa", "backbone": backbone, "backbone_in_weights": in_weights, "semantics": "minilm",
-              "semantic_dim": 384, "image_size": 224, "seen_labels": ["dog"], "hp": {}, "zstag_version": "0.1.0"}
+    config = {
+        "method": "lesa",
+        "backbone": backbone,
+        "backbone_in_weights": in_weights,
+        "semantics": "minilm",
+        "semantic_dim": 384,
+        "image_size": 224,
+        "seen_labels": ["dog"],
+        "hp": {},
+        "zstag_version": "0.1.0",
+    }
     card = publish.model_card(config, "hf://me/lesa")
     assert says in card and "`minilm` label vectors" in card
     assert "## Training" not in card  # no summary in the config, no section

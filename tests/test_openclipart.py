@@ -41,8 +41,9 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 <svg xmlns="http://www.w3.org/2000/svg"><title>&h;</title></svg>
 """
 
-PUBLIC_DOCTYPE = ('<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.0//EN" '
-                  '"http://www.w3.org/TR/2001/REC-SVG-20010904/DTD/svg10.dtd">\n')
+PUBLIC_DOCTYPE = (
+    '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.0//EN" "http://www.w3.org/TR/2001/REC-SVG-20010904/DTD/svg10.dtd">\n'
+)
 
 
 def svg_text(keywords: list[str], creator: str = "Jane Roe", title: str = "a drawing", doctype: str = "") -> str:
@@ -93,8 +94,9 @@ def tree(tmp_path: Path) -> Path:
         creator = CREATORS.get(rel, f"Author {i % 3} Smith")
         svg = root / "svg" / f"{rel}.svg"
         svg.parent.mkdir(parents=True, exist_ok=True)
-        text = svg_text(keywords + JUNK + [creator, "Author 1 Smith"], creator=creator,
-                        doctype=PUBLIC_DOCTYPE if i % 2 else "")
+        text = svg_text(
+            keywords + JUNK + [creator, "Author 1 Smith"], creator=creator, doctype=PUBLIC_DOCTYPE if i % 2 else ""
+        )
         svg.write_text(text)
         # Transparent left half, opaque right half in the drawing's own colour.
         image = Image.new("RGBA", (80, 40), (0, 0, 0, 0))
@@ -124,8 +126,17 @@ def tree(tmp_path: Path) -> Path:
 
 
 def options(tree: Path, out: Path, **overrides) -> oc.Options:
-    settings = dict(out=out, root=tree, size=32, min_count=3, seed=0, workers=1, max_pixels=200 * 200,
-                    max_per_tagset=0, unseen_fraction=0.25)
+    settings = dict(
+        out=out,
+        root=tree,
+        size=32,
+        min_count=3,
+        seed=0,
+        workers=1,
+        max_pixels=200 * 200,
+        max_per_tagset=0,
+        unseen_fraction=0.25,
+    )
     settings.update(overrides)
     return oc.Options(**settings)
 
@@ -137,16 +148,19 @@ def read_manifest(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- keywords
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("  Signs_and-Symbols ", "signs and symbols"),
-    ("Cafe\u0301", "caf\u00e9"),  # NFC: the combining accent is composed
-    ("&eacute;toile", "\u00e9toile"),
-    ("#Flag!", "flag"),
-    ("Night  -  Sky", "night sky"),
-    ("mapsym", "map symbol"),
-    ("weather-sym", "weather symbol"),
-    ("asym", "asym"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  Signs_and-Symbols ", "signs and symbols"),
+        ("Cafe\u0301", "caf\u00e9"),  # NFC: the combining accent is composed
+        ("&eacute;toile", "\u00e9toile"),
+        ("#Flag!", "flag"),
+        ("Night  -  Sky", "night sky"),
+        ("mapsym", "map symbol"),
+        ("weather-sym", "weather symbol"),
+        ("asym", "asym"),
+    ],
+)
 def test_normalise_keyword(raw: str, expected: str) -> None:
     assert oc.normalise_keyword(raw) == expected
 
@@ -155,25 +169,40 @@ def test_split_keywords_splits_lists_but_not_phrases() -> None:
     assert oc.split_keywords("Dog, cat;  north_america / Fish|") == ["dog", "cat", "north america", "fish"]
 
 
-@pytest.mark.parametrize("keyword, reason", [
-    ("x", "single character"),
-    ("11", "no letter"),
-    ("3d", None),
-    ("www.example.org", "url"),
-    ("http://a.b", "url"),
-    ("jane roe", "person or library name"),
-    ("hash", "stop list"),
-    ("magick", "stop list"),
-    ("cat", None),
-    ("bad\x07", "control character"),
-])
+@pytest.mark.parametrize(
+    "keyword, reason",
+    [
+        ("x", "single character"),
+        ("11", "no letter"),
+        ("3d", None),
+        ("www.example.org", "url"),
+        ("http://a.b", "url"),
+        ("jane roe", "person or library name"),
+        ("hash", "stop list"),
+        ("magick", "stop list"),
+        ("cat", None),
+        ("bad\x07", "control character"),
+    ],
+)
 def test_junk_reason(keyword: str, reason: str | None) -> None:
     assert oc.junk_reason(keyword, frozenset({"jane roe"})) == reason
 
 
 def test_merge_variants_folds_plurals_and_spacing_onto_the_most_frequent_spelling() -> None:
-    counts = Counter({"star": 2, "stars": 5, "mime types": 3, "mimetypes": 1, "glass": 2,
-                      "berries": 1, "berry": 1, "boxes": 1, "box": 4, "news": 1})
+    counts = Counter(
+        {
+            "star": 2,
+            "stars": 5,
+            "mime types": 3,
+            "mimetypes": 1,
+            "glass": 2,
+            "berries": 1,
+            "berry": 1,
+            "boxes": 1,
+            "box": 4,
+            "news": 1,
+        }
+    )
     merged = oc.merge_variants(counts)
     assert merged["star"] == merged["stars"] == "stars"
     assert merged["mimetypes"] == merged["mime types"] == "mime types"
@@ -365,8 +394,20 @@ def test_a_png_that_fails_to_decode_takes_its_now_too_rare_label_along(tree: Pat
 
 def test_cli_refuses_a_used_output_folder_without_force(tree: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
-    argv = ["--out", str(out), "--root", str(tree), "--size", "16", "--min-count", "3", "--workers", "1",
-            "--max-pixels", "40000"]
+    argv = [
+        "--out",
+        str(out),
+        "--root",
+        str(tree),
+        "--size",
+        "16",
+        "--min-count",
+        "3",
+        "--workers",
+        "1",
+        "--max-pixels",
+        "40000",
+    ]
     assert oc.main(argv) == 0
     assert "images" in capsys.readouterr().out
     assert oc.main(argv) == 2

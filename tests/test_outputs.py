@@ -9,13 +9,13 @@ import json
 import random
 
 import pytest
+import synth
 import torch
 
-import synth
 from zstag.engine.engine import Engine
-from zstag.store.model import build_model, save_model
 from zstag.outputs.sidecars import write_txt_sidecar
 from zstag.outputs.streams import StreamOutput, format_row, header, read_done_images
+from zstag.store.model import build_model, save_model
 
 TAGS = [("dog", 0.9123456789), ("coral reef", 0.25)]
 
@@ -24,8 +24,10 @@ def test_jsonl_row():
     line = format_row("jsonl", "photos/été.jpg", TAGS)
     assert line.endswith("\n") and line.count("\n") == 1
     assert "été" in line  # not \u-escaped: readable in an editor
-    assert json.loads(line) == {"image": "photos/été.jpg",
-                                "tags": [{"label": "dog", "score": 0.912346}, {"label": "coral reef", "score": 0.25}]}
+    assert json.loads(line) == {
+        "image": "photos/été.jpg",
+        "tags": [{"label": "dog", "score": 0.912346}, {"label": "coral reef", "score": 0.25}],
+    }
 
 
 @pytest.mark.parametrize("fmt, delimiter", [("csv", ","), ("tsv", "\t")])
@@ -115,11 +117,14 @@ def test_read_done_images_of_a_missing_file(tmp_path):
     assert read_done_images(tmp_path / "none.jsonl", "jsonl") == set()
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("overwrite", "dog, coral reef\n"),
-    ("append", "cat, dog, coral reef\n"),
-    ("skip", "cat, dog\n"),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("overwrite", "dog, coral reef\n"),
+        ("append", "cat, dog, coral reef\n"),
+        ("skip", "cat, dog\n"),
+    ],
+)
 def test_txt_sidecar_modes(tmp_path, mode, expected):
     image = tmp_path / "x.jpg"
     (tmp_path / "x.txt").write_text("cat, dog\n")
@@ -156,8 +161,24 @@ def tagging_setup(tmp_path, word_vectors):
 def test_tag_resume_finishes_a_torn_file_without_recomputing(tagging_setup, cli, tmp_path, monkeypatch):
     setup = tagging_setup
     out = tmp_path / "out.jsonl"
-    args = ["tag", setup["images"], "--labels", setup["vocab"], "--model", setup["model"], "--top-k", "3",
-            "--output", out, "--device", "cpu", "--workers", "0", "--batch-size", "2"]
+    args = [
+        "tag",
+        setup["images"],
+        "--labels",
+        setup["vocab"],
+        "--model",
+        setup["model"],
+        "--top-k",
+        "3",
+        "--output",
+        out,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+    ]
     first = cli(*args)
     assert first.code == 0, first.err
     full = out.read_bytes().splitlines(keepends=True)

@@ -35,7 +35,8 @@ def test_patience_tolerates_that_many_epochs_without_improvement():
     # Patience 2: the third epoch in a row without a better mAP decays, then counting restarts.
     sched, optimizer = schedule(lr_patience=2)
     assert lrs(sched, val(0.5, 0.4, 0.45, 0.3, 0.6, 0.5, 0.5, 0.5, 0.5)) == pytest.approx(
-        [1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
+        [1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01]
+    )
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
     # Patience 0 (LESA's "whenever it degrades"): every epoch without improvement decays.
     assert lrs(schedule(lr_patience=0)[0], val(0.5, 0.4, 0.6, 0.3)) == pytest.approx([1, 0.1, 0.1, 0.01])
@@ -77,6 +78,7 @@ def test_the_trainer_decays_on_a_training_loss_plateau(tmp_path, word_vectors, m
     """The trainer hands the schedule every epoch's record: with plateau_metric=loss and
     lr_patience=1, two epochs whose mean loss stays at 0.9 (epochs 3 and 4) halve the rate for epoch 5."""
     import synth
+
     from zstag.training import trainer as train_module
     from zstag.training.trainer import TrainOptions, train
 
@@ -84,10 +86,27 @@ def test_the_trainer_decays_on_a_training_loss_plateau(tmp_path, word_vectors, m
     real = train_module.run_epoch
     monkeypatch.setattr(train_module, "run_epoch", lambda *a, **k: {**real(*a, **k), "loss": next(losses)})
     tiny = synth.make_dataset(tmp_path / "tiny", n=12, size=32, seed=5)
-    options = TrainOptions(data=tiny["manifest"], method="fast0tag", out=tmp_path / "model", backbone="small",
-                           semantics=str(word_vectors), epochs=5, batch_size=4, image_size=32, device="cpu", seed=1,
-                           val_fraction=0.25, workers=0,
-                           overrides={"hidden": 16, "lr": 0.01, "lr_factor": 0.5, "plateau_metric": "loss",
-                                      "lr_patience": 1, "early_stopping": 0})
+    options = TrainOptions(
+        data=tiny["manifest"],
+        method="fast0tag",
+        out=tmp_path / "model",
+        backbone="small",
+        semantics=str(word_vectors),
+        epochs=5,
+        batch_size=4,
+        image_size=32,
+        device="cpu",
+        seed=1,
+        val_fraction=0.25,
+        workers=0,
+        overrides={
+            "hidden": 16,
+            "lr": 0.01,
+            "lr_factor": 0.5,
+            "plateau_metric": "loss",
+            "lr_patience": 1,
+            "early_stopping": 0,
+        },
+    )
     history = train(options).config["training"]["history"]
     assert [h["lr"] for h in history] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.005])

@@ -15,9 +15,29 @@ def test_rows_stream_through_a_pipe_before_the_run_ends(dataset, word_vectors, t
     model.config["training"] = {}
     save_model(model, tmp_path / "model")
     images = [str(p) for p in sorted(dataset["images"].iterdir())]
-    proc = subprocess.Popen([sys.executable, "-m", "zstag", "-q", "tag", "-", "--labels", str(dataset["vocab"]),
-                             "--model", str(tmp_path / "model"), "--batch-size", "2", "--device", "cpu", "--workers", "0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zstag",
+            "-q",
+            "tag",
+            "-",
+            "--labels",
+            str(dataset["vocab"]),
+            "--model",
+            str(tmp_path / "model"),
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     proc.stdin.write("\n".join(images).encode())
     proc.stdin.close()
     first = json.loads(proc.stdout.readline())

@@ -24,15 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 ZSTAG = shutil.which("zstag")
 pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
 
-HOSTILE = '<script>alert(1)</script>'
+HOSTILE = "<script>alert(1)</script>"
 HOSTILE_IMG = '<img src="http://127.0.0.1:9/x" onerror="window.__pwned=1">'
 LABELS = ["cat", "dog", "red car", "sky", HOSTILE, HOSTILE_IMG]
 UNSEEN = ["sky", HOSTILE]
 
 
 def zstag(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ZSTAG, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [ZSTAG, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def make_set(folder: Path, n: int = 12, seed: int = 0) -> dict[str, Any]:
@@ -153,8 +159,18 @@ def test_bad_predictions_file_exits_2_with_one_line(tmp_path):
 
 def test_truth_gives_the_numbers_of_zstag_eval(photo_set):
     folder = photo_set["folder"]
-    result = zstag("report", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "-o", "r.html",
-                   "--no-thumbnails", cwd=folder)
+    result = zstag(
+        "report",
+        "p.jsonl",
+        "--truth",
+        "truth.jsonl",
+        "--unseen",
+        "unseen.txt",
+        "-o",
+        "r.html",
+        "--no-thumbnails",
+        cwd=folder,
+    )
     assert result.returncode == 0, result.stderr
     data = page_data(folder / "r.html")
     evaluated = zstag("eval", "-p", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "--json", cwd=folder)
@@ -174,10 +190,15 @@ def test_pr_curve_points_one_per_threshold_with_ties_grouped():
     scores = np.array([[0.9, 0.5], [0.5, 0.1]])
     truth = np.array([[True, False], [True, True]])
     # thresholds 0.9 (1 of 1 right), 0.5 (a tie: 2 more cells, 1 right), 0.1 (1 more, right)
-    assert pr_curve(scores, truth) == [[pytest.approx(1 / 3, abs=1e-4), 1.0], [pytest.approx(2 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4)],
-                                       [1.0, 0.75]]
+    assert pr_curve(scores, truth) == [
+        [pytest.approx(1 / 3, abs=1e-4), 1.0],
+        [pytest.approx(2 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4)],
+        [1.0, 0.75],
+    ]
     assert pr_curve(scores, np.zeros_like(truth)) == []
-    many = pr_curve(np.random.default_rng(0).random((50, 40)), np.random.default_rng(1).random((50, 40)) < 0.2, max_points=25)
+    many = pr_curve(
+        np.random.default_rng(0).random((50, 40)), np.random.default_rng(1).random((50, 40)) < 0.2, max_points=25
+    )
     assert len(many) == 25 and many[-1][0] == 1.0
     curves = label_curves(scores, truth, ["a", "b"], ["b"])
     assert curves["positives"] == [2, 1] and curves["ap"] == [1.0, 0.5]
@@ -186,8 +207,9 @@ def test_pr_curve_points_one_per_threshold_with_ties_grouped():
 
 def test_eval_plots_draws_both_charts(photo_set):
     folder = photo_set["folder"]
-    result = zstag("eval", "-p", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "--plots", "plots",
-                   cwd=folder)
+    result = zstag(
+        "eval", "-p", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "--plots", "plots", cwd=folder
+    )
     assert result.returncode == 0, result.stderr
     assert "mAP" in result.stdout  # the table still prints
     for name, colour in (("pr_curves.png", (214, 39, 40)), ("ap_per_label.png", (31, 119, 180))):
@@ -203,7 +225,9 @@ def test_a_100000_row_report_builds_quickly(tmp_path):
     with open(tmp_path / "p.jsonl", "w") as fh:
         for i in range(100_000):
             picks = rng.choice(300, 5, replace=False)
-            tags = [{"label": labels[j], "score": round(float(s), 4)} for j, s in zip(picks, np.sort(rng.random(5))[::-1])]
+            tags = [
+                {"label": labels[j], "score": round(float(s), 4)} for j, s in zip(picks, np.sort(rng.random(5))[::-1])
+            ]
             fh.write(json.dumps({"image": f"photos/{i:06d}.jpg", "tags": tags}) + "\n")
     start = time.perf_counter()
     result = zstag("report", "p.jsonl", "--no-thumbnails", "-o", "big.html", cwd=tmp_path)

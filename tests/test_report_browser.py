@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_report import HOSTILE, HOSTILE_IMG, make_set, page_data, zstag
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,11 +29,19 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     webdriver = None
 
-_MISSING = ("selenium is not installed (pip install -e '.[test]')" if webdriver is None else
-            "Chromium is not installed (apt-get install chromium chromium-driver)" if CHROMIUM is None else
-            "chromedriver is not installed (apt-get install chromium-driver)" if CHROMEDRIVER is None else None)
-pytestmark = pytest.mark.skipif(_MISSING is not None or shutil.which("zstag") is None,
-                                reason=_MISSING or "the zstag console script is not installed")
+_MISSING = (
+    "selenium is not installed (pip install -e '.[test]')"
+    if webdriver is None
+    else "Chromium is not installed (apt-get install chromium chromium-driver)"
+    if CHROMIUM is None
+    else "chromedriver is not installed (apt-get install chromium-driver)"
+    if CHROMEDRIVER is None
+    else None
+)
+pytestmark = pytest.mark.skipif(
+    _MISSING is not None or shutil.which("zstag") is None,
+    reason=_MISSING or "the zstag console script is not installed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +49,18 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="zstag-chromium-")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,900", f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -58,8 +74,9 @@ def browser():
 def report(tmp_path_factory) -> dict[str, Any]:
     """A report with truth and unseen labels over 12 small images, two of them labelled hostilely."""
     built = make_set(tmp_path_factory.mktemp("browser"))
-    result = zstag("report", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "-o", "r.html",
-                   cwd=built["folder"])
+    result = zstag(
+        "report", "p.jsonl", "--truth", "truth.jsonl", "--unseen", "unseen.txt", "-o", "r.html", cwd=built["folder"]
+    )
     assert result.returncode == 0, result.stderr
     return {**built, "page": built["folder"] / "r.html", "data": page_data(built["folder"] / "r.html")}
 
@@ -76,8 +93,10 @@ def cards(driver) -> list[str]:
 
 
 def set_slider(driver, value: float) -> None:
-    driver.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
-                          "s.dispatchEvent(new Event('input'));", value)
+    driver.execute_script(
+        "const s = document.getElementById('threshold'); s.value = arguments[0];s.dispatchEvent(new Event('input'));",
+        value,
+    )
 
 
 def test_grid_shows_every_image(browser, report):
@@ -92,8 +111,10 @@ def test_filtering_by_a_label_shows_exactly_the_images_carrying_it_best_first(br
     open_page(browser, report["page"])
     label = "red car"
     browser.find_element(By.ID, "query").send_keys(label)
-    carrying = sorted(((t["score"], i) for i, r in enumerate(report["rows"]) for t in r["tags"] if t["label"] == label),
-                      key=lambda pair: (-pair[0], pair[1]))
+    carrying = sorted(
+        ((t["score"], i) for i, r in enumerate(report["rows"]) for t in r["tags"] if t["label"] == label),
+        key=lambda pair: (-pair[0], pair[1]),
+    )
     assert carrying, "the fixture should use the label"
     assert cards(browser) == [report["rows"][i]["image"] for _, i in carrying]
 
@@ -110,7 +131,8 @@ def test_threshold_slider_hides_low_scores(browser, report):
     open_page(browser, report["page"])
     set_slider(browser, 0.6)
     shown = browser.execute_script(
-        "return [...document.querySelectorAll('#grid .tag:not(.miss) .score')].map(s => Number(s.textContent))")
+        "return [...document.querySelectorAll('#grid .tag:not(.miss) .score')].map(s => Number(s.textContent))"
+    )
     assert shown and min(shown) >= 0.6
     threshold = float(browser.find_element(By.ID, "threshold").get_attribute("value"))
     expected = [r["image"] for r in report["rows"] if any(t["score"] >= threshold for t in r["tags"])]
@@ -120,8 +142,10 @@ def test_threshold_slider_hides_low_scores(browser, report):
 def test_truth_marks_correct_wrong_and_missed_tags(browser, report):
     open_page(browser, report["page"])
     first = browser.find_elements(By.CSS_SELECTOR, "#grid .card")[0]
-    marks = {b.get_attribute("data-label"): b.get_attribute("class").split()[1]
-             for b in first.find_elements(By.CSS_SELECTOR, ".tag")}
+    marks = {
+        b.get_attribute("data-label"): b.get_attribute("class").split()[1]
+        for b in first.find_elements(By.CSS_SELECTOR, ".tag")
+    }
     predicted = {t["label"] for t in report["rows"][0]["tags"]}
     truth = set(report["truth_rows"][0]["tags"])
     assert marks == {**{l: "ok" if l in truth else "bad" for l in predicted}, **{l: "miss" for l in truth - predicted}}
@@ -155,8 +179,11 @@ def test_the_page_makes_no_network_request(browser, report):
     browser.find_element(By.ID, "query").send_keys(HOSTILE_IMG)  # would fetch if it were ever markup
     browser.find_element(By.ID, "evaluation").click()
     time.sleep(0.3)
-    urls = [json.loads(e["message"])["message"]["params"]["request"]["url"] for e in browser.get_log("performance")
-            if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"]
+    urls = [
+        json.loads(e["message"])["message"]["params"]["request"]["url"]
+        for e in browser.get_log("performance")
+        if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"
+    ]
     assert any(u.startswith("file:") for u in urls), "the performance log recorded nothing: the check would be void"
     assert [u for u in urls if not u.startswith(("file:", "data:"))] == []
     csp = browser.find_element(By.CSS_SELECTOR, "meta[http-equiv='Content-Security-Policy']").get_attribute("content")
@@ -171,8 +198,15 @@ def test_100000_predictions_keep_one_page_of_cards_and_filter_fast(browser, tmp_
         for i in range(100_000):
             picks = rng.choice(200, 4, replace=False)
             carrying += 7 in picks
-            fh.write(json.dumps({"image": f"x/{i}.jpg", "tags": [{"label": labels[j], "score": 0.9 - 0.2 * k}
-                                                                 for k, j in enumerate(picks)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "image": f"x/{i}.jpg",
+                        "tags": [{"label": labels[j], "score": 0.9 - 0.2 * k} for k, j in enumerate(picks)],
+                    }
+                )
+                + "\n"
+            )
     assert zstag("report", "p.jsonl", "--no-thumbnails", "-o", "big.html", cwd=tmp_path).returncode == 0
     start = time.perf_counter()
     open_page(browser, tmp_path / "big.html")

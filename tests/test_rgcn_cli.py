@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
-
 from test_torchvision_backbones import fake_cache, ours_to_timm  # noqa: F401  (fixture)
 from wordnet_fixture import write_tagging_wordnet
+
 from zstag.backbones import build_backbone
 from zstag.methods.rgcn import graph as kg
 
@@ -32,9 +32,32 @@ def train(cli, tmp_path, backbone: str, *extra: str):
 
     data = synth.make_dataset(tmp_path / "data", n=24, size=32)
     out = tmp_path / "model"
-    result = cli("-q", "train", data["manifest"], "--method", "rgcn-posvae", "--backbone", backbone,
-                 "--unseen", data["unseen"], "--epochs", "1", "--image-size", "32", "--batch-size", "12",
-                 "--device", "cpu", "--workers", "0", "--val-fraction", "0.2", "--out", out, *extra)
+    result = cli(
+        "-q",
+        "train",
+        data["manifest"],
+        "--method",
+        "rgcn-posvae",
+        "--backbone",
+        backbone,
+        "--unseen",
+        data["unseen"],
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "12",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.2",
+        "--out",
+        out,
+        *extra,
+    )
     return data, out, result
 
 
@@ -42,8 +65,22 @@ def run(cli, dataset, word_vectors, tmp_path, backbone: str) -> dict:
     data, out, result = train(cli, tmp_path, backbone)
     assert result.code == 0, result.err
     assert wordnet_warnings(result.err) == []  # the miniature WordNet was found
-    report = json.loads(cli("eval", "--model", out, "--truth", data["manifest"], "--unseen", data["unseen"], "--json",
-                            "--device", "cpu", "--workers", "0").out)
+    report = json.loads(
+        cli(
+            "eval",
+            "--model",
+            out,
+            "--truth",
+            data["manifest"],
+            "--unseen",
+            data["unseen"],
+            "--json",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ).out
+    )
     return {"config": json.loads((out / "config.json").read_text()), "report": report}
 
 

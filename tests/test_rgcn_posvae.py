@@ -32,8 +32,18 @@ from zstag.methods.rgcn.posvae import (  # noqa: E402
 
 DIM = 16
 # External classes of the test backbone's (random) classifier: ImageNet-like names.
-EXTERNAL = ["tabby cat", "sports car", "goldfish", "daisy", "traffic light", "balloon", "golf ball", "red wine",
-            "pool table", "Red Circle"]
+EXTERNAL = [
+    "tabby cat",
+    "sports car",
+    "goldfish",
+    "daisy",
+    "traffic light",
+    "balloon",
+    "golf ball",
+    "red wine",
+    "pool table",
+    "Red Circle",
+]
 
 
 def embedder(dim: int = DIM):
@@ -73,8 +83,9 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def make(variant: str = "rgcn-posvae", labels: list[str] = synth.LABELS, dim: int = DIM,
-         **hp) -> tuple[RGCNPosVAE, LabelSet]:
+def make(
+    variant: str = "rgcn-posvae", labels: list[str] = synth.LABELS, dim: int = DIM, **hp
+) -> tuple[RGCNPosVAE, LabelSet]:
     torch.manual_seed(0)
     seen = LabelSet(list(labels), synth.random_label_vectors(len(labels), dim))
     backbone = SmallBackbone(num_classes=len(EXTERNAL), class_names=EXTERNAL)
@@ -167,8 +178,15 @@ def test_rgcn_normalisation_on_a_tiny_adjacency():
     weights = torch.tensor([1.0, 0.5, 0.5, 1.0, 0.25, 0.25, 1.0])
     values = normalise_adjacency(edges, weights, 3)
     d = [1.5, 1.75, 1.25]
-    expected = [1 / d[0], 0.5 / math.sqrt(d[0] * d[1]), 0.5 / math.sqrt(d[0] * d[1]), 1 / d[1],
-                0.25 / math.sqrt(d[1] * d[2]), 0.25 / math.sqrt(d[1] * d[2]), 1 / d[2]]
+    expected = [
+        1 / d[0],
+        0.5 / math.sqrt(d[0] * d[1]),
+        0.5 / math.sqrt(d[0] * d[1]),
+        1 / d[1],
+        0.25 / math.sqrt(d[1] * d[2]),
+        0.25 / math.sqrt(d[1] * d[2]),
+        1 / d[2],
+    ]
     torch.testing.assert_close(values, torch.tensor(expected))
     # Propagation is A_hat @ H for every image of the batch.
     states = torch.randn(2, 3, 4)
@@ -262,16 +280,19 @@ def test_scores_any_vocabulary_in_slices_and_depend_on_the_whole_graph():
     torch.testing.assert_close(sliced, scores)
     # The miniature WordNet links "dog" to "purple square" (their person senses, WUP 0.67) although
     # their vectors are orthogonal: the edge is the paper's WUP edge, not a cosine one.
-    g = kg.build_graph(list(vocab.names) + model.external_names, torch.cat([vocab.vectors, model.external_vectors]),
-                       wordnet=None, cache_dir=False)
+    g = kg.build_graph(
+        list(vocab.names) + model.external_names,
+        torch.cat([vocab.vectors, model.external_vectors]),
+        wordnet=None,
+        cache_dir=False,
+    )
     assert g.in_wordnet[:3].all() and g.dense()[2, 0]
     # Dropping a label changes the scores of the labels connected to it, which is why the method
     # is not chunkable.
     assert not torch.allclose(fewer, scores[:, :2])
 
 
-def test_without_wordnet_the_graph_is_cosine_only_and_scores_depend_on_cosine_neighbours(tmp_path, monkeypatch,
-                                                                                         capsys):
+def test_without_wordnet_the_graph_is_cosine_only_and_scores_depend_on_cosine_neighbours(tmp_path, monkeypatch, capsys):
     """The fallback's promise: every edge is a cosine edge (> cosine_threshold), so a label depends
     on the labels connected to it through similar vectors, and a label whose vector is far from
     every other node is isolated and changes nothing (with WordNet the same "dog" does change the
@@ -387,15 +408,18 @@ def test_external_nodes_carry_the_classifier_probabilities(tmp_path):
     g = torch.Generator().manual_seed(7)
     external = F.normalize(torch.randn(EXTERNAL_ONLY, 32, generator=g), dim=1)
     # Each label's vector is close to its external class's (cosine edges: no WordNet entry).
-    seen = LabelSet([f"label{k}" for k in range(EXTERNAL_ONLY)],
-                    F.normalize(external + 0.05 * torch.randn(EXTERNAL_ONLY, 32, generator=g), dim=1))
+    seen = LabelSet(
+        [f"label{k}" for k in range(EXTERNAL_ONLY)],
+        F.normalize(external + 0.05 * torch.randn(EXTERNAL_ONLY, 32, generator=g), dim=1),
+    )
     x, y = external_only_images(512, seed=1)
     test_x, test_y = external_only_images(256, seed=2)
     results = {}
     for variant in ("rgcn", "rgcn-posvae"):
         torch.manual_seed(0)
-        hp = RGCNPosVAE.hyperparameters({"variant": variant, "wordnet": str(tmp_path), "graph_cache": False,
-                                         "hidden": 64, "node_dim": 64})
+        hp = RGCNPosVAE.hyperparameters(
+            {"variant": variant, "wordnet": str(tmp_path), "graph_cache": False, "hidden": 64, "node_dim": 64}
+        )
         model = RGCNPosVAE(ExternalOnlyBackbone(), seen, hp, lambda names: LabelSet(list(names), external))
         synth.fit(model, seen, x, y, steps=150, lr=5e-3, batch=64)
         with torch.no_grad():
@@ -474,10 +498,24 @@ def test_training_logs_every_loss_term_per_epoch(tmp_path, capsys):
     from zstag.training.trainer import TrainOptions, train
 
     data = synth.make_dataset(tmp_path / "data", n=16, size=32)
-    options = TrainOptions(data=data["manifest"], method="rgcn-posvae", out=tmp_path / "model", backbone="bundled",
-                           unseen=data["unseen"], epochs=2, batch_size=8,
-                           image_size=32, device="cpu", seed=0, val_fraction=0.25, workers=0, overrides={})
+    options = TrainOptions(
+        data=data["manifest"],
+        method="rgcn-posvae",
+        out=tmp_path / "model",
+        backbone="bundled",
+        unseen=data["unseen"],
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        device="cpu",
+        seed=0,
+        val_fraction=0.25,
+        workers=0,
+        overrides={},
+    )
     history = train(options).config["training"]["history"]
     assert all({"loss", "bce", "vae_mse", "vae_kl"} <= set(epoch) for epoch in history), history
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
-    assert len(lines) == 2 and all(" vae_mse " in line and " vae_kl " in line and " bce " in line for line in lines), lines
+    assert len(lines) == 2 and all(" vae_mse " in line and " vae_kl " in line and " bce " in line for line in lines), (
+        lines
+    )

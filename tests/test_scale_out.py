@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zstag.engine.distributed import Share, current_share, parse_shard
 from zstag.core.errors import UsageError
+from zstag.engine.distributed import Share, current_share, parse_shard
 from zstag.store.model import build_model, save_model
 
 
@@ -46,7 +46,9 @@ def test_share_comes_from_torchrun_or_the_option(monkeypatch):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, word_vectors) -> Path:
-    model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 16}, image_size=32)
+    model = build_model(
+        "fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {"hidden": 16}, image_size=32
+    )
     model.config["training"] = {}
     out = tmp_path_factory.mktemp("model") / "m"
     save_model(model, out)
@@ -81,8 +83,24 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env["OMP_NUM_THREADS"] = "1"
     # The package under test, installed or not (the ranks start in `cwd`).
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "zstag", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "zstag",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_torchrun_two_gloo_processes_give_the_single_process_rows(dataset, model_dir, cli, tmp_path):
@@ -97,14 +115,18 @@ def test_torchrun_two_gloo_processes_give_the_single_process_rows(dataset, model
     assert cli("tag", dataset["images"], *common, "-f", "csv", "-o", tmp_path / "single.csv").code == 0
     result = torchrun("-q", "tag", dataset["images"], *common, "-f", "csv", "-o", tmp_path / "multi.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    multi, single = (tmp_path / "multi.csv").read_text().splitlines(), (tmp_path / "single.csv").read_text().splitlines()
+    multi, single = (
+        (tmp_path / "multi.csv").read_text().splitlines(),
+        (tmp_path / "single.csv").read_text().splitlines(),
+    )
     assert multi[0] == single[0] == "image,tags,scores" and multi.count(multi[0]) == 1
     assert [line.split(",")[:2] for line in multi] == [line.split(",")[:2] for line in single]
 
 
 def test_torchrun_refuses_stdin_and_stdout(dataset, model_dir, tmp_path):
-    result = torchrun("tag", dataset["images"], "--labels", dataset["vocab"], "--model", model_dir, "--device", "cpu",
-                      cwd=tmp_path)
+    result = torchrun(
+        "tag", dataset["images"], "--labels", dataset["vocab"], "--model", model_dir, "--device", "cpu", cwd=tmp_path
+    )
     assert result.returncode != 0 and "give --output FILE" in result.stderr
 
 
@@ -117,22 +139,70 @@ def test_torchrun_ddp_training_matches_single_process(dataset, word_vectors, tmp
 
     from zstag.training.trainer import TrainOptions, train
 
-    common = ["--method", "conse", "--backbone", "small", "--semantics", str(word_vectors), "--unseen",
-              str(dataset["unseen"]), "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu",
-              "--workers", "0", "--set", "finetune_backbone=false"]
+    common = [
+        "--method",
+        "conse",
+        "--backbone",
+        "small",
+        "--semantics",
+        str(word_vectors),
+        "--unseen",
+        str(dataset["unseen"]),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--set",
+        "finetune_backbone=false",
+    ]
     result = torchrun("-q", "train", dataset["manifest"], "--out", tmp_path / "ddp", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    train(TrainOptions(data=dataset["manifest"], method="conse", out=tmp_path / "single", unseen=dataset["unseen"],
-                       backbone="small", semantics=str(word_vectors), epochs=2, batch_size=8, image_size=32,
-                       device="cpu", workers=0, overrides={"finetune_backbone": False}))
-    ddp, single = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "single" / "model.safetensors"))
+    train(
+        TrainOptions(
+            data=dataset["manifest"],
+            method="conse",
+            out=tmp_path / "single",
+            unseen=dataset["unseen"],
+            backbone="small",
+            semantics=str(word_vectors),
+            epochs=2,
+            batch_size=8,
+            image_size=32,
+            device="cpu",
+            workers=0,
+            overrides={"finetune_backbone": False},
+        )
+    )
+    ddp, single = (
+        load_file(str(tmp_path / "ddp" / "model.safetensors")),
+        load_file(str(tmp_path / "single" / "model.safetensors")),
+    )
     assert ddp.keys() == single.keys()
     for key in single:
         assert torch.allclose(ddp[key], single[key], atol=1e-5), key
     # Not vacuous: one process on half batches (rank 0 without its partner's gradients) ends elsewhere.
-    train(TrainOptions(data=dataset["manifest"], method="conse", out=tmp_path / "half", unseen=dataset["unseen"],
-                       backbone="small", semantics=str(word_vectors), epochs=2, batch_size=4, image_size=32,
-                       device="cpu", workers=0, overrides={"finetune_backbone": False}))
+    train(
+        TrainOptions(
+            data=dataset["manifest"],
+            method="conse",
+            out=tmp_path / "half",
+            unseen=dataset["unseen"],
+            backbone="small",
+            semantics=str(word_vectors),
+            epochs=2,
+            batch_size=4,
+            image_size=32,
+            device="cpu",
+            workers=0,
+            overrides={"finetune_backbone": False},
+        )
+    )
     half = load_file(str(tmp_path / "half" / "model.safetensors"))
     assert any(not torch.allclose(ddp[k], half[k], atol=1e-4) for k in single)
     assert not (tmp_path / "ddp" / "checkpoint.safetensors").exists()

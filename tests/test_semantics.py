@@ -50,13 +50,18 @@ def test_phrase_is_the_mean_of_its_word_vectors(vector_file):
     assert isinstance(source, VectorFileSemantics)
     assert source.dim == 3
     vectors = source.encode(["dog", "hot dog", "puppy hot dog", "Dog", "sun"])
-    np.testing.assert_allclose(vectors, [
-        [1, 0, 0],
-        [0.5, 0, 2],  # (dog + hot) / 2
-        [1 / 3, 2 / 3, 4 / 3],
-        [1, 0, 0],  # labels are looked up in lower case
-        [2, 2, 0],  # a capitalised word in the file still serves a lower-case label
-    ], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        vectors,
+        [
+            [1, 0, 0],
+            [0.5, 0, 2],  # (dog + hot) / 2
+            [1 / 3, 2 / 3, 4 / 3],
+            [1, 0, 0],  # labels are looked up in lower case
+            [2, 2, 0],  # a capitalised word in the file still serves a lower-case label
+        ],
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_word2vec_header_line_is_skipped(tmp_path):

@@ -17,11 +17,11 @@ import torchvision
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from zstag.store import hub
 from zstag.backbones import build_backbone
 from zstag.backbones.torchvision_nets import build_torchvision, timm_to_ours
 from zstag.core.errors import MissingWeightsError, ModelError
 from zstag.methods.ml2p import forward_pyramid
+from zstag.store import hub
 
 
 def ours_to_timm(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,7 +32,7 @@ def ours_to_timm(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.T
         if key.endswith("num_batches_tracked"):
             continue  # some exports drop them; the loader must cope
         if name == "vgg19" and key.startswith("classifier.mlp."):
-            index, leaf = key[len("classifier.mlp."):].split(".")
+            index, leaf = key[len("classifier.mlp.") :].split(".")
             timm_key = {"0": "pre_logits.fc1", "3": "pre_logits.fc2", "6": "head.fc"}[index] + "." + leaf
             if leaf == "weight" and index == "0":
                 value = value.reshape(4096, 512, 7, 7)
@@ -40,7 +40,7 @@ def ours_to_timm(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.T
                 value = value.reshape(4096, 4096, 1, 1)
             key = timm_key
         elif key.startswith("classifier.fc."):
-            key = key[len("classifier."):]
+            key = key[len("classifier.") :]
         out[key] = value.contiguous().clone()
     return out
 
@@ -110,8 +110,11 @@ def test_vgg19_stage_indices_are_pool3_pool4_conv5_4(vgg):
     image = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         stages = vgg.stages(image)
-        expected = [vgg.features[: pools[2] + 1](image), vgg.features[: pools[3] + 1](image),
-                    vgg.features[: relus[-1] + 1](image)]
+        expected = [
+            vgg.features[: pools[2] + 1](image),
+            vgg.features[: pools[3] + 1](image),
+            vgg.features[: relus[-1] + 1](image),
+        ]
         assert all(torch.equal(a, b) for a, b in zip(stages, expected))
         pyramid = forward_pyramid(stages, 2, True)  # what (ML)^2P stacks, at pool5's 2x2 grid here
         pool4, pool5 = expected[1], vgg.features[: pools[4] + 1](image)
@@ -136,8 +139,9 @@ def test_vgg19_equals_torchvision_forward(vgg):
 def test_resnet50_stages_and_torchvision_equivalence(resnet50):
     """Strides 8/16/32 at 64 px (28/14/7 at 224) and exactly torchvision's logits for the same weights."""
     assert resnet50.name == "resnet50" and resnet50.channels == (512, 1024, 2048) and resnet50.region_stage == 2
-    net = reference(torchvision.models.resnet50,
-                    {k.replace("classifier.", ""): v for k, v in resnet50.state_dict().items()})
+    net = reference(
+        torchvision.models.resnet50, {k.replace("classifier.", ""): v for k, v in resnet50.state_dict().items()}
+    )
     image = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         stages = resnet50.stages(image)

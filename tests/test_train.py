@@ -57,9 +57,22 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def options(tiny_data, word_vectors, out: Path, **extra) -> TrainOptions:
-    settings = dict(data=tiny_data["manifest"], method="fast0tag", out=out, unseen=tiny_data["unseen"],
-                    backbone="small", semantics=str(word_vectors), epochs=1, batch_size=8, image_size=32,
-                    device="cpu", seed=7, val_fraction=0.25, workers=0, overrides={"hidden": 32, "crop_scale": 0.8})
+    settings = dict(
+        data=tiny_data["manifest"],
+        method="fast0tag",
+        out=out,
+        unseen=tiny_data["unseen"],
+        backbone="small",
+        semantics=str(word_vectors),
+        epochs=1,
+        batch_size=8,
+        image_size=32,
+        device="cpu",
+        seed=7,
+        val_fraction=0.25,
+        workers=0,
+        overrides={"hidden": 32, "crop_scale": 0.8},
+    )
     settings.update(extra)
     return TrainOptions(**settings)
 
@@ -81,8 +94,15 @@ def test_unknown_optimizer_is_a_usage_error(tiny_data, word_vectors, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                        ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+        ("sgd", torch.optim.SGD),
+    ],
+)
 def test_make_optimizer_choices(name, kind):
     hp = Fast0Tag.hyperparameters({"optimizer": name, "lr": 0.01, "weight_decay": 1e-4})
     optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], hp)
@@ -91,12 +111,32 @@ def test_make_optimizer_choices(name, kind):
 
 
 def test_parse_sets_values():
-    assert parse_sets([
-        "hidden=1024", "lr=1e-4", "finetune_backbone=true", "flip=false", "lr_milestones=[10, 20]",
-        "optimizer=sgd", "name = coral reef", "empty=", "expr=a=b", "quoted=\"42\"", "nothing=null",
-    ]) == {
-        "hidden": 1024, "lr": 1e-4, "finetune_backbone": True, "flip": False, "lr_milestones": [10, 20],
-        "optimizer": "sgd", "name": " coral reef", "empty": "", "expr": "a=b", "quoted": "42", "nothing": None,
+    assert parse_sets(
+        [
+            "hidden=1024",
+            "lr=1e-4",
+            "finetune_backbone=true",
+            "flip=false",
+            "lr_milestones=[10, 20]",
+            "optimizer=sgd",
+            "name = coral reef",
+            "empty=",
+            "expr=a=b",
+            'quoted="42"',
+            "nothing=null",
+        ]
+    ) == {
+        "hidden": 1024,
+        "lr": 1e-4,
+        "finetune_backbone": True,
+        "flip": False,
+        "lr_milestones": [10, 20],
+        "optimizer": "sgd",
+        "name": " coral reef",
+        "empty": "",
+        "expr": "a=b",
+        "quoted": "42",
+        "nothing": None,
     }
     assert isinstance(parse_sets(["n=3"])["n"], int) and isinstance(parse_sets(["x=3.0"])["x"], float)
 
@@ -114,9 +154,20 @@ def test_frozen_backbone_trains_on_cached_features(dataset, word_vectors, tmp_pa
     from zstag.training.trainer import train
 
     out = tmp_path / "lesa"
-    model = train(TrainOptions(data=dataset["manifest"], method="lesa", out=out, backbone="small",
-                               semantics=str(word_vectors), epochs=2, image_size=32, device="cpu", workers=0,
-                               overrides={"finetune_backbone": False, "attentions": 2}))
+    model = train(
+        TrainOptions(
+            data=dataset["manifest"],
+            method="lesa",
+            out=out,
+            backbone="small",
+            semantics=str(word_vectors),
+            epochs=2,
+            image_size=32,
+            device="cpu",
+            workers=0,
+            overrides={"finetune_backbone": False, "attentions": 2},
+        )
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["cached_features"] is True
     assert len(config["training"]["history"]) == 2
@@ -139,9 +190,20 @@ def test_a_feature_cache_runs_the_frozen_backbone_once_across_runs(dataset, word
     monkeypatch.setattr(features, "compute_features", lambda *args: calls.append(1) or real(*args))
 
     def run(method: str, out: str, cache: FeatureCache | None) -> None:
-        train(TrainOptions(data=dataset["manifest"], method=method, out=tmp_path / out, backbone="bundled",
-                           semantics=str(word_vectors), epochs=1, image_size=32, device="cpu", workers=0),
-              feature_cache=cache)
+        train(
+            TrainOptions(
+                data=dataset["manifest"],
+                method=method,
+                out=tmp_path / out,
+                backbone="bundled",
+                semantics=str(word_vectors),
+                epochs=1,
+                image_size=32,
+                device="cpu",
+                workers=0,
+            ),
+            feature_cache=cache,
+        )
 
     cache = FeatureCache()
     run("lesa", "a", cache)

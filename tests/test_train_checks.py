@@ -55,8 +55,21 @@ def test_every_problem_is_reported_in_one_go(tmp_path):
     rows = [{"image": "a.png", "tags": "dog"}, {"image": "b.png"}, {"image": "c.png", "tags": ["cat"]}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "out.txt").write_text("not a model folder")
-    code, lines = without_torch("train", "m.jsonl", "--method", "lesax", "--out", "out.txt", "--unseen", "none.txt",
-                                "--backbone", "vgg", "--set", "lr=-1", cwd=tmp_path)
+    code, lines = without_torch(
+        "train",
+        "m.jsonl",
+        "--method",
+        "lesax",
+        "--out",
+        "out.txt",
+        "--unseen",
+        "none.txt",
+        "--backbone",
+        "vgg",
+        "--set",
+        "lr=-1",
+        cwd=tmp_path,
+    )
     assert code == 2
     assert lines == [
         "error: unknown method 'lesax'; choose one of: lesa, sgma, rgcn-posvae, ml2p, fast0tag, conse",
@@ -96,8 +109,10 @@ def test_a_method_setting_is_checked_before_the_data_is_read(tmp_path):
     """Keys of a method's own settings need its class (and torch), but still come in the same list."""
     result = zstag("train", "nothere.jsonl", "--method", "lesa", "--out", "m", "--set", "attentoins=2", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: --set: unknown hyperparameter 'attentoins' for lesa "
-                                          "(did you mean 'attentions'?)", "error: dataset not found: nothere.jsonl"]
+    assert result.stderr.splitlines() == [
+        "error: --set: unknown hyperparameter 'attentoins' for lesa (did you mean 'attentions'?)",
+        "error: dataset not found: nothere.jsonl",
+    ]
 
 
 def test_labels_that_look_like_descriptions_are_warned_about():
@@ -119,10 +134,29 @@ def test_training_names_unreadable_images_warns_on_captions_and_exits_3(tmp_path
         (tmp_path / "data" / row["image"]).with_suffix(".txt").write_text(", ".join(row["tags"]) + "\nA red circle.\n")
     (folder / "broken.png").write_bytes(b"not a png")
     (folder / "broken.txt").write_text("red circle")
-    result = zstag("train", str(folder), "--method", "fast0tag", "--backbone", "small",
-                   "--semantics", str(word_vectors), "--epochs", "1", "--image-size", "32", "--device", "cpu",
-                   "--workers", "0", "--val-fraction", "0.25",
-                   "--out", str(tmp_path / "model"), cwd=tmp_path)
+    result = zstag(
+        "train",
+        str(folder),
+        "--method",
+        "fast0tag",
+        "--backbone",
+        "small",
+        "--semantics",
+        str(word_vectors),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.25",
+        "--out",
+        str(tmp_path / "model"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 3, result.stderr
     assert (tmp_path / "model" / "config.json").exists()
     assert f"1 training image(s) could not be read and were skipped: '{folder / 'broken.png'}'" in result.stderr

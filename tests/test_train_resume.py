@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 import synth
+
+from zstag.core.errors import ModelError, UsageError
 from zstag.training import trainer as train_module
 from zstag.training.checkpoint import CHECKPOINT, load_checkpoint
-from zstag.core.errors import ModelError, UsageError
 from zstag.training.trainer import TrainOptions, train
 
 
@@ -25,10 +25,25 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def options(tiny, word_vectors, out: Path, method: str = "fast0tag", **extra) -> TrainOptions:
-    overrides = {"hidden": 16, "crop_scale": 0.7} if method == "fast0tag" else {"finetune_backbone": False, "attentions": 2}
-    settings = dict(data=tiny["manifest"], method=method, out=out, unseen=tiny["unseen"], backbone="small",
-                    semantics=str(word_vectors), epochs=3, batch_size=4, image_size=32, device="cpu", seed=11,
-                    val_fraction=0.25, workers=0, overrides=overrides)
+    overrides = (
+        {"hidden": 16, "crop_scale": 0.7} if method == "fast0tag" else {"finetune_backbone": False, "attentions": 2}
+    )
+    settings = dict(
+        data=tiny["manifest"],
+        method=method,
+        out=out,
+        unseen=tiny["unseen"],
+        backbone="small",
+        semantics=str(word_vectors),
+        epochs=3,
+        batch_size=4,
+        image_size=32,
+        device="cpu",
+        seed=11,
+        val_fraction=0.25,
+        workers=0,
+        overrides=overrides,
+    )
     settings.update(extra)
     return TrainOptions(**settings)
 
@@ -120,10 +135,38 @@ def test_kill_9_during_training_then_resume(tiny, word_vectors, tmp_path):
     """SIGKILL at an arbitrary moment after the first checkpoint: the file is whole (written through
     a rename) and the resumed run finishes every epoch."""
     out = tmp_path / "m"
-    args = [sys.executable, "-m", "zstag", "-q", "train", str(tiny["manifest"]), "--method", "fast0tag",
-            "--out", str(out), "--unseen", str(tiny["unseen"]), "--backbone", "small", "--semantics", str(word_vectors),
-            "--epochs", "40", "--batch-size", "4", "--image-size", "32", "--device", "cpu", "--workers", "0",
-            "--set", "hidden=16", "--set", "early_stopping=0"]
+    args = [
+        sys.executable,
+        "-m",
+        "zstag",
+        "-q",
+        "train",
+        str(tiny["manifest"]),
+        "--method",
+        "fast0tag",
+        "--out",
+        str(out),
+        "--unseen",
+        str(tiny["unseen"]),
+        "--backbone",
+        "small",
+        "--semantics",
+        str(word_vectors),
+        "--epochs",
+        "40",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--set",
+        "hidden=16",
+        "--set",
+        "early_stopping=0",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / CHECKPOINT).exists():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zstag.data.vocab import normalise_label, read_vocabulary, unique_labels
 from zstag.core.errors import UsageError
+from zstag.data.vocab import normalise_label, read_vocabulary, unique_labels
 
 COMPOSED = "caf\u00e9"  # é as one code point
 DECOMPOSED = "cafe\u0301"  # e followed by a combining acute accent

@@ -22,17 +22,46 @@ import pytest
 pytest.importorskip("setuptools")  # the build runs without isolation, on the installed setuptools
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = ("zstag/weights/registry.json", "zstag/weights/bundled/model.safetensors",
-           "zstag/weights/bundled/config.json", "zstag/weights/default/model.safetensors",
-           "zstag/weights/default/config.json")
-NOT_COPIED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.py[co]", ".venv",
-                                    ".pytest_cache", ".device", ".whl", "bench-data")
+SHIPPED = (
+    "zstag/weights/registry.json",
+    "zstag/weights/bundled/model.safetensors",
+    "zstag/weights/bundled/config.json",
+    "zstag/weights/default/model.safetensors",
+    "zstag/weights/default/config.json",
+)
+NOT_COPIED = shutil.ignore_patterns(
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.py[co]",
+    ".venv",
+    ".pytest_cache",
+    ".device",
+    ".whl",
+    "bench-data",
+)
 
 
 def _pip(*args: str, cwd: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *args, "--no-deps", "--no-build-isolation",
-                           "--disable-pip-version-check", "--no-input", "-q"],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            *args,
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-q",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"pip {args[0]} failed:\n{done.stdout}\n{done.stderr}"
 
 
@@ -53,12 +82,18 @@ def installed(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(installed: dict[str, Path], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "ZSTAG_REGISTRY", "PYTHONHOME", "PYTHONSAFEPATH")}
-    env.update(PYTHONPATH=str(installed["target"]), HF_HUB_OFFLINE="1", ZSTAG_CACHE=str(installed["cache"]),
-               PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, *args], cwd=installed["work"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSTAG_REGISTRY", "PYTHONHOME", "PYTHONSAFEPATH")
+    }
+    env.update(
+        PYTHONPATH=str(installed["target"]),
+        HF_HUB_OFFLINE="1",
+        ZSTAG_CACHE=str(installed["cache"]),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return subprocess.run(
+        [sys.executable, *args], cwd=installed["work"], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_wheel_ships_weights_inside_the_package_only(installed):
@@ -75,8 +110,11 @@ def test_wheel_ships_weights_inside_the_package_only(installed):
 
 
 def test_installed_copy_imports_from_the_target(installed):
-    done = _run(installed, "-c", "import json, zstag, zstag.core.paths as p; "
-                                 "print(json.dumps([zstag.__file__, str(p.WEIGHTS_DIR)]))")
+    done = _run(
+        installed,
+        "-c",
+        "import json, zstag, zstag.core.paths as p; print(json.dumps([zstag.__file__, str(p.WEIGHTS_DIR)]))",
+    )
     assert done.returncode == 0, done.stderr
     module, weights = json.loads(done.stdout)
     target = installed["target"].resolve()
@@ -97,8 +135,11 @@ def test_installed_tag_offline(installed):
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     photos = sorted(p.name for p in (installed["work"] / "photos").iterdir())
     assert sorted(Path(r["image"]).name for r in rows) == photos
-    labels = {line.strip() for line in (installed["work"] / "vocab.txt").read_text().splitlines()
-              if line.strip() and not line.lstrip().startswith("#")}
+    labels = {
+        line.strip()
+        for line in (installed["work"] / "vocab.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
     for row in rows:
         assert 1 <= len(row["tags"]) <= 3
         assert all(tag["label"] in labels and 0.0 <= tag["score"] <= 1.0 for tag in row["tags"])

@@ -28,6 +28,7 @@ real_wordnet = pytest.mark.skipif(
     "the miniature WordNet tests cover the same code",
 )
 
+
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory) -> WordNet:
     return WordNet(write_mini_wordnet(tmp_path_factory.mktemp("wn")))

@@ -116,11 +116,15 @@ def test_skip_leaves_the_file_untouched(photo):
     assert keywords(photo.with_name("new.jpg.xmp")) == ["dog"]
 
 
-@pytest.mark.parametrize("unsafe", [
-    '<?xml version="1.0"?>\n<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>\n' + EXISTING.split("\n", 1)[1],
-    EXISTING.replace("holiday", "&a;").replace('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>',
-                                                  '<!DOCTYPE x [<!ENTITY a "boom">]>'),
-])
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        '<?xml version="1.0"?>\n<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>\n' + EXISTING.split("\n", 1)[1],
+        EXISTING.replace("holiday", "&a;").replace(
+            '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>', '<!DOCTYPE x [<!ENTITY a "boom">]>'
+        ),
+    ],
+)
 def test_a_sidecar_with_a_doctype_is_refused(photo, unsafe):
     sidecar = sidecar_path(photo, "xmp")
     sidecar.write_text(unsafe, encoding="utf-8")

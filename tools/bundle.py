@@ -24,9 +24,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from tools.openclipart import normalise_keyword
+from zstag.core.paths import WEIGHTS_DIR
 from zstag.data.manifest import read_dataset
 from zstag.data.vocab import read_vocabulary
-from zstag.core.paths import WEIGHTS_DIR
 
 
 def category_of(image: Path, root: Path) -> str:
@@ -63,15 +63,23 @@ def export(model_dir: Path, weights: Path) -> None:
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     weights.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(weights / "model.safetensors"))
-    meta = {"architecture": "small", "class_names": config["seen_labels"], "image_size": config["image_size"],
-            "pretraining": {k: config["training"][k] for k in ("data", "n_train", "n_val", "best_epoch", "best_val_mAP", "seconds", "device")},
-            "hp": config["hp"]}
+    meta = {
+        "architecture": "small",
+        "class_names": config["seen_labels"],
+        "image_size": config["image_size"],
+        "pretraining": {
+            k: config["training"][k]
+            for k in ("data", "n_train", "n_val", "best_epoch", "best_val_mAP", "seconds", "device")
+        },
+        "hp": config["hp"],
+    }
     (weights / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bundle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("manifest", help="write DATA_DIR/pretrain.jsonl")
     m.add_argument("data_dir", type=Path)

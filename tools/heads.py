@@ -25,7 +25,9 @@ from zstag.engine.engine import Engine
 from zstag.methods import METHODS
 
 
-def measure(method_name: str, backbone_name: str, size: int, n_labels: int, batch: int, engine: Engine, dim: int = 384) -> dict:
+def measure(
+    method_name: str, backbone_name: str, size: int, n_labels: int, batch: int, engine: Engine, dim: int = 384
+) -> dict:
     seen = random_labels(n_labels, dim)
     method = engine.prepare(build_head(method_name, build_backbone(backbone_name, pretrained=False), seen))
     images = torch.randn(batch, 3, size, size, device=engine.device)
@@ -43,13 +45,18 @@ def measure(method_name: str, backbone_name: str, size: int, n_labels: int, batc
                 torch.cuda.synchronize()
             if repeat:  # the first run warms up
                 times.append((time.perf_counter() - start) / batch)
-    return {"method": method_name, "backbone_MFLOP": backbone_flops / batch / 1e6,
-            "head_MFLOP": (total_flops - backbone_flops) / batch / 1e6, "ms_per_image": 1e3 * statistics.median(times)}
+    return {
+        "method": method_name,
+        "backbone_MFLOP": backbone_flops / batch / 1e6,
+        "head_MFLOP": (total_flops - backbone_flops) / batch / 1e6,
+        "ms_per_image": 1e3 * statistics.median(times),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.heads", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.heads", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="vgg19")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--labels", type=int, default=1000)
@@ -59,9 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     engine = Engine(args.device)
-    rows = [measure(m, args.backbone, args.image_size, args.labels, args.batch, engine) for m in args.methods.split(",")]
-    where = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{args.backbone} at {args.image_size} px, {args.labels} labels, batch {args.batch}, {where}, torch {torch.__version__}")
+    rows = [
+        measure(m, args.backbone, args.image_size, args.labels, args.batch, engine) for m in args.methods.split(",")
+    ]
+    where = (
+        torch.cuda.get_device_name()
+        if engine.device.type == "cuda"
+        else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.backbone} at {args.image_size} px, {args.labels} labels, batch {args.batch}, {where}, "
+        f"torch {torch.__version__}"
+    )
     print("| method | backbone MFLOP/img | head MFLOP/img | ms/img (backbone + head) |\n| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['method']} | {r['backbone_MFLOP']:.0f} | {r['head_MFLOP']:.1f} | {r['ms_per_image']:.2f} |")

@@ -67,18 +67,26 @@ def large_vocabulary(n: int) -> list[str]:
 
 def run_tag(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run `python -m zstag tag ARGS` in a fresh wrapper; wall seconds and the child's peak RSS."""
-    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-             "code = subprocess.run(sys.argv[1:]).returncode; "
-             "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "zstag", "-q", "tag", *args],
-                         capture_output=True, text=True, env=env, check=True)
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "zstag", "-q", "tag", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     code, seconds, kib = out.stdout.split()[-3:]
     return {"exit_code": int(code), "seconds": round(float(seconds), 1), "peak_rss_mb": round(int(kib) / 1024, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the generated images")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--images", default="10000,100000", help="image counts to tag")
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     # A cache of its own, so that the first large-vocabulary run really computes the embeddings.
     env = {**os.environ, "ZSTAG_CACHE": str(args.work / "cache")}
     small_vocab = args.work / "vocab-10.txt"
-    small_vocab.write_text("\n".join(["dog", "cat", "tree", "car", "house", "flower", "bird", "boat", "person", "sky"]) + "\n")
+    small_vocab.write_text(
+        "\n".join(["dog", "cat", "tree", "car", "house", "flower", "bird", "boat", "person", "sky"]) + "\n"
+    )
     common = ["--model", args.model, "--device", args.device, "--top-k", "5"]
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -99,15 +109,27 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     # Warm-up: the small vocabulary's embeddings go into the cache, so the runs below measure tagging.
-    run_tag([str(make_images(args.work / "images-10", 10)), "--labels", str(small_vocab), "-o", os.devnull, *common], env)
+    run_tag(
+        [str(make_images(args.work / "images-10", 10)), "--labels", str(small_vocab), "-o", os.devnull, *common], env
+    )
     for n in [int(x) for x in args.images.split(",") if x]:
         start = time.perf_counter()
         folder = make_images(args.work / f"images-{n}", n)
         made = time.perf_counter() - start
-        run = run_tag([str(folder), "--labels", str(small_vocab), "-o", str(args.work / f"tags-{n}.jsonl"), *common], env)
+        run = run_tag(
+            [str(folder), "--labels", str(small_vocab), "-o", str(args.work / f"tags-{n}.jsonl"), *common], env
+        )
         rows = sum(1 for _ in (args.work / f"tags-{n}.jsonl").open())
-        results["runs"].append({"what": f"{n} images x 10 labels", "images": n, "labels": 10, "rows": rows,
-                                "images_generated_in_s": round(made, 1), **run})
+        results["runs"].append(
+            {
+                "what": f"{n} images x 10 labels",
+                "images": n,
+                "labels": 10,
+                "rows": rows,
+                "images_generated_in_s": round(made, 1),
+                **run,
+            }
+        )
         print(results["runs"][-1], flush=True)
 
     vocab = args.work / f"vocab-{args.labels}.txt"
@@ -116,8 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     for phase in ("embedding (first run, cache cold)", "tagging (embeddings cached)"):
         run = run_tag([str(folder), "--labels", str(vocab), "-o", str(args.work / "tags-vocab.jsonl"), *common], env)
         rows = sum(1 for _ in (args.work / "tags-vocab.jsonl").open())
-        results["runs"].append({"what": f"{args.vocab_images} images x {args.labels} labels, {phase}",
-                                "images": args.vocab_images, "labels": args.labels, "rows": rows, **run})
+        results["runs"].append(
+            {
+                "what": f"{args.vocab_images} images x {args.labels} labels, {phase}",
+                "images": args.vocab_images,
+                "labels": args.labels,
+                "rows": rows,
+                **run,
+            }
+        )
         print(results["runs"][-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

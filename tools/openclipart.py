@@ -59,10 +59,11 @@ import warnings
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 from PIL import Image
 
@@ -78,12 +79,39 @@ _AGENT_FIELDS = ("creator", "rights", "publisher", "contributor")
 # Found by reading the 200 most frequent normalised keywords and the folders they come from
 # (docs/benchmarks.md): tags that name an upload batch, a tool, a licence, the library, or
 # its filing scheme rather than anything drawn.
-STOP_KEYWORDS = frozenset({
-    "hash", "magick", "theme", "lemon theme icon", "icon theme",
-    "openclipart", "open clip art", "open clip art library", "clip art", "clipart", "clip",
-    "svg", "png", "inkscape", "public domain", "remix", "unsorted", "special", "miscellany",
-    "misc", "other", "stock", "nice", "style", "new", "untitled", "image", "picture", "drawing",
-})
+STOP_KEYWORDS = frozenset(
+    {
+        "hash",
+        "magick",
+        "theme",
+        "lemon theme icon",
+        "icon theme",
+        "openclipart",
+        "open clip art",
+        "open clip art library",
+        "clip art",
+        "clipart",
+        "clip",
+        "svg",
+        "png",
+        "inkscape",
+        "public domain",
+        "remix",
+        "unsorted",
+        "special",
+        "miscellany",
+        "misc",
+        "other",
+        "stock",
+        "nice",
+        "style",
+        "new",
+        "untitled",
+        "image",
+        "picture",
+        "drawing",
+    }
+)
 
 _LIST_SEPARATORS = re.compile(r"[,;/|]")
 # One uploader's family tags: "mapsym", "networksym", "weathersym", "musicsym".
@@ -449,8 +477,10 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
 
 
 def _write_manifest(path: Path, images: list[str], tags: dict[str, frozenset[str]]) -> None:
-    rows = (json.dumps({"image": f"images/{image}.png", "tags": sorted(tags[image])}, ensure_ascii=False)
-            for image in images)
+    rows = (
+        json.dumps({"image": f"images/{image}.png", "tags": sorted(tags[image])}, ensure_ascii=False)
+        for image in images
+    )
     _write_lines(path, rows)
 
 
@@ -498,8 +528,9 @@ def _keywords(drawings: dict[str, _Drawing], options: Options, tally: _Tally) ->
     return keywords
 
 
-def _select(keywords: dict[str, set[str]], drawings: dict[str, _Drawing], options: Options,
-            tally: _Tally) -> dict[str, frozenset[str]]:
+def _select(
+    keywords: dict[str, set[str]], drawings: dict[str, _Drawing], options: Options, tally: _Tally
+) -> dict[str, frozenset[str]]:
     """Labelled drawings before conversion: spellings merged, tag-set cap, pixel limit, min-count."""
     spelling = merge_variants(Counter(kw for kws in keywords.values() for kw in kws))
     tally.spellings_merged = sum(1 for k, v in spelling.items() if k != v)
@@ -524,8 +555,9 @@ def _restrict(tags: dict[str, frozenset[str]], min_count: int, tally: _Tally) ->
     return out
 
 
-def _convert(tags: dict[str, frozenset[str]], drawings: dict[str, _Drawing], images_dir: Path,
-             options: Options, tally: _Tally) -> dict[str, frozenset[str]]:
+def _convert(
+    tags: dict[str, frozenset[str]], drawings: dict[str, _Drawing], images_dir: Path, options: Options, tally: _Tally
+) -> dict[str, frozenset[str]]:
     """Write every selected image; drop those whose PNG fails to decode.
 
     A failure can push a label under --min-count. The images then left without a label
@@ -571,8 +603,15 @@ def build(options: Options, log: Callable[[str], None] = lambda _: None) -> dict
     return stats
 
 
-def _stats(options: Options, drawings: dict[str, _Drawing], tally: _Tally, tags: dict[str, frozenset[str]],
-           splits: dict[str, list[str]], seen: list[str], unseen: list[str]) -> dict:
+def _stats(
+    options: Options,
+    drawings: dict[str, _Drawing],
+    tally: _Tally,
+    tags: dict[str, frozenset[str]],
+    splits: dict[str, list[str]],
+    seen: list[str],
+    unseen: list[str],
+) -> dict:
     per_image = [len(t) for t in tags.values()]
     unseen_set = set(unseen)
     coverage = {}
@@ -585,8 +624,11 @@ def _stats(options: Options, drawings: dict[str, _Drawing], tally: _Tally, tags:
             "seen_labels_absent": len(set(seen) - present),
             "unseen_labels_absent": len(unseen_set - present),
         }
-    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
-                if k not in ("out", "workers", "force")}
+    recorded = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in asdict(options).items()
+        if k not in ("out", "workers", "force")
+    }
     return {
         "options": recorded,
         "source": {
@@ -613,27 +655,43 @@ def _stats(options: Options, drawings: dict[str, _Drawing], tally: _Tally, tags:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.openclipart",
-                                description="Build the OpenClipart zero-shot tagging benchmark (docs/benchmarks.md).")
+    p = argparse.ArgumentParser(
+        prog="python -m tools.openclipart",
+        description="Build the OpenClipart zero-shot tagging benchmark (docs/benchmarks.md).",
+    )
     d = Options(out=Path("."))
     p.add_argument("--out", type=Path, required=True, help="output folder (images/, *.jsonl, *.txt, stats.json)")
     p.add_argument("--root", type=Path, default=d.root, help="folder holding svg/ and png/ (default: %(default)s)")
-    p.add_argument("--size", type=int, default=d.size,
-                   help="longer side of stored images in px (default: %(default)s)")
+    p.add_argument("--size", type=int, default=d.size, help="longer side of stored images in px (default: %(default)s)")
     p.add_argument("--min-count", type=int, default=d.min_count, help="images a label needs (default: %(default)s)")
-    p.add_argument("--unseen-fraction", type=float, default=d.unseen_fraction,
-                   help="share of labels held out as unseen (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="share of images in val (default: %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                   help="share of images in test (default: %(default)s)")
+    p.add_argument(
+        "--unseen-fraction",
+        type=float,
+        default=d.unseen_fraction,
+        help="share of labels held out as unseen (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=d.val_fraction, help="share of images in val (default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=d.test_fraction, help="share of images in test (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default: %(default)s)")
-    p.add_argument("--max-per-tagset", type=int, default=d.max_per_tagset,
-                   help="most images sharing one exact tag set, 0 for no cap (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help="larger PNGs are skipped (default: %(default)s)")
-    p.add_argument("--folder-tags", action=argparse.BooleanOptionalAction, default=d.folder_tags,
-                   help="also use folder names (animals, birds) as keywords (default: off)")
+    p.add_argument(
+        "--max-per-tagset",
+        type=int,
+        default=d.max_per_tagset,
+        help="most images sharing one exact tag set, 0 for no cap (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=d.max_pixels, help="larger PNGs are skipped (default: %(default)s)"
+    )
+    p.add_argument(
+        "--folder-tags",
+        action=argparse.BooleanOptionalAction,
+        default=d.folder_tags,
+        help="also use folder names (animals, birds) as keywords (default: off)",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="processes (default: the CPU count, %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild into an --out whose images/ is not empty")
     return p
@@ -649,9 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     images, labels = stats["images"], stats["labels"]
-    print(f"{images['total']} images (train {images['train']}, val {images['val']}, test {images['test']}), "
-          f"{labels['kept']} labels ({labels['seen']} seen, {labels['unseen']} unseen) in {options.out} "
-          f"[{time.perf_counter() - started:.1f} s]")
+    print(
+        f"{images['total']} images (train {images['train']}, val {images['val']}, test {images['test']}), "
+        f"{labels['kept']} labels ({labels['seen']} seen, {labels['unseen']} unseen) in {options.out} "
+        f"[{time.perf_counter() - started:.1f} s]"
+    )
     return 0
 
 

@@ -91,9 +91,13 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         values = [m[key] for m in metrics if m[key] is not None]
         mean[key] = float(np.mean(values)) if values else None
         spread[key] = float(np.ptp(values)) if len(values) > 1 else None
-    return {"metrics": mean, "spread": spread, "seeds": sorted(int(s) for s in runs),
-            "epochs": next(iter(runs.values())).get("epochs"),
-            "train_seconds": float(np.mean([run.get("train_seconds", 0) for run in runs.values()]))}
+    return {
+        "metrics": mean,
+        "spread": spread,
+        "seeds": sorted(int(s) for s in runs),
+        "epochs": next(iter(runs.values())).get("epochs"),
+        "train_seconds": float(np.mean([run.get("train_seconds", 0) for run in runs.values()])),
+    }
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -108,14 +112,18 @@ def markdown(results: dict[str, Any]) -> str:
             cell = "-" if value is None else f"{100 * value:.2f}"
             cells.append(cell if spread is None else f"{cell} ({100 * spread:.2f})")
         seeds = ",".join(str(s) for s in row.get("seeds", [])) or "-"
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {seeds} | {row.get('epochs') or '-'} | {row.get('train_seconds', 0):.0f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {seeds} | {row.get('epochs') or '-'} | {row.get('train_seconds', 0):.0f} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.table", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.table", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=128)
@@ -130,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    results.update({"machine": machine(), "zstag": __version__, "image_size": args.image_size,
-                    "epochs_cap": args.epochs, "data": str(args.data)})
+    results.update(
+        {
+            "machine": machine(),
+            "zstag": __version__,
+            "image_size": args.image_size,
+            "epochs_cap": args.epochs,
+            "data": str(args.data),
+        }
+    )
     results.setdefault("commands", []).append(
-        "python -m tools.table " + " ".join(argv if argv is not None else sys.argv[1:]))
+        "python -m tools.table " + " ".join(argv if argv is not None else sys.argv[1:])
+    )
     runs = results.setdefault("runs", {})
     if "random scores" not in runs:
         runs["random scores"] = {"0": {"metrics": summarise(random_row(args.data, 0)), "train_seconds": 0}}
@@ -155,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_row(args: argparse.Namespace, name: str, method: str, sets: dict[str, Any], seed: int,
-            features: FeatureCache) -> dict[str, Any] | None:
+def run_row(
+    args: argparse.Namespace, name: str, method: str, sets: dict[str, Any], seed: int, features: FeatureCache
+) -> dict[str, Any] | None:
     """Train and evaluate one row for one seed; None (and a message) when it fails. Rows share
     `features`: the frozen backbone runs once over the split for all of them."""
     model_dir = args.out / "models" / f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
@@ -169,21 +186,48 @@ def run_row(args: argparse.Namespace, name: str, method: str, sets: dict[str, An
 
         recipe = method_class(method).hyperparameters(overrides).recipe
         epochs = min(recipe.epochs, args.epochs) if args.epochs else None
-        train(TrainOptions(data=args.data / "train.jsonl", method=method, out=model_dir,
-                           unseen=args.data / "unseen.txt", backbone="bundled", image_size=args.image_size,
-                           epochs=epochs, device=args.device, seed=seed, overrides=overrides,
-                           workers=args.workers), feature_cache=features)
+        train(
+            TrainOptions(
+                data=args.data / "train.jsonl",
+                method=method,
+                out=model_dir,
+                unseen=args.data / "unseen.txt",
+                backbone="bundled",
+                image_size=args.image_size,
+                epochs=epochs,
+                device=args.device,
+                seed=seed,
+                overrides=overrides,
+                workers=args.workers,
+            ),
+            feature_cache=features,
+        )
         seconds = time.perf_counter() - start
-        report = run_eval(EvalOptions(truth=args.data / "test.jsonl", model=str(model_dir),
-                                      labels=args.data / "vocab.txt", unseen=args.data / "unseen.txt",
-                                      device=args.device, workers=args.workers))
+        report = run_eval(
+            EvalOptions(
+                truth=args.data / "test.jsonl",
+                model=str(model_dir),
+                labels=args.data / "vocab.txt",
+                unseen=args.data / "unseen.txt",
+                device=args.device,
+                workers=args.workers,
+            )
+        )
     except Exception as exc:  # one failing row must not lose the others
         print(f"{name} (seed {seed}): FAILED {type(exc).__name__}: {exc}", flush=True)
         return None
-    print(f"{name} (seed {seed}): ZS mAP {100 * report['zs']['mAP']:.2f}  GZS mAP {100 * report['gzs']['mAP']:.2f}  "
-          f"({seconds:.0f} s)", flush=True)
-    return {"method": method, "set": overrides, "metrics": summarise(report),
-            "train_seconds": round(seconds, 1), "epochs": epochs}
+    print(
+        f"{name} (seed {seed}): ZS mAP {100 * report['zs']['mAP']:.2f}  GZS mAP {100 * report['gzs']['mAP']:.2f}  "
+        f"({seconds:.0f} s)",
+        flush=True,
+    )
+    return {
+        "method": method,
+        "set": overrides,
+        "metrics": summarise(report),
+        "train_seconds": round(seconds, 1),
+        "epochs": epochs,
+    }
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def _version(value: bool) -> None:
 def _main(
     quiet: Annotated[bool, QUIET.info] = False,
     verbose: Annotated[bool, VERBOSE.info] = False,
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
 ) -> None:
     console.configure(quiet=quiet, verbose=verbose)
 

@@ -20,8 +20,10 @@ BUNDLED_DIR = WEIGHTS_DIR / "bundled"
 def load_bundled(pretrained: bool = True) -> SmallBackbone:
     config_path, weights_path = BUNDLED_DIR / "config.json", BUNDLED_DIR / "model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
-        raise MissingWeightsError(f"the bundled backbone is missing from {BUNDLED_DIR} (a broken install?); "
-                                  "use --backbone small to train from scratch")
+        raise MissingWeightsError(
+            f"the bundled backbone is missing from {BUNDLED_DIR} (a broken install?); "
+            "use --backbone small to train from scratch"
+        )
     names = json.loads(config_path.read_text(encoding="utf-8"))["class_names"]
     backbone = SmallBackbone(num_classes=len(names), class_names=names)
     backbone.name = "bundled"

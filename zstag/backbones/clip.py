@@ -84,15 +84,19 @@ def load_tower(module: nn.Module, folder: Path) -> None:
             present = set(f.keys())
             missing = sorted(set(own) - present)
             if missing:
-                raise ModelError(f"{path} does not fit {type(module).__name__} (missing {', '.join(missing[:3])}); "
-                                 "run `zstag fetch` with --force")
+                raise ModelError(
+                    f"{path} does not fit {type(module).__name__} (missing {', '.join(missing[:3])}); "
+                    "run `zstag fetch` with --force"
+                )
             tensors = {key: f.get_tensor(key) for key in own}
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from None
     wrong = [k for k in own if tuple(own[k].shape) != tuple(tensors[k].shape)]
     if wrong:
-        raise ModelError(f"{path}: tensor {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
-                         f"expected {tuple(own[wrong[0]].shape)}")
+        raise ModelError(
+            f"{path}: tensor {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
+            f"expected {tuple(own[wrong[0]].shape)}"
+        )
     module.load_state_dict(tensors, strict=True)
 
 
@@ -121,9 +125,11 @@ class ClipBackbone(Backbone):
         self.image_size = int(config.vision_config.image_size)
 
     def _encode(self, images: torch.Tensor):
-        return self.tower.vision_model(pixel_values=images, output_hidden_states=True,
-                                       interpolate_pos_encoding=images.shape[-1] != self.image_size
-                                       or images.shape[-2] != self.image_size)
+        return self.tower.vision_model(
+            pixel_values=images,
+            output_hidden_states=True,
+            interpolate_pos_encoding=images.shape[-1] != self.image_size or images.shape[-2] != self.image_size,
+        )
 
     def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         out = self._encode(images)

@@ -46,8 +46,11 @@ WEIGHTS_FILE = "model.safetensors"
 _VGG_CUTS = (19, 28, 36)
 _VGG_POOL5 = 36
 # timm's VGG "pre-logits" MLP and head -> torchvision's classifier layers 0, 3, 6 (Linear).
-_VGG_TIMM = {"pre_logits.fc1.": "classifier.mlp.0.", "pre_logits.fc2.": "classifier.mlp.3.",
-             "head.fc.": "classifier.mlp.6."}
+_VGG_TIMM = {
+    "pre_logits.fc1.": "classifier.mlp.0.",
+    "pre_logits.fc2.": "classifier.mlp.3.",
+    "head.fc.": "classifier.mlp.6.",
+}
 
 
 def imagenet_classes() -> list[str]:
@@ -133,7 +136,7 @@ def timm_to_ours(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
         if name == "vgg19":
             prefix = next((p for p in _VGG_TIMM if key.startswith(p)), None)
             if prefix is not None:
-                key = _VGG_TIMM[prefix] + key[len(prefix):]
+                key = _VGG_TIMM[prefix] + key[len(prefix) :]
                 if value.ndim == 4:
                     value = value.reshape(value.shape[0], -1)
         elif key.startswith("fc."):
@@ -165,7 +168,8 @@ def load_timm_safetensors(backbone: Backbone, path: Path) -> None:
     if missing or unexpected or wrong:
         details = "; ".join(
             f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
         )
         raise ModelError(f"{path} does not fit {backbone.name} ({details}); run `zstag fetch {backbone.name} --force`")
     backbone.load_state_dict(tensors, strict=True, assign=True)
@@ -173,9 +177,11 @@ def load_timm_safetensors(backbone: Backbone, path: Path) -> None:
 
 def build_torchvision(name: str, pretrained: bool) -> Backbone:
     """VGG19 / ResNet-50 / ResNet-101; `pretrained` loads ImageNet weights from the fetch cache."""
-    builders = {"vgg19": VGG19Backbone,
-                "resnet50": lambda: ResNetBackbone(50),
-                "resnet101": lambda: ResNetBackbone(101)}
+    builders = {
+        "vgg19": VGG19Backbone,
+        "resnet50": lambda: ResNetBackbone(50),
+        "resnet101": lambda: ResNetBackbone(101),
+    }
     if name not in builders:
         raise ModelError(f"unknown torchvision backbone {name!r}; choose one of {', '.join(builders)}")
     weights = None

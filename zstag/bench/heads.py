@@ -1,7 +1,6 @@
 """Heads for `zstag bench` and tools/heads.py: each method on a backbone with random label vectors,
 and the FLOPs its scoring costs (the backbone's share counted apart)."""
 
-
 from __future__ import annotations
 
 import torch
@@ -27,6 +26,7 @@ def scoring_flops(method: Method, images: torch.Tensor, labels: LabelSet) -> tup
                 result = call(*args)
             inside.append(counter.get_total_flops())
             return result
+
         return run
 
     for name in entry_points:
@@ -55,5 +55,7 @@ def build_head(method_name: str, backbone: Backbone, seen: LabelSet) -> Method:
     pretraining classifier to supply them.
     """
     cls = method_class(method_name)
-    hp = cls.hyperparameters({"variant": "rgcn"} if method_name == "rgcn-posvae" and backbone.classifier is None else {})
+    hp = cls.hyperparameters(
+        {"variant": "rgcn"} if method_name == "rgcn-posvae" and backbone.classifier is None else {}
+    )
     return cls(backbone, seen, hp, lambda names: random_labels(len(names), seen.dim, seed=1, names=names))

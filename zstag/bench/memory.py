@@ -19,15 +19,17 @@ class PeakMemory:
     block that peaks below something earlier in the run; it is the fallback where /proc is missing.
     """
 
-    WHAT = {"cuda": "torch.cuda.max_memory_allocated above what was allocated before",
-            "cpu": "resident set size above its value before, sampled every 2 ms"}
+    WHAT = {
+        "cuda": "torch.cuda.max_memory_allocated above what was allocated before",
+        "cpu": "resident set size above its value before, sampled every 2 ms",
+    }
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.mib = 0.0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -35,12 +35,13 @@ def tag_loop(paths: Sequence[Path], vocabulary: Path, model_ref: str, device: st
     labels = model.embed(read_vocabulary(vocabulary)).to(device)
     method = model.method.to(device).eval()
     size, backbone = model.image_size, method.backbone
-    transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                    transforms.Normalize(backbone.mean, backbone.std)])
+    transform = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(backbone.mean, backbone.std)]
+    )
     k = min(top_k, len(labels))
     with torch.no_grad():
         for start in range(0, len(paths), BATCH):
-            chunk = paths[start:start + BATCH]
+            chunk = paths[start : start + BATCH]
             images = torch.stack([transform(Image.open(p).convert("RGB")) for p in chunk]).to(device)
             values, index = method(images, labels).topk(k, dim=1)
             for path, vals, idx in zip(chunk, values.tolist(), index.tolist()):
@@ -50,8 +51,9 @@ def tag_loop(paths: Sequence[Path], vocabulary: Path, model_ref: str, device: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zstag.bench.naive", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m zstag.bench.naive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--labels", required=True, type=Path)
     parser.add_argument("--model", default="default")

@@ -41,20 +41,40 @@ from typing import Any
 import torch
 
 from zstag import __version__
+from zstag.bench.memory import LargestTensor, PeakMemory
+from zstag.bench.options import SECTIONS, BenchOptions
+from zstag.bench.photos import PHOTO_SIZE, write_photos
 from zstag.core import console
-from zstag.engine.engine import Engine, ImageFiles
 from zstag.core.errors import MissingWeightsError
 from zstag.data.labels import LabelSet
+from zstag.engine.engine import Engine, ImageFiles
 from zstag.methods.base import Method
 from zstag.store.model import Model
-from zstag.bench.options import SECTIONS, BenchOptions
-from zstag.bench.memory import LargestTensor, PeakMemory
-from zstag.bench.photos import PHOTO_SIZE, write_photos
 
 DECODE_PHOTOS = 2048  # the decode section's share: Pillow on one core takes seconds for these already
 # Everyday photo words for the end-to-end runs (embedded once by the model's text encoder).
-VOCABULARY = ("dog", "cat", "person", "car", "tree", "beach", "mountain", "sky", "building", "flower",
-              "food", "boat", "bicycle", "bird", "horse", "sunset", "snow", "river", "street", "house")
+VOCABULARY = (
+    "dog",
+    "cat",
+    "person",
+    "car",
+    "tree",
+    "beach",
+    "mountain",
+    "sky",
+    "building",
+    "flower",
+    "food",
+    "boat",
+    "bicycle",
+    "bird",
+    "horse",
+    "sunset",
+    "snow",
+    "river",
+    "street",
+    "house",
+)
 TOP_K = 10
 SEEN_LABELS, SCORED_LABELS, SEMANTIC_DIM = 100, 1000, 384  # the methods section's label sets
 PAPER_BACKBONES = ("vgg19", "resnet101")
@@ -73,15 +93,20 @@ class Plan:
     vocab: tuple[int, int]
 
     @classmethod
-    def make(cls, opts: BenchOptions, device: torch.device) -> "Plan":
+    def make(cls, opts: BenchOptions, device: torch.device) -> Plan:
         if opts.quick:
             plan = cls(images=16, batch_size=8, repeats=1, train_steps=1, vocab=(100, 20_000))
         elif device.type == "cuda":
             plan = cls(images=16384, batch_size=256, repeats=3, train_steps=5, vocab=(100, 100_000))
         else:
             plan = cls(images=256, batch_size=32, repeats=3, train_steps=3, vocab=(100, 100_000))
-        return cls(images=opts.images or plan.images, batch_size=opts.batch_size or plan.batch_size,
-                   repeats=plan.repeats, train_steps=plan.train_steps, vocab=plan.vocab)
+        return cls(
+            images=opts.images or plan.images,
+            batch_size=opts.batch_size or plan.batch_size,
+            repeats=plan.repeats,
+            train_steps=plan.train_steps,
+            vocab=plan.vocab,
+        )
 
 
 def run(opts: BenchOptions) -> dict[str, Any]:
@@ -89,8 +114,14 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     only = opts.only or list(SECTIONS)
     engine = Engine(opts.device, workers=opts.workers)
     plan = Plan.make(opts, engine.device)
-    report: dict[str, Any] = {"zstag": __version__, "command": opts.command, "machine": machine(engine.device),
-                              "plan": asdict(plan), "targets": TARGETS, "sections": {}}
+    report: dict[str, Any] = {
+        "zstag": __version__,
+        "command": opts.command,
+        "machine": machine(engine.device),
+        "plan": asdict(plan),
+        "targets": TARGETS,
+        "sections": {},
+    }
     with tempfile.TemporaryDirectory(prefix="zstag-bench-") as work:
         bench = Bench(opts, plan, engine, Path(work))
         for name in [s for s in SECTIONS if s in only]:
@@ -111,9 +142,17 @@ def machine(device: torch.device) -> dict[str, Any]:
     import torchvision
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"device": device_name(device), "cpu": cpu_name(), "cores": cores, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
-            "python": platform.python_version(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "device": device_name(device),
+        "cpu": cpu_name(),
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def device_name(device: torch.device) -> str:
@@ -137,8 +176,14 @@ class Bench:
         self._model: Model | None = None
 
     def row(self, batch_size: int, image_size: int, **fields: Any) -> dict[str, Any]:
-        return {**fields, "batch_size": batch_size, "image_size": image_size, "device": device_name(self.engine.device),
-                "torch": torch.__version__, "command": self.opts.command}
+        return {
+            **fields,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "device": device_name(self.engine.device),
+            "torch": torch.__version__,
+            "command": self.opts.command,
+        }
 
     def photos(self) -> list[Path]:
         if self._photos is None:
@@ -197,7 +242,9 @@ class Bench:
         pixels = torch.randint(0, 256, (self.plan.batch_size, 3, size, size), dtype=torch.uint8, generator=g)
         return self.engine.normalise(pixels, backbone.mean, backbone.std)
 
-    def timed(self, repeats: int | None = None, warm_up: bool = True, **calls: Callable[[], object]) -> dict[str, float]:
+    def timed(
+        self, repeats: int | None = None, warm_up: bool = True, **calls: Callable[[], object]
+    ) -> dict[str, float]:
         """Best wall time of each call over `repeats` rounds in which the calls take turns, so that a
         change in the machine's load hits all of them alike; one untimed round first unless
         `warm_up` is off (the caller warmed up more cheaply). The device is synchronised around each."""
@@ -234,8 +281,18 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
     def zstag_tag(inputs: list[str]) -> None:
         news = io.StringIO()
         with contextlib.redirect_stderr(news):  # the job's own news would break up the tables
-            code = tag(TagOptions(inputs=inputs, labels=vocab, model=ref, top_k=TOP_K, output=str(out),
-                                  batch_size=batch, device=device, workers=bench.opts.workers))
+            code = tag(
+                TagOptions(
+                    inputs=inputs,
+                    labels=vocab,
+                    model=ref,
+                    top_k=TOP_K,
+                    output=str(out),
+                    batch_size=batch,
+                    device=device,
+                    workers=bench.opts.workers,
+                )
+            )
         if code:
             raise RuntimeError(f"zstag tag exited with {code}: {news.getvalue().strip()}")
 
@@ -249,28 +306,66 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
     n = len(photos)
     zstag_ips, loop_ips = n / seconds["zstag"], n / seconds["loop"]
     size = model.image_size
-    rows = [bench.row(batch, size, run="batch, in-process", images=n, zstag_images_per_s=zstag_ips,
-                      loop_images_per_s=loop_ips, ratio=zstag_ips / loop_ips, target=TARGETS["end-to-end"],
-                      meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"], **bench.describe_model())]
+    rows = [
+        bench.row(
+            batch,
+            size,
+            run="batch, in-process",
+            images=n,
+            zstag_images_per_s=zstag_ips,
+            loop_images_per_s=loop_ips,
+            ratio=zstag_ips / loop_ips,
+            target=TARGETS["end-to-end"],
+            meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"],
+            **bench.describe_model(),
+        )
+    ]
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
-                                                                  os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
     common = [str(photos[0]), "--labels", str(vocab), "--model", ref, "--device", device, "--output", str(out)]
-    commands = {"zstag": [sys.executable, "-m", "zstag", "-q", "tag", *common],
-                "loop": [sys.executable, "-m", "zstag.bench.naive", *common]}
+    commands = {
+        "zstag": [sys.executable, "-m", "zstag", "-q", "tag", *common],
+        "loop": [sys.executable, "-m", "zstag.bench.naive", *common],
+    }
     # No warm-up: the runs above left the files and the bytecode cached.
-    seconds = bench.timed(warm_up=False, **{name: partial(subprocess.run, command, env=env, check=True, capture_output=True)
-                                            for name, command in commands.items()})
-    rows.append(bench.row(1, size, run="one photo, new process", images=1, zstag_seconds=seconds["zstag"],
-                          loop_seconds=seconds["loop"], ratio=seconds["loop"] / seconds["zstag"],
-                          target=TARGETS["single-image"], meets_target=seconds["zstag"] <= seconds["loop"],
-                          zstag_command=shlex.join(commands["zstag"]), loop_command=shlex.join(commands["loop"])))
-    return {"rows": rows, "notes": [
-        f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs, {len(VOCABULARY)} labels, top {TOP_K}; both sides load "
-        "the model and embed the labels inside the timed region; the loop is zstag.bench.naive "
-        f"(Pillow + torchvision transforms, batches of 32, one process); best of {bench.plan.repeats} after a "
-        "warm-up on two photos",
-        "ratio: zstag images/s over the loop's (batch), the loop's seconds over zstag's (one photo)"]}
+    seconds = bench.timed(
+        warm_up=False,
+        **{
+            name: partial(subprocess.run, command, env=env, check=True, capture_output=True)
+            for name, command in commands.items()
+        },
+    )
+    rows.append(
+        bench.row(
+            1,
+            size,
+            run="one photo, new process",
+            images=1,
+            zstag_seconds=seconds["zstag"],
+            loop_seconds=seconds["loop"],
+            ratio=seconds["loop"] / seconds["zstag"],
+            target=TARGETS["single-image"],
+            meets_target=seconds["zstag"] <= seconds["loop"],
+            zstag_command=shlex.join(commands["zstag"]),
+            loop_command=shlex.join(commands["loop"]),
+        )
+    )
+    return {
+        "rows": rows,
+        "notes": [
+            f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs, {len(VOCABULARY)} labels, top {TOP_K}; "
+            "both sides load "
+            "the model and embed the labels inside the timed region; the loop is zstag.bench.naive "
+            f"(Pillow + torchvision transforms, batches of 32, one process); best of {bench.plan.repeats} after a "
+            "warm-up on two photos",
+            "ratio: zstag images/s over the loop's (batch), the loop's seconds over zstag's (one photo)",
+        ],
+    }
 
 
 def forward(bench: Bench) -> dict[str, Any]:
@@ -283,9 +378,20 @@ def forward(bench: Bench) -> dict[str, Any]:
     labels = engine.vocabulary(method, random_labels(SEEN_LABELS, method.dim))
     seconds = bench.timed(forward=lambda: engine.forward(method, x, labels))["forward"]
     batch = bench.plan.batch_size
-    return {"rows": [bench.row(batch, model.image_size, labels=len(labels), images_per_s=batch / seconds,
-                               ms_per_batch=1e3 * seconds, precision=precision(engine), **bench.describe_model())],
-            "notes": [f"Engine.forward on random pixels already on the device; best of {bench.plan.repeats}"]}
+    return {
+        "rows": [
+            bench.row(
+                batch,
+                model.image_size,
+                labels=len(labels),
+                images_per_s=batch / seconds,
+                ms_per_batch=1e3 * seconds,
+                precision=precision(engine),
+                **bench.describe_model(),
+            )
+        ],
+        "notes": [f"Engine.forward on random pixels already on the device; best of {bench.plan.repeats}"],
+    }
 
 
 def vocab_scale(bench: Bench) -> dict[str, Any]:
@@ -314,19 +420,35 @@ def vocab_scale(bench: Bench) -> dict[str, Any]:
         with LargestTensor() as largest:
             engine.score(method, code, labels)
         full = batch * len(labels) * method.dim
-        rows.append(bench.row(batch, model.image_size, labels=len(labels), ms_per_image=1e3 * seconds[n] / batch,
-                              prepare_labels_ms=1e3 * prepare_s[n], peak_memory_mib=memory.mib, largest_tensor_elements=largest.numel,
-                              images_x_labels_x_dim=full, bounded=largest.numel < full, **bench.describe_model()))
+        rows.append(
+            bench.row(
+                batch,
+                model.image_size,
+                labels=len(labels),
+                ms_per_image=1e3 * seconds[n] / batch,
+                prepare_labels_ms=1e3 * prepare_s[n],
+                peak_memory_mib=memory.mib,
+                largest_tensor_elements=largest.numel,
+                images_x_labels_x_dim=full,
+                bounded=largest.numel < full,
+                **bench.describe_model(),
+            )
+        )
     ratio = rows[-1]["ms_per_image"] / rows[0]["ms_per_image"]
     rows[-1].update(ratio=ratio, target=TARGETS["vocab-scale"], meets_target=ratio <= TARGETS["vocab-scale"])
-    return {"rows": rows, "notes": [
-        f"label vectors are random unit vectors of the model's {method.dim} dimensions (zstag.data.labels.LabelSet), "
-        "so no text embedding is timed; time is encode + score + copy of the scores to the CPU; "
-        "prepare_labels_ms: the method's label-side work, done once per vocabulary before the first batch",
-        "ratio: ms per image with the most labels over ms per image with the fewest",
-        "peak memory (one more call after the timed ones): " + PeakMemory.WHAT[engine.device.type],
-        "largest_tensor_elements: the biggest tensor any operation returned while scoring the encoded batch "
-        "(a dispatch mode sees every intermediate); bounded = smaller than images x labels x dims"]}
+    return {
+        "rows": rows,
+        "notes": [
+            f"label vectors are random unit vectors of the model's {method.dim} dimensions "
+            "(zstag.data.labels.LabelSet), "
+            "so no text embedding is timed; time is encode + score + copy of the scores to the CPU; "
+            "prepare_labels_ms: the method's label-side work, done once per vocabulary before the first batch",
+            "ratio: ms per image with the most labels over ms per image with the fewest",
+            "peak memory (one more call after the timed ones): " + PeakMemory.WHAT[engine.device.type],
+            "largest_tensor_elements: the biggest tensor any operation returned while scoring the encoded batch "
+            "(a dispatch mode sees every intermediate); bounded = smaller than images x labels x dims",
+        ],
+    }
 
 
 def methods(bench: Bench) -> dict[str, Any]:
@@ -349,7 +471,10 @@ def methods(bench: Bench) -> dict[str, Any]:
     rows = []
     for name in names:
         try:
-            backbone, weights = build_backbone(name, pretrained=True), "pretrained" if name != "small" else "random init"
+            backbone, weights = (
+                build_backbone(name, pretrained=True),
+                "pretrained" if name != "small" else "random init",
+            )
         except MissingWeightsError:
             backbone, weights = build_backbone(name, pretrained=False), "random init (same shape)"
         backbone.requires_grad_(False)  # the default recipe trains the head on a frozen backbone
@@ -358,24 +483,33 @@ def methods(bench: Bench) -> dict[str, Any]:
         for method_name in METHODS:
             fields: dict[str, Any] = {"method": method_name, "backbone": name, "weights": weights}
             try:
-                fields.update(head_speed(bench, engine.prepare(build_head(method_name, backbone, seen)), x, targets,
-                                         seen_dev, vocab_dev))
+                fields.update(
+                    head_speed(
+                        bench, engine.prepare(build_head(method_name, backbone, seen)), x, targets, seen_dev, vocab_dev
+                    )
+                )
             except torch.OutOfMemoryError:
                 fields["error"] = f"out of memory at batch {batch}"
             rows.append(bench.row(batch, size, **fields))
             if engine.device.type == "cuda":
                 torch.cuda.empty_cache()
-    return {"rows": rows, "notes": [
-        f"inference: Engine.forward against {SCORED_LABELS} random labels ({precision(engine)}); training: "
-        f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels, backbone frozen and run "
-        f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up; "
-        "batch norms are not folded here (Engine.prepare, as for training), as they are for tagging",
-        f"batch {batch}" + ("" if engine.device.type == "cuda" else " (on a GPU the default is 256)"),
-        "peak memory: " + PeakMemory.WHAT[engine.device.type]]}
+    return {
+        "rows": rows,
+        "notes": [
+            f"inference: Engine.forward against {SCORED_LABELS} random labels ({precision(engine)}); training: "
+            f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels, "
+            "backbone frozen and run "
+            f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up; "
+            "batch norms are not folded here (Engine.prepare, as for training), as they are for tagging",
+            f"batch {batch}" + ("" if engine.device.type == "cuda" else " (on a GPU the default is 256)"),
+            "peak memory: " + PeakMemory.WHAT[engine.device.type],
+        ],
+    }
 
 
-def head_speed(bench: Bench, method: Method, x: torch.Tensor, targets: torch.Tensor, seen: LabelSet,
-               vocab: LabelSet) -> dict[str, float]:
+def head_speed(
+    bench: Bench, method: Method, x: torch.Tensor, targets: torch.Tensor, seen: LabelSet, vocab: LabelSet
+) -> dict[str, float]:
     """Inference and training images/s of one prepared method, with the peak memory of each.
 
     Training runs the method's loss, backward and its recipe's optimizer step with the backbone
@@ -399,8 +533,12 @@ def head_speed(bench: Bench, method: Method, x: torch.Tensor, targets: torch.Ten
 
     with PeakMemory(engine.device) as training:
         train_s = bench.timed(repeats=bench.plan.train_steps, train=step)["train"]
-    return {"infer_images_per_s": batch / infer_s, "infer_peak_mib": inference.mib,
-            "train_images_per_s": batch / train_s, "train_peak_mib": training.mib}
+    return {
+        "infer_images_per_s": batch / infer_s,
+        "infer_peak_mib": inference.mib,
+        "train_images_per_s": batch / train_s,
+        "train_peak_mib": training.mib,
+    }
 
 
 def decode(bench: Bench) -> dict[str, Any]:
@@ -411,20 +549,35 @@ def decode(bench: Bench) -> dict[str, Any]:
     engine, photos, size, batch = bench.engine, bench.photos()[:DECODE_PHOTOS], model.image_size, bench.plan.batch_size
     dataset = ImageFiles(photos, size)
     files = [torch.frombuffer(read_jpeg(p), dtype=torch.uint8) for p in photos]
-    seconds = bench.timed(pillow=lambda: [dataset.decode(i) for i in range(len(photos))],
-                          device=lambda: [engine.decode_jpegs(files[i:i + batch], size) for i in range(0, len(files), batch)])
+    seconds = bench.timed(
+        pillow=lambda: [dataset.decode(i) for i in range(len(photos))],
+        device=lambda: [engine.decode_jpegs(files[i : i + batch], size) for i in range(0, len(files), batch)],
+    )
     where = "nvJPEG" if engine.device.type == "cuda" else "libjpeg-turbo, one process"
     n = len(photos)
-    rows = [bench.row(1, size, path="Pillow decode_image + to_tensor (one process)", images_per_s=n / seconds["pillow"]),
-            bench.row(batch, size, path=f"torchvision decode_jpeg + resize_square ({where})",
-                      images_per_s=n / seconds["device"])]
-    return {"rows": rows, "notes": [f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs of about "
-                                    f"{sum(p.stat().st_size for p in photos) / n / 1e3:.0f} KB, files already in memory "
-                                    f"for decode_jpeg, read from the page cache by Pillow; best of {bench.plan.repeats}"]}
+    rows = [
+        bench.row(1, size, path="Pillow decode_image + to_tensor (one process)", images_per_s=n / seconds["pillow"]),
+        bench.row(
+            batch, size, path=f"torchvision decode_jpeg + resize_square ({where})", images_per_s=n / seconds["device"]
+        ),
+    ]
+    return {
+        "rows": rows,
+        "notes": [
+            f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs of about "
+            f"{sum(p.stat().st_size for p in photos) / n / 1e3:.0f} KB, files already in memory "
+            f"for decode_jpeg, read from the page cache by Pillow; best of {bench.plan.repeats}"
+        ],
+    }
 
 
 SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "end-to-end": end_to_end, "forward": forward, "vocab-scale": vocab_scale, "methods": methods, "decode": decode}
+    "end-to-end": end_to_end,
+    "forward": forward,
+    "vocab-scale": vocab_scale,
+    "methods": methods,
+    "decode": decode,
+}
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -20,29 +20,37 @@ def _sections(text: str | None) -> list[str] | None:
     chosen = split_list(text)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown or not chosen:
-        raise typer.BadParameter(f"unknown section(s) {', '.join(unknown) or repr(text)}: use {', '.join(SECTIONS)}",
-                                 param_hint="--only")
+        raise typer.BadParameter(
+            f"unknown section(s) {', '.join(unknown) or repr(text)}: use {', '.join(SECTIONS)}", param_hint="--only"
+        )
     return chosen
 
 
 FLAGS = {
     "device": params.device(),
     "model": params.model(),
-    "backbone": typer.Option("--backbone", help="Measure the model's method on this backbone instead (vgg19, resnet101, ...).",
-                             autocompletion=params.complete_backbones),
-    "images": typer.Option("--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 16384 on GPU)."),
+    "backbone": typer.Option(
+        "--backbone",
+        help="Measure the model's method on this backbone instead (vgg19, resnet101, ...).",
+        autocompletion=params.complete_backbones,
+    ),
+    "images": typer.Option(
+        "--images", min=1, help="Synthetic photos to tag and decode (default 256 on CPU, 16384 on GPU)."
+    ),
     "image_size": typer.Option("--image-size", min=16, max=4096, help="Square input size (default: the model's)."),
     "batch_size": params.batch_size("Images per batch (default 32 on CPU, 256 on GPU)."),
     "workers": params.workers(" For end-to-end runs."),
     "quick": typer.Option("--quick", help="Small sizes: a check that everything runs, not numbers to quote."),
-    "only": Flag(typer.Option("--only", help="Comma-separated sections: " + ", ".join(SECTIONS) + "."),
-                 Optional[str], _sections),
+    "only": Flag(
+        typer.Option("--only", help="Comma-separated sections: " + ", ".join(SECTIONS) + "."), Optional[str], _sections
+    ),
     "json_path": typer.Option("--json", help="Write the measurements as JSON to this file ('-' for stdout)."),
 }
 
 
 def run(opts: BenchOptions) -> None:
-    """Measure tagging speed on this machine: end to end against a plain loop, model, vocabulary size, methods, decoding.
+    """Measure tagging speed on this machine: end to end against a plain loop, model, vocabulary size, methods,
+    decoding.
 
     Tables go to stderr; numbers are measured, never looked up.
 

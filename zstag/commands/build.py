@@ -45,10 +45,14 @@ class Extra:
     default: Any
 
 
-QUIET = Extra(typer.Option("--quiet", "-q", help="No progress bars or news on stderr; warnings and errors still show."),
-              bool, False)
-VERBOSE = Extra(typer.Option("--verbose", "-v", help="More detail on stderr, and tracebacks for unexpected errors."),
-                bool, False)
+QUIET = Extra(
+    typer.Option("--quiet", "-q", help="No progress bars or news on stderr; warnings and errors still show."),
+    bool,
+    False,
+)
+VERBOSE = Extra(
+    typer.Option("--verbose", "-v", help="More detail on stderr, and tracebacks for unexpected errors."), bool, False
+)
 
 
 def _field_default(field: dataclasses.Field) -> Any:
@@ -59,8 +63,9 @@ def _field_default(field: dataclasses.Field) -> Any:
     return inspect.Parameter.empty
 
 
-def from_options(options: type[T], flags: dict[str, Any], run: Callable[..., int | None],
-            extras: dict[str, Extra] | None = None) -> Callable[..., None]:
+def from_options(
+    options: type[T], flags: dict[str, Any], run: Callable[..., int | None], extras: dict[str, Extra] | None = None
+) -> Callable[..., None]:
     """The typer command for `run(opts, **extras)`: parameters in the order of `flags`, then
     `extras`, then -q/-v; help from `run`'s docstring. Fields not in `flags` keep their defaults."""
     hints = typing.get_type_hints(options)
@@ -86,8 +91,10 @@ def from_options(options: type[T], flags: dict[str, Any], run: Callable[..., int
         code = run(opts, **given)
         raise typer.Exit(code or 0)
 
-    signature = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
-                 for name, kind, default in params]
+    signature = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, kind, default in params
+    ]
     handler.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     handler.__annotations__ = {name: kind for name, kind, _ in params}
     handler.__doc__ = run.__doc__
@@ -98,8 +105,12 @@ def from_options(options: type[T], flags: dict[str, Any], run: Callable[..., int
 def plain(function: Callable[..., None]) -> Callable[..., None]:
     """A command declared by its own typer signature (no job dataclass), with -q/-v added."""
     signature = inspect.signature(function, eval_str=True)
-    switches = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[extra.type, extra.info],
-                                  default=extra.default) for name, extra in (("quiet", QUIET), ("verbose", VERBOSE))]
+    switches = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[extra.type, extra.info], default=extra.default
+        )
+        for name, extra in (("quiet", QUIET), ("verbose", VERBOSE))
+    ]
 
     @functools.wraps(function)
     def handler(**values: Any) -> None:
@@ -119,13 +130,14 @@ def _switches(values: dict[str, Any]) -> None:
 
 
 def split_list(text: str | None) -> list[str]:
-    """"a, b,c" -> ["a", "b", "c"]."""
+    """ "a, b,c" -> ["a", "b", "c"]."""
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def choice(*values: str) -> dict[str, Any]:
     """typer.Option arguments that accept only `values` (naming the option when refusing) and
     offer them to shell completion."""
+
     def check(value: str | None) -> str | None:
         if value is not None and value not in values:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")

@@ -13,9 +13,11 @@ from zstag.jobs.options import EvalOptions
 NAME = "calibrate"
 
 FLAGS = {
-    "model": typer.Argument(help="Model directory to calibrate (its config.json is updated); not `default` "
-                                 "or a fetched model, which are never rewritten: calibrate a copy.",
-                            autocompletion=params.complete_models),
+    "model": typer.Argument(
+        help="Model directory to calibrate (its config.json is updated); not `default` "
+        "or a fetched model, which are never rewritten: calibrate a copy.",
+        autocompletion=params.complete_models,
+    ),
     "truth": typer.Option("--data", help="Tagged images the model did not train on: a manifest or sidecar folder."),
     "labels": typer.Option("--labels", help="Labels to fit on (default: every tag in DATA)."),
     "batch_size": params.batch_size(),

@@ -28,24 +28,32 @@ def _ks(text: str) -> list[int]:
 
 
 FLAGS = {
-    "inputs": Flag(typer.Argument(metavar="[IMAGES]...", help="With --model: the images to tag (default: the truth's images)."),
-                   Optional[list[str]], lambda given: given or [], default=None),
+    "inputs": Flag(
+        typer.Argument(metavar="[IMAGES]...", help="With --model: the images to tag (default: the truth's images)."),
+        Optional[list[str]],
+        lambda given: given or [],
+        default=None,
+    ),
     "truth": typer.Option("--truth", help="Ground truth: a manifest or sidecar folder."),
     "predictions": typer.Option("--predictions", "-p", help="Predictions from `zstag tag --format jsonl`."),
     "model": params.model("Tag the truth's images with this model instead of reading predictions."),
     "labels": typer.Option("--labels", help="Labels to evaluate (default: every label in truth and predictions)."),
     "unseen": typer.Option("--unseen", help="Unseen labels: adds the zero-shot (zs) section."),
     "ks": Flag(typer.Option("--k", help="Comma-separated K for P/R/F1@K."), str, _ks, default="3,5"),
-    "protocol": typer.Option("--protocol", help="zstag (labels without positives left out of mAP) or lesa (counted as AP 0).",
-                             **choice("zstag", "lesa")),
+    "protocol": typer.Option(
+        "--protocol",
+        help="zstag (labels without positives left out of mAP) or lesa (counted as AP 0).",
+        **choice("zstag", "lesa"),
+    ),
     "batch_size": params.batch_size("Images per batch (with --model)."),
     "device": params.device(),
     "workers": params.workers(" With --model."),
 }
 EXTRAS = {
     "as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False),
-    "plots": Extra(typer.Option("--plots", help="Folder for PNG charts: the PR curves and AP per label."),
-                   Optional[Path], None),
+    "plots": Extra(
+        typer.Option("--plots", help="Folder for PNG charts: the PR curves and AP per label."), Optional[Path], None
+    ),
 }
 
 

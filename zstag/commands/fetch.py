@@ -21,11 +21,17 @@ def _complete_names(incomplete: str) -> list[str]:
 
 @plain
 def command(
-    names: Annotated[Optional[list[str]], typer.Argument(
-        help="Registry names (vgg19, resnet101, resnet50, minilm, glove-300) or hf://OWNER/REPO[@REV].",
-        autocompletion=_complete_names)] = None,
+    names: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Registry names (vgg19, resnet101, resnet50, minilm, glove-300) or hf://OWNER/REPO[@REV].",
+            autocompletion=_complete_names,
+        ),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the registry and what is cached.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $ZSTAG_CACHE or the user cache).")] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $ZSTAG_CACHE or the user cache).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even when cached.")] = False,
 ) -> None:
     """Download pretrained weights into the cache (verified by sha256 where known).
@@ -40,8 +46,11 @@ def command(
     if list_:
         print("name\tkind\tcached\trepo\tdescription")  # a header line, as `zstag models` prints one
         for entry in hub.list_registry(cache_dir=cache_dir):
-            mark = {"missing": "-"}.get(entry["state"], entry["state"])  # verified, unverified (no sha256 pinned), corrupt
-            print(f"{entry['name']}\t{entry.get('kind', '')}\t{mark}\t{entry.get('repo', '')}\t{entry.get('description', '')}")
+            mark = {"missing": "-"}.get(
+                entry["state"], entry["state"]
+            )  # verified, unverified (no sha256 pinned), corrupt
+            fields = (entry["name"], entry.get("kind", ""), mark, entry.get("repo", ""), entry.get("description", ""))
+            print("\t".join(fields))
         return
     if not names:
         raise UsageError("name what to fetch (see `zstag fetch --list`)")

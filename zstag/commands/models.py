@@ -17,10 +17,20 @@ NAME = "models"
 
 @plain
 def command(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Model directories, or folders to search for them (e.g. runs/).")] = None,
-    search: Annotated[Optional[list[Path]], typer.Option("--path", help="Also list the model directories under this folder (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model instead of tab-separated lines.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Fetch cache to list (default: $ZSTAG_CACHE or the user cache).")] = None,
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Model directories, or folders to search for them (e.g. runs/).")
+    ] = None,
+    search: Annotated[
+        Optional[list[Path]],
+        typer.Option("--path", help="Also list the model directories under this folder (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per model instead of tab-separated lines.")
+    ] = False,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option("--cache-dir", help="Fetch cache to list (default: $ZSTAG_CACHE or the user cache)."),
+    ] = None,
 ) -> None:
     """List the models usable as --model: bundled, fetched and local, from their config.json only.
 

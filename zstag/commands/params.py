@@ -41,9 +41,14 @@ def model(help: str = "Model directory, 'default' (bundled), or a fetched name."
 
 
 def workers(note: str = "") -> Any:
-    return typer.Option("--workers", min=0, help=(
-        "Image decoding processes. Default: on a GPU one per core but one (at most 16); on a CPU none: threads of "
-        "this process decode instead, which measured faster there." + note))
+    return typer.Option(
+        "--workers",
+        min=0,
+        help=(
+            "Image decoding processes. Default: on a GPU one per core but one (at most 16); on a CPU none: threads of "
+            "this process decode instead, which measured faster there." + note
+        ),
+    )
 
 
 def batch_size(help: str = "Images per batch.") -> Any:

@@ -17,8 +17,12 @@ NAME = "push"
 def command(
     model_dir: Annotated[Path, typer.Argument(help="Model directory to publish (config.json + model.safetensors).")],
     url: Annotated[str, typer.Argument(help="Destination: hf://OWNER/REPO (created when missing).")],
-    private: Annotated[bool, typer.Option("--private", help="Create the repository as private (an existing one keeps its visibility).")] = False,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created from main when missing).")] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repository as private (an existing one keeps its visibility).")
+    ] = False,
+    revision: Annotated[
+        Optional[str], typer.Option("--revision", help="Branch to commit to (created from main when missing).")
+    ] = None,
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
 ) -> None:
     """Publish a trained model on the Hugging Face Hub, in the layout `zstag fetch hf://...` pulls.

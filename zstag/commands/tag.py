@@ -25,31 +25,50 @@ def _extensions(text: str | None) -> list[str] | None:
 
 
 FLAGS = {
-    "inputs": typer.Argument(metavar="IMAGES...", help="Image files, folders, quoted globs, or '-' for paths on stdin."),
+    "inputs": typer.Argument(
+        metavar="IMAGES...", help="Image files, folders, quoted globs, or '-' for paths on stdin."
+    ),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file: one label per line, any labels you like."),
     "model": params.model(),
     "top_k": typer.Option("--top-k", "-k", min=0, help="Tags per image (0 = every label)."),
-    "threshold": typer.Option("--threshold", help="Keep only tags scoring at least this: a probability in [0, 1], "
-                                                  "or any raw score with --raw-scores."),
-    "thresholds": typer.Option("--thresholds", help="Per-label thresholds: 'label<TAB>threshold' per line (others use --threshold)."),
-    "raw_scores": typer.Option("--raw-scores", help="Write the method's raw scores instead of calibrated probabilities."),
-    "fmt": typer.Option("--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.jpg.xmp sidecars).", **choice(*FORMATS)),
+    "threshold": typer.Option(
+        "--threshold",
+        help="Keep only tags scoring at least this: a probability in [0, 1], or any raw score with --raw-scores.",
+    ),
+    "thresholds": typer.Option(
+        "--thresholds", help="Per-label thresholds: 'label<TAB>threshold' per line (others use --threshold)."
+    ),
+    "raw_scores": typer.Option(
+        "--raw-scores", help="Write the method's raw scores instead of calibrated probabilities."
+    ),
+    "fmt": typer.Option(
+        "--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.jpg.xmp sidecars).", **choice(*FORMATS)
+    ),
     "output": typer.Option("--output", "-o", help="Output file, or '-' for stdout."),
     "recursive": typer.Option("--recursive/--no-recursive", help="Descend into sub-folders."),
     "batch_size": params.batch_size(),
     "device": params.device(),
     "workers": params.workers(),
     "resume": typer.Option("--resume", help="Continue an interrupted run into the same --output."),
-    "extensions": Flag(typer.Option("--extensions", help="Comma-separated extensions that count as images in folders."),
-                       Optional[str], _extensions),
+    "extensions": Flag(
+        typer.Option("--extensions", help="Comma-separated extensions that count as images in folders."),
+        Optional[str],
+        _extensions,
+    ),
     "errors": typer.Option("--errors", help="Append unreadable inputs to this file as JSON lines."),
-    "sidecar_mode": typer.Option("--sidecar-mode", help="For txt/xmp, what an existing sidecar gets. safe: zstag's own "
-                                 "are replaced (XMP: merged, keeping your metadata), any other x.txt is left alone and "
-                                 "its image named; overwrite: replace any x.txt; append: add the new tags; skip: leave "
-                                 "every existing sidecar alone.", **choice(*SIDECAR_MODES)),
+    "sidecar_mode": typer.Option(
+        "--sidecar-mode",
+        help="For txt/xmp, what an existing sidecar gets. safe: zstag's own "
+        "are replaced (XMP: merged, keeping your metadata), any other x.txt is left alone and "
+        "its image named; overwrite: replace any x.txt; append: add the new tags; skip: leave "
+        "every existing sidecar alone.",
+        **choice(*SIDECAR_MODES),
+    ),
     "force": typer.Option("--force", help="Replace an existing --output file even if it is not a zstag output."),
-    "shard": typer.Option("--shard", help="Tag only block I of N of the inputs (0 <= I < N), e.g. "
-                                          "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."),
+    "shard": typer.Option(
+        "--shard",
+        help="Tag only block I of N of the inputs (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.",
+    ),
 }
 
 
@@ -65,8 +84,10 @@ def run(opts: TagOptions) -> int:
       torchrun --nproc-per-node 8 -m zstag tag /data --labels vocab.txt -o tags.jsonl
     """
     if opts.threshold is not None and not opts.raw_scores and not 0 <= opts.threshold <= 1:
-        raise typer.BadParameter(f"{opts.threshold} is not a probability in [0, 1] (add --raw-scores to threshold "
-                                 "the method's raw scores)", param_hint="'--threshold'")
+        raise typer.BadParameter(
+            f"{opts.threshold} is not a probability in [0, 1] (add --raw-scores to threshold the method's raw scores)",
+            param_hint="'--threshold'",
+        )
     if opts.resume and opts.output == "-" and opts.fmt in STREAM_FORMATS:
         raise UsageError("--resume needs --output FILE (it reads what the file already holds)")
     from zstag.jobs.tag import tag

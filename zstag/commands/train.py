@@ -32,14 +32,23 @@ def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
 
 FLAGS = {
     "data": typer.Argument(help="Training data: a .jsonl / .csv manifest or a folder of images with .txt sidecars."),
-    "method": typer.Option("--method", "-m", help="lesa, sgma, rgcn-posvae, ml2p, fast0tag or conse.",
-                           autocompletion=params.complete_methods),
+    "method": typer.Option(
+        "--method",
+        "-m",
+        help="lesa, sgma, rgcn-posvae, ml2p, fast0tag or conse.",
+        autocompletion=params.complete_methods,
+    ),
     "out": typer.Option("--out", "-o", help="Model directory to write (config.json + model.safetensors)."),
     "unseen": typer.Option("--unseen", help="Labels held out of training (one per line)."),
     "labels": typer.Option("--labels", help="Train only on these labels (default: every tag in DATA)."),
-    "backbone": typer.Option("--backbone", help="bundled (default), small (from scratch), vgg19, resnet101, resnet50.",
-                             autocompletion=params.complete_backbones),
-    "semantics": typer.Option("--semantics", help="minilm, glove-300, or a vector file / sentence-transformers folder."),
+    "backbone": typer.Option(
+        "--backbone",
+        help="bundled (default), small (from scratch), vgg19, resnet101, resnet50.",
+        autocompletion=params.complete_backbones,
+    ),
+    "semantics": typer.Option(
+        "--semantics", help="minilm, glove-300, or a vector file / sentence-transformers folder."
+    ),
     "epochs": typer.Option("--epochs", min=1, help="Epochs (default: the method's recipe)."),
     "batch_size": params.batch_size("Batch size (default: the method's recipe)."),
     "lr": typer.Option("--lr", min=0.0, help="Learning rate (default: the method's recipe)."),
@@ -47,11 +56,17 @@ FLAGS = {
     "device": params.device(),
     "seed": typer.Option("--seed", help="Seed for splits, initialisation and shuffling."),
     "val_fraction": typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation."),
-    "overrides": Flag(typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable), e.g. --set attentions=1."),
-                      Optional[list[str]], parse_sets, default=None),
+    "overrides": Flag(
+        typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable), e.g. --set attentions=1."),
+        Optional[list[str]],
+        parse_sets,
+        default=None,
+    ),
     "workers": params.workers(),
-    "resume": typer.Option("--resume", help="Continue an interrupted run from OUT's last epoch checkpoint "
-                                            "(same options; --epochs may grow)."),
+    "resume": typer.Option(
+        "--resume",
+        help="Continue an interrupted run from OUT's last epoch checkpoint (same options; --epochs may grow).",
+    ),
 }
 
 

@@ -56,7 +56,13 @@ def progress(description: str, total: int | None) -> Iterator[_NoProgress]:
     if _state["quiet"] or not sys.stderr.isatty():
         yield _NoProgress()
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(description, total=total)
 

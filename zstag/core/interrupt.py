@@ -32,7 +32,10 @@ def remembered() -> Iterator[CtrlC]:
     """Record SIGINT for the duration. Left alone where Python's own handler is not installed (not
     the main thread, or SIGINT ignored by the parent, as under `nohup`): nothing to remember then."""
     ctrl_c = CtrlC()
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield ctrl_c
         return
 

@@ -56,13 +56,31 @@ from zstag.core.errors import ImageError
 # Common still-image extensions, kept to those the installed Pillow can actually open (AVIF, for
 # one, needs Pillow >= 11.2), so that a folder walk never selects files it cannot read.
 _COMMON_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".bmp", ".dib",
-    ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
-    ".jpx", ".avif",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".mpo",
+    ".png",
+    ".apng",
+    ".webp",
+    ".bmp",
+    ".dib",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+    ".ico",
+    ".jp2",
+    ".j2k",
+    ".jpx",
+    ".avif",
 )
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    ext for ext in _COMMON_EXTENSIONS if ext in Image.registered_extensions()
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(ext for ext in _COMMON_EXTENSIONS if ext in Image.registered_extensions())
 
 WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
@@ -70,8 +88,21 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 # reduce has no 16-bit kernel, so those are flattened to RGB before shrinking.
 _AVERAGEABLE_MODES = frozenset({"L", "LA", "I", "F", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr"})
 # Bytes per pixel of what Pillow decodes into, per mode (other modes: 4).
-_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
-                "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_PIXEL_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 # Pixels converted at once when a picture must be flattened before it is reduced.
 _STRIP_PIXELS = 4_000_000
 # A PNG whose header promises more than this many times its own size is inflated once to check its data.
@@ -325,8 +356,9 @@ def _describe(exc: BaseException, kind: str | None = None) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
         if len(numbers) >= 2:
-            return (f"decompression bomb: {_megapixels(numbers[0])} Mpx exceeds the limit "
-                    f"({_megapixels(numbers[1])} Mpx)")
+            return (
+                f"decompression bomb: {_megapixels(numbers[0])} Mpx exceeds the limit ({_megapixels(numbers[1])} Mpx)"
+            )
         return "decompression bomb: exceeds Pillow's pixel limit"
     if isinstance(exc, PermissionError):
         return "permission denied"

@@ -67,9 +67,7 @@ def iter_inputs(
             yield display, Path(display)
 
 
-def _expand_all(
-    inputs: list[str], recursive: bool, wanted: frozenset[str], stdin: IO[str] | None
-) -> Iterator[str]:
+def _expand_all(inputs: list[str], recursive: bool, wanted: frozenset[str], stdin: IO[str] | None) -> Iterator[str]:
     """Every input expanded in command-line order (duplicates are removed by the caller)."""
     for raw in inputs:
         if raw == "-":

@@ -62,7 +62,7 @@ def read_header(data: bytes) -> JpegHeader | None:
             return None
         if marker == _SOS:
             break
-        segment = data[pos + 4: pos + 2 + length]
+        segment = data[pos + 4 : pos + 2 + length]
         if marker in _SOF and frame is None:
             if len(segment) < 6:
                 return None
@@ -78,8 +78,17 @@ def read_header(data: bytes) -> JpegHeader | None:
         return None
     process, precision, height, width, components = frame
     orientation = 1 if exif is None else exif_orientation(exif)
-    return JpegHeader(process, precision, width, height, components, orientation, adobe, mpf,
-                      complete=data.rstrip(b"\x00").endswith(EOI))
+    return JpegHeader(
+        process,
+        precision,
+        width,
+        height,
+        components,
+        orientation,
+        adobe,
+        mpf,
+        complete=data.rstrip(b"\x00").endswith(EOI),
+    )
 
 
 def exif_orientation(tiff: bytes) -> int:

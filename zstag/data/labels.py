@@ -29,18 +29,21 @@ class LabelSet:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def subset(self, index: slice | list[int] | torch.Tensor) -> "LabelSet":
+    def subset(self, index: slice | list[int] | torch.Tensor) -> LabelSet:
         """The labels at `index` (a slice for chunked scoring, a list for seen/unseen subsets)."""
         if isinstance(index, slice):
             return LabelSet(self.names[index], self.vectors[index], {k: v[index] for k, v in self.derived.items()})
         idx = torch.as_tensor(index, dtype=torch.long)
-        return LabelSet([self.names[i] for i in idx.tolist()], self.vectors[idx],
-                        {k: v[idx.to(v.device)] for k, v in self.derived.items()})
+        return LabelSet(
+            [self.names[i] for i in idx.tolist()],
+            self.vectors[idx],
+            {k: v[idx.to(v.device)] for k, v in self.derived.items()},
+        )
 
-    def to(self, device: torch.device | str) -> "LabelSet":
+    def to(self, device: torch.device | str) -> LabelSet:
         return LabelSet(self.names, self.vectors.to(device), {k: v.to(device) for k, v in self.derived.items()})
 
-    def with_derived(self, **tensors: torch.Tensor) -> "LabelSet":
+    def with_derived(self, **tensors: torch.Tensor) -> LabelSet:
         """The same labels with more label-side tensors (each with one row per label)."""
         for key, value in tensors.items():
             if value.shape[0] != len(self.names):

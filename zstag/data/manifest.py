@@ -50,14 +50,18 @@ def _resolve(root: Path, raw: str, where: str) -> Path:
         return Path(os.path.abspath(path))
     full = Path(os.path.abspath(root / path))
     if not full.is_relative_to(root):
-        raise UsageError(f"{where}: image path {raw!r} escapes the dataset folder {root} (use an absolute path if you mean it)")
+        raise UsageError(
+            f"{where}: image path {raw!r} escapes the dataset folder {root} (use an absolute path if you mean it)"
+        )
     return full
 
 
 def _tags(value: object, where: str) -> list[str]:
     if isinstance(value, str):
-        raise UsageError(f"{where}: 'tags' must be a list of strings, not the string {value!r} "
-                         f"(write {json.dumps(value.split('|'), ensure_ascii=False)})")
+        raise UsageError(
+            f"{where}: 'tags' must be a list of strings, not the string {value!r} "
+            f"(write {json.dumps(value.split('|'), ensure_ascii=False)})"
+        )
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise UsageError(f"{where}: 'tags' must be a list of strings")
     return unique_labels(value, where)
@@ -75,8 +79,11 @@ class _Problems:
     def raise_any(self) -> None:
         if self.lines:
             more = len(self.lines) - SHOWN_PROBLEMS
-            raise UsageError("\n".join(self.lines[:SHOWN_PROBLEMS]
-                                       + ([f"... and {more} more line(s) with problems"] if more > 0 else [])))
+            raise UsageError(
+                "\n".join(
+                    self.lines[:SHOWN_PROBLEMS] + ([f"... and {more} more line(s) with problems"] if more > 0 else [])
+                )
+            )
 
 
 def _read_text(path: Path) -> str:
@@ -127,8 +134,10 @@ def _read_csv(path: Path, root: Path) -> list[Sample]:
             where = f"{path}:{reader.line_num}"
             try:
                 if row["tags"] is None:  # a short row: csv fills the missing columns with None
-                    raise UsageError(f"{where}: the row has no 'tags' column (write an empty field, 'image,', "
-                                     "for an image without tags)")
+                    raise UsageError(
+                        f"{where}: the row has no 'tags' column (write an empty field, 'image,', "
+                        "for an image without tags)"
+                    )
                 tags = unique_labels(row["tags"].split("|"), where)
                 samples.append(Sample(_resolve(root, row["image"] or "", where), tags))
             except UsageError as exc:
@@ -169,12 +178,16 @@ def read_dataset(path: str | Path) -> list[Sample]:
         elif suffix == ".csv":
             samples = _read_csv(path, root)
         else:
-            raise UsageError(f"{path}: a manifest must be .jsonl or .csv, or give a folder of images with .txt sidecars")
+            raise UsageError(
+                f"{path}: a manifest must be .jsonl or .csv, or give a folder of images with .txt sidecars"
+            )
     merged: dict[Path, list[str]] = {}
     for s in samples:
         merged[s.image] = list(dict.fromkeys(merged.get(s.image, []) + s.tags))
     if len(merged) < len(samples):
-        warnings.warn(f"{path}: {len(samples) - len(merged)} image(s) listed more than once; their tags were merged", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(samples) - len(merged)} image(s) listed more than once; their tags were merged", stacklevel=2
+        )
     if not merged:
         raise UsageError(f"{path}: no images listed")
     return [Sample(image, tags) for image, tags in merged.items()]

@@ -63,7 +63,9 @@ def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
         raise UsageError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-    lines = ((n, _INLINE_COMMENT.sub("", line).strip()) for n, line in enumerate(text.lstrip("\ufeff").split("\n"), start=1))
+    lines = (
+        (n, _INLINE_COMMENT.sub("", line).strip()) for n, line in enumerate(text.lstrip("\ufeff").split("\n"), start=1)
+    )
     return [(n, line) for n, line in lines if line and not line.startswith("#")]
 
 
@@ -88,8 +90,12 @@ def _warn_case_duplicates(labels: list[str], source: str) -> None:
         groups.setdefault(label.casefold(), []).append(label)
     clashes = [" / ".join(map(repr, group)) for group in groups.values() if len(group) > 1]
     if clashes:
-        warnings.warn(f"{source}: {len(clashes)} label(s) differ only in case and are kept apart: "
-                      + ", ".join(clashes[:5]) + (" ..." if len(clashes) > 5 else ""), stacklevel=3)
+        warnings.warn(
+            f"{source}: {len(clashes)} label(s) differ only in case and are kept apart: "
+            + ", ".join(clashes[:5])
+            + (" ..." if len(clashes) > 5 else ""),
+            stacklevel=3,
+        )
 
 
 def read_thresholds(path: str | Path) -> dict[str, float]:
@@ -114,8 +120,11 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
             repeated.append(label)
         thresholds[label] = threshold
     if repeated:
-        warnings.warn(f"{path}: {len(repeated)} label(s) listed twice, the last value kept: "
-                      + ", ".join(repr(r) for r in repeated[:5]), stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(repeated)} label(s) listed twice, the last value kept: "
+            + ", ".join(repr(r) for r in repeated[:5]),
+            stacklevel=2,
+        )
     if not thresholds:
         raise UsageError(f"thresholds file {path} is empty (one 'label<TAB>threshold' per line)")
     return thresholds

@@ -41,8 +41,8 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from zstag.backbones.base import Backbone
-from zstag.data.jpeg import read_header, read_jpeg
 from zstag.core.errors import ImageError, UsageError
+from zstag.data.jpeg import read_header, read_jpeg
 from zstag.data.labels import LabelSet
 from zstag.methods.base import ImageCode, Method
 
@@ -218,8 +218,13 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
         names = list(sequence._modules)
         for first, second in zip(names, names[1:]):
             conv, norm = sequence._modules[first], sequence._modules[second]
-            if (type(conv) is nn.Conv2d and type(norm) is nn.BatchNorm2d and norm.track_running_stats
-                    and not conv.training and not norm.training):
+            if (
+                type(conv) is nn.Conv2d
+                and type(norm) is nn.BatchNorm2d
+                and norm.track_running_stats
+                and not conv.training
+                and not norm.training
+            ):
                 sequence._modules[first] = fuse_conv_bn_eval(conv, norm)
                 sequence._modules[second] = nn.Identity()
     return module
@@ -248,8 +253,9 @@ def resize_square(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
         groups.setdefault(tuple(image.shape), []).append(i)
     for members in groups.values():
         pixels = torch.stack([images[i] for i in members]).float()
-        square = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
-                                                 align_corners=False)
+        square = torch.nn.functional.interpolate(
+            pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out[members] = square.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -264,8 +270,9 @@ class Batch:
 class Engine:
     """Runs a method over images on one device, in one precision, in batches."""
 
-    def __init__(self, device: str = "auto", batch_size: int = 64, workers: int | None = None,
-                 gpu_decode: bool | None = None) -> None:
+    def __init__(
+        self, device: str = "auto", batch_size: int = 64, workers: int | None = None, gpu_decode: bool | None = None
+    ) -> None:
         """`gpu_decode`: decode plain JPEGs with nvJPEG on CUDA (None: yes unless ZSTAG_GPU_DECODE=0)."""
         self.device = resolve_device(device)
         self.batch_size = max(1, batch_size)
@@ -291,8 +298,13 @@ class Engine:
         """Index batches of `dataset` in order."""
         return BatchSampler(SequentialSampler(dataset), batch_size or self.batch_size, drop_last=False)
 
-    def loader(self, dataset: Dataset, batch_size: int | None = None, collate_fn=collate,
-               batch_sampler: Sampler[list[int]] | None = None) -> DataLoader | DecodedHere:
+    def loader(
+        self,
+        dataset: Dataset,
+        batch_size: int | None = None,
+        collate_fn=collate,
+        batch_sampler: Sampler[list[int]] | None = None,
+    ) -> DataLoader | DecodedHere:
         """Batches in order, or those of `batch_sampler` (the trainer's shuffled, per-rank batches).
 
         With no workers, or a single batch, the batches are decoded in this process
@@ -302,8 +314,15 @@ class Engine:
         batches = batch_sampler if batch_sampler is not None else self.batches(dataset, batch_size)
         if self.workers == 0 or len(batches) <= 1:
             return DecodedHere(dataset, batches, collate_fn, available_cores())
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate_fn,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4,
+        )
 
     def normalise(self, batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         """uint8 (B, 3, H, W) on any device -> normalised float on this device, channels last.
@@ -353,9 +372,14 @@ class Engine:
             torch.cuda.synchronize(self.device)  # nvJPEG can race with work queued on the stream (H100)
         return resize_square(decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device), size)
 
-    def pixels(self, dataset: ImageFiles, indices: list[int], batch: torch.Tensor | None,
-               failures: list[tuple[int, str]], encoded: list[tuple[int, torch.Tensor]],
-               ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    def pixels(
+        self,
+        dataset: ImageFiles,
+        indices: list[int],
+        batch: torch.Tensor | None,
+        failures: list[tuple[int, str]],
+        encoded: list[tuple[int, torch.Tensor]],
+    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
         """Merge the JPEGs the workers left undecoded into the batch, in input order, on this device.
 
         A batch nvJPEG refuses is decoded by Pillow instead, one file at a time, so an unreadable
@@ -419,8 +443,12 @@ class Engine:
                     indices, batch, failures = self.pixels(dataset, indices, batch, failures, encoded)
                 yield indices, batch, failures
 
-    def images(self, backbone: Backbone, paths: Sequence[Path], image_size: int,
-               ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    def images(
+        self,
+        backbone: Backbone,
+        paths: Sequence[Path],
+        image_size: int,
+    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
         """(indices, normalised images for `backbone` or None, failures) for every batch of `paths`, in
         input order: the decoding, device and batching of `run`, for callers that compute something
         other than scores (`zstag explain`, the trainer's feature cache)."""
@@ -428,8 +456,14 @@ class Engine:
         for indices, batch, failures in self.decoded(dataset):
             yield indices, None if batch is None else self.normalise(batch, backbone.mean, backbone.std), failures
 
-    def scored(self, method: Method, labels: LabelSet, indices: list[int], batch: torch.Tensor | None,
-               failures: list[tuple[int, str]]) -> Batch:
+    def scored(
+        self,
+        method: Method,
+        labels: LabelSet,
+        indices: list[int],
+        batch: torch.Tensor | None,
+        failures: list[tuple[int, str]],
+    ) -> Batch:
         """One decoded batch's scores, on this device."""
         if batch is None:
             return Batch([], torch.zeros(0, len(labels)), failures)

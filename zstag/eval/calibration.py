@@ -55,15 +55,23 @@ def fit_platt(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> d
     if not a > 0:
         # A decreasing map would reverse the method's ranking; such data cannot calibrate it.
         # mAP ranks images label by label, so it can be good while the pooled scores are not.
-        raise UsageError(f"cannot calibrate on these {len(s)} (image, label) pairs: pooled over all labels, higher "
-                         "scores are not more often right (fitted scale <= 0), although each label's own ranking, "
-                         "which mAP measures, may be good; fit on a larger or more representative tagged set")
+        raise UsageError(
+            f"cannot calibrate on these {len(s)} (image, label) pairs: pooled over all labels, higher "
+            "scores are not more often right (fitted scale <= 0), although each label's own ranking, "
+            "which mAP measures, may be good; fit on a larger or more representative tagged set"
+        )
     scale, bias = a / sigma, b - a * mu / sigma
     x = scale * s + bias
     # -log p = log(1 + exp(-x)) and -log(1 - p) = log(1 + exp(x)), exactly and without overflow.
     log_loss = float(np.mean(np.where(y, np.logaddexp(0.0, -x), np.logaddexp(0.0, x))))
-    return {"scale": float(scale), "bias": float(bias), "pairs": int(len(s)), "positives": positives,
-            "log_loss": log_loss, "base_rate": positives / len(s)}
+    return {
+        "scale": float(scale),
+        "bias": float(bias),
+        "pairs": int(len(s)),
+        "positives": positives,
+        "log_loss": log_loss,
+        "base_rate": positives / len(s),
+    }
 
 
 def apply(scores: torch.Tensor, calibration: dict[str, Any] | None) -> torch.Tensor:

@@ -82,8 +82,9 @@ def draw_ap_bars(labels: Sequence[str], ap: Sequence[float | None], unseen: Sequ
     return image
 
 
-def write_plots(folder: Path, report: dict[str, Any], curves: dict[str, Any], labels: Sequence[str],
-                unseen: Sequence[str] | None) -> list[Path]:
+def write_plots(
+    folder: Path, report: dict[str, Any], curves: dict[str, Any], labels: Sequence[str], unseen: Sequence[str] | None
+) -> list[Path]:
     """Write PR_FILE and AP_FILE into `folder` (created; those two names replaced); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / PR_FILE, folder / AP_FILE]

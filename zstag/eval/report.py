@@ -35,11 +35,11 @@ from zstag.core.errors import UsageError
 from zstag.eval.metrics import (
     PROTOCOLS,
     MetricProtocol,
+    average_precision_per_label,
     gzsl_harmonic,
     mean_ap,
     mean_class_accuracy,
     mean_image_ap,
-    average_precision_per_label,
     precision_recall_f1_at_k,
 )
 
@@ -271,8 +271,9 @@ def pr_curve(scores: np.ndarray, truth: np.ndarray, max_points: int = 200) -> li
     return [[round(float(r), 4), round(float(p), 4)] for r, p in zip(tp / positives, tp / (ends + 1))]
 
 
-def label_curves(scores: np.ndarray, truth: np.ndarray, labels: Sequence[str],
-                 unseen: Sequence[str] | None = None) -> dict[str, Any]:
+def label_curves(
+    scores: np.ndarray, truth: np.ndarray, labels: Sequence[str], unseen: Sequence[str] | None = None
+) -> dict[str, Any]:
     """What plots and the review page draw, from the same matrices `evaluate` reads: each label's AP
     (null without a positive; a label's AP does not depend on the other labels, so it is the same in
     ZS and GZS, and the mean of the non-null ones is the zstag protocol's mAP), its number of

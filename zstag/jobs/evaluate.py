@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from zstag.core import console
+from zstag.core.errors import UsageError
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.vocab import read_vocabulary
-from zstag.core.errors import UsageError
-from zstag.jobs.options import EvalOptions
 from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions, truth_matrix
+from zstag.jobs.options import EvalOptions
 
 
 def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:
@@ -82,8 +82,10 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     folder = resolve_model_dir(opts.model)
     place = shared_place(folder)
     if place is not None:
-        raise UsageError(f"{opts.model} is in {place}, which calibrate never rewrites: copy it "
-                         f"(`cp -rL {folder} my-model`) and calibrate the copy")
+        raise UsageError(
+            f"{opts.model} is in {place}, which calibrate never rewrites: copy it "
+            f"(`cp -rL {folder} my-model`) and calibrate the copy"
+        )
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
     scores, samples = model_scores(opts, samples, labels)
@@ -96,6 +98,7 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
 
 def render_report(report: dict[str, Any]) -> str:
     """A compact table for people: one line per setting, percentages."""
+
     def pct(v: Any) -> str:
         return "   -  " if v is None else f"{100 * v:6.2f}"
 
@@ -108,9 +111,13 @@ def render_report(report: dict[str, Any]) -> str:
         head = f"{'':4} {'mAP':>6} {'miAP':>6} " + " ".join(f"{'P@' + k:>6} {'R@' + k:>6} {'F1@' + k:>6}" for k in ks)
         if not lines:
             lines.append(head)
-        at_k = " ".join(f"{pct(section['at_k'][k]['P'])} {pct(section['at_k'][k]['R'])} {pct(section['at_k'][k]['F1'])}" for k in ks)
-        lines.append(f"{name.upper():4} {pct(section['mAP'])} {pct(section['miAP'])} {at_k}   "
-                     f"({section['n_images']} images, {section['n_labels']} labels)")
+        at_k = " ".join(
+            f"{pct(section['at_k'][k]['P'])} {pct(section['at_k'][k]['R'])} {pct(section['at_k'][k]['F1'])}" for k in ks
+        )
+        lines.append(
+            f"{name.upper():4} {pct(section['mAP'])} {pct(section['miAP'])} {at_k}   "
+            f"({section['n_images']} images, {section['n_labels']} labels)"
+        )
     single = report.get("single_label")
     if single:
         lines.append("single-label: " + ", ".join(f"{k} {pct(v).strip()}" for k, v in single.items()))

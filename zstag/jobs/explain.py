@@ -71,8 +71,9 @@ def with_boxes(image: Image.Image, boxes: np.ndarray) -> Image.Image:
     draw = ImageDraw.Draw(drawn)
     width = max(2, round(max(image.size) / 100))
     for colour, (x0, y0, x1, y1) in zip(PART_COLOURS, boxes, strict=False):
-        draw.rectangle([x0 * image.width, y0 * image.height, x1 * image.width, y1 * image.height],
-                       outline=colour, width=width)
+        draw.rectangle(
+            [x0 * image.width, y0 * image.height, x1 * image.width, y1 * image.height], outline=colour, width=width
+        )
     return drawn
 
 
@@ -81,21 +82,27 @@ def same_maps(maps: list[np.ndarray]) -> bool:
     return len(maps) > 1 and all(np.allclose(m, maps[0], atol=0.02) for m in maps[1:])
 
 
-def render(image: Image.Image, tags: list[tuple[str, str]], maps: list[np.ndarray] | None,
-           boxes: np.ndarray | None) -> Image.Image:
+def render(
+    image: Image.Image, tags: list[tuple[str, str]], maps: list[np.ndarray] | None, boxes: np.ndarray | None
+) -> Image.Image:
     """The picture: a title (the tags and their scores, and a note when the maps do not differ per
     tag) above a row of panels, each captioned above its letterboxed picture: the image (with the
     part boxes when given), then the map of each tag, or one map when they are all the same."""
-    panels = [("parts: " + ", ".join(PART_COLOURS[:len(boxes)]) if boxes is not None else "image",
-               with_boxes(image, boxes) if boxes is not None else image)]
+    panels = [
+        (
+            "parts: " + ", ".join(PART_COLOURS[: len(boxes)]) if boxes is not None else "image",
+            with_boxes(image, boxes) if boxes is not None else image,
+        )
+    ]
     note = None
     if maps is not None:
         if same_maps(maps):
             note = SAME_MAPS
             panels.append(("every tag", overlay(image, maps[0])))
         else:
-            panels += [(f"{label} {score}", overlay(image, heat))
-                       for (label, score), heat in zip(tags, maps, strict=True)]
+            panels += [
+                (f"{label} {score}", overlay(image, heat)) for (label, score), heat in zip(tags, maps, strict=True)
+            ]
     side = TILE if len(panels) > 1 else 2 * TILE  # a lone picture (SGMA's parts) is drawn larger
     width = side * len(panels)
     title = textwrap.wrap("tags: " + ", ".join(f"{label} {score}" for label, score in tags), width // 6)
@@ -151,8 +158,10 @@ def explain(opts: ExplainOptions) -> int:
     targets = [opts.out / name for name in output_names([display for display, _ in items])]
     foreign = [str(t) for t in targets if t.exists() and not is_ours(t)]
     if foreign:
-        raise UsageError(f"{len(foreign)} file(s) in {opts.out} that zstag did not write would be overwritten "
-                         f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); choose another --out")
+        raise UsageError(
+            f"{len(foreign)} file(s) in {opts.out} that zstag did not write would be overwritten "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); choose another --out"
+        )
     model = load_model(opts.model)
     engine = Engine(opts.device)
     method = engine.prepare(model.method)
@@ -176,13 +185,19 @@ def explain(opts: ExplainOptions) -> int:
                 for row, i in enumerate(indices):
                     top = scores[row].topk(min(opts.top_k, len(labels)))
                     shown_scores = apply_calibration(top.values, calibration)
-                    tags = list(zip([labels.names[t] for t in top.indices.tolist()],
-                                    score_text(shown_scores, bool(calibration)), strict=True))
-                    shown = method.explain(images[row:row + 1], labels.subset(top.indices.tolist()))
+                    tags = list(
+                        zip(
+                            [labels.names[t] for t in top.indices.tolist()],
+                            score_text(shown_scores, bool(calibration)),
+                            strict=True,
+                        )
+                    )
+                    shown = method.explain(images[row : row + 1], labels.subset(top.indices.tolist()))
                     maps = None
                     if shown.maps is not None:
-                        small = F.interpolate(shown.maps[:1].float(), size=(56, 56), mode="bilinear",
-                                              align_corners=False)[0]
+                        small = F.interpolate(
+                            shown.maps[:1].float(), size=(56, 56), mode="bilinear", align_corners=False
+                        )[0]
                         maps = [m.clamp(0, 1).cpu().numpy() for m in small]
                     boxes = None if shown.boxes is None else shown.boxes[0].float().cpu().numpy()
                     # The panels show the picture at its decoded resolution and shape, not the model's square.

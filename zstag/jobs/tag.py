@@ -15,18 +15,17 @@ from pathlib import Path
 import torch
 
 from zstag.core import console, interrupt
-from zstag.eval.calibration import apply as apply_calibration
+from zstag.core.errors import ImageError, UsageError
 from zstag.data.vocab import read_thresholds, read_vocabulary
-from zstag.engine.engine import Engine
-from zstag.core.errors import UsageError
-from zstag.jobs.options import TagOptions
-from zstag.store.model import load_model
 from zstag.engine import distributed
 from zstag.engine.distributed import Share, current_share
-from zstag.core.errors import ImageError
+from zstag.engine.engine import Engine
+from zstag.eval.calibration import apply as apply_calibration
+from zstag.jobs.options import TagOptions
 from zstag.outputs import SIDECAR_FORMATS, Tags
 from zstag.outputs.sidecars import SidecarWriter
 from zstag.outputs.streams import StreamOutput, escape_name, join_shards, read_done_images
+from zstag.store.model import load_model
 
 
 def label_thresholds(names: list[str], threshold: float | None, per_label: dict[str, float]) -> torch.Tensor | None:
@@ -36,8 +35,10 @@ def label_thresholds(names: list[str], threshold: float | None, per_label: dict[
         return None
     unknown = [label for label in per_label if label not in set(names)]
     if unknown:
-        console.warn(f"{len(unknown)} label(s) of --thresholds are not in the vocabulary and are ignored: "
-                     + ", ".join(repr(u) for u in unknown[:5]))
+        console.warn(
+            f"{len(unknown)} label(s) of --thresholds are not in the vocabulary and are ignored: "
+            + ", ".join(repr(u) for u in unknown[:5])
+        )
     default = -math.inf if threshold is None else threshold
     return torch.tensor([per_label.get(name, default) for name in names], dtype=torch.float32)
 
@@ -86,19 +87,25 @@ def tag(opts: TagOptions) -> int:
     if stream is not None and (stream.done.images or done_before):
         foreign = sorted(stream.done.labels - set(vocab))
         if foreign:
-            raise UsageError(f"{opts.output} holds labels that are not in {opts.labels} ({', '.join(map(repr, foreign[:3]))}"
-                             f"{' ...' if len(foreign) > 3 else ''}): it was written with another vocabulary, "
-                             "and resuming would mix the two; write to a new file")
+            raise UsageError(
+                f"{opts.output} holds labels that are not in {opts.labels} ({', '.join(map(repr, foreign[:3]))}"
+                f"{' ...' if len(foreign) > 3 else ''}): it was written with another vocabulary, "
+                "and resuming would mix the two; write to a new file"
+            )
         before = len(items)
         items = [item for item in items if item[0] not in stream.done.images and item[0] not in done_before]
         console.info(f"--resume: {before - len(items)} image(s) already in {opts.output}, {len(items)} to go")
     model = load_model(opts.model)
     labels = model.embed(vocab)
     calibration = None if opts.raw_scores else model.config.get("calibration")
-    thresholds = label_thresholds(labels.names, opts.threshold, read_thresholds(opts.thresholds) if opts.thresholds else {})
+    thresholds = label_thresholds(
+        labels.names, opts.threshold, read_thresholds(opts.thresholds) if opts.thresholds else {}
+    )
     if thresholds is not None and calibration is None:
-        console.warn(f"thresholds apply to raw {model.config['method']} scores"
-                     + ("" if opts.raw_scores else " (this model has no calibration: see `zstag calibrate`)"))
+        console.warn(
+            f"thresholds apply to raw {model.config['method']} scores"
+            + ("" if opts.raw_scores else " (this model has no calibration: see `zstag calibrate`)")
+        )
     engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
     sidecars = SidecarWriter(opts.fmt, opts.sidecar_mode) if sidecar else None
     console.debug(f"model {model.path} ({model.config['method']}), {len(vocab)} labels, device {engine.device}")
@@ -136,15 +143,19 @@ def tag(opts: TagOptions) -> int:
                 ctrl_c.check()
         complete = True
     except KeyboardInterrupt:
-        console.warn(f"interrupted after {done} image(s)" + ("" if stream is None or opts.output == "-" else
-                     "; rows so far kept, continue with --resume"))
+        console.warn(
+            f"interrupted after {done} image(s)"
+            + ("" if stream is None or opts.output == "-" else "; rows so far kept, continue with --resume")
+        )
         raise
     finally:
         if stream is not None:
             stream.close(complete)
         if opts.errors is not None and failures:
             with opts.errors.open("a", encoding="utf-8") as f:
-                f.writelines(escape_name(json.dumps({"image": d, "error": r}, ensure_ascii=False)) + "\n" for d, r in failures)
+                f.writelines(
+                    escape_name(json.dumps({"image": d, "error": r}, ensure_ascii=False)) + "\n" for d, r in failures
+                )
     console.info(f"tagged {done} image(s)" + (f"; {len(failures)} unreadable" if failures else ""))
     if share is None or not share.torchrun:
         return 3 if failures else 0

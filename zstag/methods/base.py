@@ -40,7 +40,6 @@ ImageCode = torch.Tensor | dict[str, torch.Tensor]
 Embedder = Callable[[list[str]], LabelSet]
 
 
-
 @dataclass
 class Explanation:
     """Where a method looked, for `zstag explain`: per-label maps, or boxes on the image."""
@@ -62,7 +61,7 @@ def occlusion_maps(method: nn.Module, images: torch.Tensor, labels: LabelSet, gr
     for i in range(grid):
         for j in range(grid):
             masked = images.clone()
-            masked[:, :, ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = 0  # 0 is the mean after normalisation
+            masked[:, :, ys[i] : ys[i + 1], xs[j] : xs[j + 1]] = 0  # 0 is the mean after normalisation
             drops[:, :, i, j] = (base - method(masked, labels)).clamp(min=0)
     peak = drops.flatten(2).amax(dim=2).clamp(min=1e-12)
     return drops / peak[:, :, None, None]
@@ -129,7 +128,9 @@ class Method(nn.Module, ABC):
         return labels
 
     @abstractmethod
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch; `targets` (B, S) holds 1 for present seen labels, else 0.
 
         Returns the total loss and its named parts (as floats, for logging).

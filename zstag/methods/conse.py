@@ -43,8 +43,9 @@ class ConSEConfig(SingleLabelConfig):
 
 class ConSE(Method):
     name = "conse"
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau",
-                                              lr_factor=0.5, early_stopping=5)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau", lr_factor=0.5, early_stopping=5
+    )
     Config: ClassVar[type[ConSEConfig]] = ConSEConfig
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ConSEConfig], embed: Embedder) -> None:
@@ -53,8 +54,9 @@ class ConSE(Method):
         if not hp.config.backbone_classifier:
             self.classifier = nn.Linear(backbone.channels[-1], self.num_seen)
         elif backbone.classifier is None or len(backbone.class_names or ()) != self.num_seen:
-            raise UsageError(f"backbone {backbone.name!r} has no pretraining classifier over the "
-                             f"{self.num_seen} seen labels")
+            raise UsageError(
+                f"backbone {backbone.name!r} has no pretraining classifier over the {self.num_seen} seen labels"
+            )
         # The seen vectors are part of the model: f(x) lives in their span.
         self.register_buffer("seen_vectors", seen.vectors.clone())
         self.top_t = min(hp.config.top_t, self.num_seen)
@@ -79,7 +81,9 @@ class ConSE(Method):
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return code @ labels.vectors.to(code.dtype).T  # cosine: both sides are unit vectors
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.logits(images)
         if self.single_label:
             loss = F.cross_entropy(logits, targets.argmax(dim=1))

@@ -34,16 +34,21 @@ class Fast0TagConfig(MethodConfig):
 
 class Fast0Tag(Method):
     name = "fast0tag"
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau",
-                                              lr_factor=0.5, early_stopping=5)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau", lr_factor=0.5, early_stopping=5
+    )
     Config: ClassVar[type[Fast0TagConfig]] = Fast0TagConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[Fast0TagConfig], embed: Embedder) -> None:
+    def __init__(
+        self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[Fast0TagConfig], embed: Embedder
+    ) -> None:
         super().__init__(backbone, seen, hp, embed)
         hidden = hp.config.hidden
         self.direction = nn.Sequential(
-            nn.Linear(backbone.channels[-1], hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(backbone.channels[-1], hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, self.dim),
         )
 
@@ -54,7 +59,9 @@ class Fast0Tag(Method):
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return code @ labels.vectors.to(code.dtype).T
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         scores = self.score(self.encode(images), seen).float()
         # RankNet over every (present p, absent n) pair of each image: log(1 + exp(s_n - s_p)).
         diff = scores.unsqueeze(1) - scores.unsqueeze(2)  # [b, p, n] = s_n - s_p

@@ -120,7 +120,9 @@ class LESAConfig(MethodConfig):
     """LESA's architecture (Sec. 5.1), loss weights (eq. 14) and the Table 1-2 ablations."""
 
     attentions: int = setting(10, 1, 4096)  # M (Sec. 5.1)
-    feature_dim: int = setting(0, 0, WIDTH_LIMIT)  # width of the learned 2x2 conv; 0 = the backbone's region channels (512 for VGG19)
+    feature_dim: int = setting(
+        0, 0, WIDTH_LIMIT
+    )  # width of the learned 2x2 conv; 0 = the backbone's region channels (512 for VGG19)
     attention_dim: int = setting(0, 0, WIDTH_LIMIT)  # columns of the shared W1; 0 = feature_dim, as in the public code
     lambda_div: float = setting(1e-2, 0)
     lambda_rel: float = setting(1e-3, 0)
@@ -139,9 +141,17 @@ class LESA(Method):
     name: ClassVar[str] = "lesa"
     # Recipe (Sec. 5.1): "default setting of RMSprop" (no momentum) at lr 0.001, batch 32,
     # lr x 0.8 whenever validation degrades, early stopping, 40 epochs on NUS-WIDE, frozen VGG.
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="rmsprop", lr=1e-3, momentum=0.0, batch_size=32, epochs=40,
-                                              schedule="plateau", lr_factor=0.8, early_stopping=5,
-                                              finetune_backbone=False)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="rmsprop",
+        lr=1e-3,
+        momentum=0.0,
+        batch_size=32,
+        epochs=40,
+        schedule="plateau",
+        lr_factor=0.8,
+        early_stopping=5,
+        finetune_backbone=False,
+    )
     Config: ClassVar[type[LESAConfig]] = LESAConfig
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[LESAConfig], embed: Embedder) -> None:
@@ -236,7 +246,9 @@ class LESA(Method):
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return self.select(self.module_scores(code, labels), labels.vectors)
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 14 on a batch; the parts are reported unweighted, the total weighted."""
         att = self.attend(images)
         theta = self.classifiers(seen.vectors).to(att.features.dtype)

@@ -216,7 +216,9 @@ class ML2PConfig(MethodConfig):
     groups: int = setting(7, 1, 4096)
     reg_weight: float = setting(0.4, 0, 1)  # lambda of eq. 12
     grid: int = setting(7, 1, 1024)  # pooled size of the pyramid (the 7x7 stage at 224 px)
-    mlp_reduction: int = setting(5, 1, WIDTH_LIMIT)  # hidden width of the MLPs = size // 5 (released code; the paper is silent)
+    mlp_reduction: int = setting(
+        5, 1, WIDTH_LIMIT
+    )  # hidden width of the MLPs = size // 5 (released code; the paper is silent)
     shuffle_seed: int = setting(0, 0)
     pyramid: bool = setting(True)
     encoder: bool = setting(True)
@@ -231,9 +233,17 @@ class ML2P(Method):
     # Recipe, Sec. 4.1 (NUS-WIDE): Adam, weight decay 4e-3, lr 5e-5 divided by 10 at epoch 7,
     # 20 epochs, batch 48. The paper trains end to end ("Our model can support end-to-end
     # training"; only the *comparison* methods are "not fine-tuned"), so the backbone is tuned.
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=5e-5, weight_decay=4e-3, batch_size=48, epochs=20,
-                                              schedule="step", lr_milestones=[7], lr_factor=0.1,
-                                              finetune_backbone=True)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="adam",
+        lr=5e-5,
+        weight_decay=4e-3,
+        batch_size=48,
+        epochs=20,
+        schedule="step",
+        lr_milestones=[7],
+        lr_factor=0.1,
+        finetune_backbone=True,
+    )
     Config: ClassVar[type[ML2PConfig]] = ML2PConfig
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ML2PConfig], embed: Embedder) -> None:
@@ -250,9 +260,7 @@ class ML2P(Method):
         shuffle = torch.randperm(width, generator=torch.Generator().manual_seed(config.shuffle_seed))
         self.register_buffer("shuffle", shuffle)
         self.encoder = (
-            ML2PEncoder(self.groups, self.dim, self.grid * self.grid, config.mlp_reduction)
-            if config.encoder
-            else None
+            ML2PEncoder(self.groups, self.dim, self.grid * self.grid, config.mlp_reduction) if config.encoder else None
         )
         self.group_attention = GroupAttention(self.dim, config.group_residual) if config.group_attention else None
 
@@ -284,7 +292,9 @@ class ML2P(Method):
         vectors = labels.vectors.to(device=code.device, dtype=code.dtype)
         return torch.einsum("bgd,ld->bgl", code, vectors).amax(dim=1)
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 12: mean over the batch of (1 - lambda) omega L_rank + lambda L_reg."""
         code = self.encode(images)
         targets = targets.to(code.dtype)

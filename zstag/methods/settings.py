@@ -26,8 +26,14 @@ from zstag.core.errors import UsageError
 WIDTH_LIMIT = 65536
 
 
-def setting(default: Any, low: float | None = None, high: float | None = None, *, above: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
+def setting(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """A dataclass field with bounds (`low` <= value <= `high`, value > `above`) or string `choices`."""
     bounds = {"low": low, "high": high, "above": above, "choices": choices}
     if isinstance(default, list):
@@ -40,24 +46,39 @@ def _is_int(value: Any) -> bool:
 
 
 def _describe(kind: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a list of integers")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, "a list of integers"
+    )
 
 
 def _check(key: str, value: Any, kind: Any, bounds: dict[str, Any]) -> None:
     """Raise a UsageError naming `key` when `value` is not of `kind` or out of its bounds."""
-    ok = {int: _is_int(value), bool: isinstance(value, bool), str: isinstance(value, str),
-          float: (_is_int(value) or isinstance(value, float)) and math.isfinite(value)}.get(
-        kind, isinstance(value, list) and all(_is_int(v) for v in value))
+    ok = {
+        int: _is_int(value),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+        float: (_is_int(value) or isinstance(value, float)) and math.isfinite(value),
+    }.get(kind, isinstance(value, list) and all(_is_int(v) for v in value))
     if not ok:
         raise UsageError(f"hyperparameter {key!r} must be {_describe(kind)}, not {value!r}")
     if bounds["choices"] is not None and value not in bounds["choices"]:
         raise UsageError(f"hyperparameter {key!r} must be one of {', '.join(bounds['choices'])}, not {value!r}")
     for item in value if isinstance(value, list) else [value]:
         low, high, above = bounds["low"], bounds["high"], bounds["above"]
-        if (low is not None and item < low) or (high is not None and item > high) or (above is not None and item <= above):
-            allowed = " and ".join(part for part in (
-                f"> {above}" if above is not None else "", f">= {low}" if low is not None else "",
-                f"<= {high}" if high is not None else "") if part)
+        if (
+            (low is not None and item < low)
+            or (high is not None and item > high)
+            or (above is not None and item <= above)
+        ):
+            allowed = " and ".join(
+                part
+                for part in (
+                    f"> {above}" if above is not None else "",
+                    f">= {low}" if low is not None else "",
+                    f"<= {high}" if high is not None else "",
+                )
+                if part
+            )
             raise UsageError(f"hyperparameter {key!r} must be {allowed}, not {value!r}")
 
 
@@ -136,7 +157,9 @@ class Hyperparameters(Generic[C]):
     config: C
 
     @classmethod
-    def build(cls, method: str, recipe: Recipe, config: C, overrides: dict[str, Any] | None = None) -> Hyperparameters[C]:
+    def build(
+        cls, method: str, recipe: Recipe, config: C, overrides: dict[str, Any] | None = None
+    ) -> Hyperparameters[C]:
         """`recipe` and `config` (the method's defaults) with `overrides` applied and checked.
 
         Unknown keys, wrong types and out-of-range values raise a UsageError naming the key.
@@ -147,10 +170,16 @@ class Hyperparameters(Generic[C]):
         for key in overrides:
             if key not in recipe_keys | config_keys:
                 close = difflib.get_close_matches(key, sorted(recipe_keys | config_keys), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(recipe_keys | config_keys))}"
+                hint = (
+                    f" (did you mean {close[0]!r}?)"
+                    if close
+                    else f"; known: {', '.join(sorted(recipe_keys | config_keys))}"
+                )
                 raise UsageError(f"unknown hyperparameter {key!r} for {method}{hint}")
-        return cls(dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if k in recipe_keys}),
-                   dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in config_keys}))
+        return cls(
+            dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if k in recipe_keys}),
+            dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in config_keys}),
+        )
 
     def flat(self) -> dict[str, Any]:
         """The `hp` object of config.json: every recipe and method setting in one dict."""

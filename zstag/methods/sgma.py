@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import ClassVar
 
 import torch
@@ -142,7 +142,9 @@ def diversity_loss(maps: torch.Tensor, margin: float) -> torch.Tensor:
     return (maps * (others - margin).clamp_min(0)).flatten(-2).mean(-1)
 
 
-def center_triplet_loss(features: torch.Tensor, centers: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:
+def center_triplet_loss(
+    features: torch.Tensor, centers: torch.Tensor, targets: torch.Tensor, margin: float
+) -> torch.Tensor:
     """Eq. 10: max(0, mrg + ||f - C_i||^2 - ||f - C_k||^2) for a present label i, absent k.
 
     features (B, D) and centers (S, D) are already L2-normalised; targets (B, S) 0/1. Averaged
@@ -287,9 +289,18 @@ class SGMA(Method):
     # lr x 0.1 on plateau down to 5e-4; the CNNs are trained end to end. The paper gives no
     # patience: a plateau is 3 epochs without a better validation mAP (lr_patience 2, ours), so two
     # noisy epochs do not cut the rate tenfold.
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32,
-                                              schedule="plateau", lr_factor=0.1, min_lr=5e-4, lr_patience=2,
-                                              finetune_backbone=True)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=32,
+        schedule="plateau",
+        lr_factor=0.1,
+        min_lr=5e-4,
+        lr_patience=2,
+        finetune_backbone=True,
+    )
     Config: ClassVar[type[SGMAConfig]] = SGMAConfig
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[SGMAConfig], embed: Embedder) -> None:
@@ -316,7 +327,7 @@ class SGMA(Method):
         self.register_buffer("prototypes", torch.zeros(branches, self.num_seen, self.dim))
         self.register_buffer("proto_count", torch.zeros(self.num_seen, dtype=torch.long))
 
-    def train(self, mode: bool = True) -> "SGMA":
+    def train(self, mode: bool = True) -> SGMA:
         """Part CNNs follow the backbone: when the trainer has frozen it, they are frozen too.
 
         The trainer freezes `backbone` (requires_grad False) after building the method, so the
@@ -342,7 +353,11 @@ class SGMA(Method):
         height, width = images.shape[-2:]
         scale = self.config.joint_scale
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        whole = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        whole = (
+            images
+            if size == (height, width)
+            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        )
         with torch.autocast(images.device.type, enabled=False):  # the masks' pixel grid in float32
             parts = crop_parts(images.float(), boxes.float(), size, self.config.box_k)  # (B, n, 3, h', w')
         b = images.shape[0]
@@ -396,7 +411,9 @@ class SGMA(Method):
             feats = F.normalize(phi.float(), dim=-1)
             return torch.einsum("bnd,nld->bl", feats, protos).to(phi.dtype)
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
         maps, phi = self._forward(images)
         # Eq. 4-6: summed over the parts, averaged over the batch.

@@ -36,6 +36,7 @@ class ClipZeroShot(Method):
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return code @ labels.vectors.to(code.dtype).T  # cosine: both sides are unit vectors
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor,
-             seen: LabelSet) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise UsageError("CLIP zero-shot has nothing to train: train a method on --backbone clip-vit-b32")

@@ -65,8 +65,10 @@ def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "safe") -> None:
         if mode == "skip":
             return
         if mode == "safe" and not written_by_zstag(sidecar):
-            raise ImageError(f"{sidecar} exists and zstag did not write it: left alone "
-                             "(the sidecar modes overwrite and append change it)")
+            raise ImageError(
+                f"{sidecar} exists and zstag did not write it: left alone "
+                "(the sidecar modes overwrite and append change it)"
+            )
         if mode == "append":
             old = [t.strip() for t in sidecar.read_text(encoding="utf-8", errors="replace").split(",") if t.strip()]
             labels = old + [label for label in labels if label not in old]

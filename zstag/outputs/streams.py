@@ -155,8 +155,9 @@ def check_target(path: Path, force: bool) -> None:
     if path.is_dir():
         raise UsageError(f"the output {path} is a folder; name a file in it")
     if path.exists() and not force and sniff_format(path) is None:
-        raise UsageError(f"{path} exists and is not a zstag output; choose another output file "
-                         "(or force its replacement)")
+        raise UsageError(
+            f"{path} exists and is not a zstag output; choose another output file (or force its replacement)"
+        )
 
 
 def join_shards(parts: list[Path], target: Path, fmt: str, append: bool) -> None:
@@ -165,6 +166,7 @@ def join_shards(parts: list[Path], target: Path, fmt: str, append: bool) -> None
     A fresh target is written through a rename; with `append` (a resumed run) the rows go after
     those the target already holds.
     """
+
     def copy_rows(out: IO[bytes]) -> None:
         for part in parts:
             with part.open("rb") as f:
@@ -178,6 +180,7 @@ def join_shards(parts: list[Path], target: Path, fmt: str, append: bool) -> None
             out.flush()
             os.fsync(out.fileno())
     else:
+
         def write(tmp: str) -> None:
             with open(tmp, "wb") as out:
                 out.write(header(fmt).encode())
@@ -196,7 +199,9 @@ def _lock(fd: int, target: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UsageError(f"another zstag run is writing {target}; wait for it to finish or choose another output") from None
+        raise UsageError(
+            f"another zstag run is writing {target}; wait for it to finish or choose another output"
+        ) from None
 
 
 class StreamOutput:

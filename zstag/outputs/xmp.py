@@ -53,8 +53,11 @@ def _read(path: Path) -> ET.Element:
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise ImageError(f"{path}: XMP sidecar with a DOCTYPE/ENTITY is not merged (unsafe XML)")
     try:
-        root = ET.fromstring(text[text.find("<x:xmpmeta"):text.rfind("</x:xmpmeta>") + len("</x:xmpmeta>")]
-                             if "<x:xmpmeta" in text else text)
+        root = ET.fromstring(
+            text[text.find("<x:xmpmeta") : text.rfind("</x:xmpmeta>") + len("</x:xmpmeta>")]
+            if "<x:xmpmeta" in text
+            else text
+        )
     except ET.ParseError as exc:
         raise ImageError(f"{path}: existing XMP sidecar is not valid XML ({exc})") from None
     if root.tag == _q("rdf:RDF"):
@@ -115,4 +118,6 @@ def write_xmp_sidecar(image_path: Path, tags: Tags, mode: str = "safe") -> None:
     merge_tags(root, tags, mode)
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
-    atomic_write_text(sidecar, f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n')
+    atomic_write_text(
+        sidecar, f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n'
+    )

@@ -86,8 +86,9 @@ def _url(target: str, base: str) -> str | None:
         return None
 
 
-def _image_rows(rows: list[dict[str, Any]], labels: list[str], truth: dict[str, list[str]] | None,
-                sources: list[str], out_dir: str) -> list[list[Any]]:
+def _image_rows(
+    rows: list[dict[str, Any]], labels: list[str], truth: dict[str, list[str]] | None, sources: list[str], out_dir: str
+) -> list[list[Any]]:
     """Compact rows [name, href, thumb (filled in later), label indices, scores descending, truth indices].
 
     Tags outside `labels` are dropped (as eval ignores them); a label named twice keeps its best score.
@@ -105,18 +106,29 @@ def _image_rows(rows: list[dict[str, Any]], labels: list[str], truth: dict[str, 
         if truth is not None:
             tags = truth.get(same_file_key(source))
             carried = None if tags is None else sorted({index[t] for t in tags if t in index})
-        images.append([row["image"], _url(source, out_dir), None, [j for j, _ in ranked],
-                       [round(s, 4) for _, s in ranked], carried])
+        images.append(
+            [
+                row["image"],
+                _url(source, out_dir),
+                None,
+                [j for j, _ in ranked],
+                [round(s, 4) for _, s in ranked],
+                carried,
+            ]
+        )
     return images
 
 
-def _evaluation(rows: list[dict[str, Any]], samples: list[Sample], labels: list[str],
-                unseen: list[str] | None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def _evaluation(
+    rows: list[dict[str, Any]], samples: list[Sample], labels: list[str], unseen: list[str] | None
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The eval report, per-label AP and PR curves (as `zstag eval` computes them), and each truth image's tags."""
     scores, matrix, _ = match_predictions(rows, samples, labels)
     report = evaluate(scores, matrix, labels, unseen)
-    return ({"report": report, **label_curves(scores, matrix, labels, unseen)},
-            {same_file_key(s.image): s.tags for s in samples})
+    return (
+        {"report": report, **label_curves(scores, matrix, labels, unseen)},
+        {same_file_key(s.image): s.tags for s in samples},
+    )
 
 
 def render_page(title: str, data: dict[str, Any]) -> str:
@@ -129,8 +141,10 @@ def render_page(title: str, data: dict[str, Any]) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
     # Built from constants and base64 digests only, so it needs no escaping in its attribute.
-    csp = (f"default-src 'none'; img-src 'self' file: data:; style-src {digest(css)}; "
-           f"script-src {digest(script)}; base-uri 'none'; form-action 'none'")
+    csp = (
+        f"default-src 'none'; img-src 'self' file: data:; style-src {digest(css)}; "
+        f"script-src {digest(script)}; base-uri 'none'; form-action 'none'"
+    )
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
     page = package.joinpath("template.html").read_text(encoding="utf-8")
     for key, value in (("CSP", csp), ("TITLE", html.escape(title)), ("CSS", css), ("JS", script)):

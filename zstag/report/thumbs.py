@@ -67,8 +67,10 @@ def make_thumbnails(sources: Sequence[str], folder: Path, workers: int | None = 
             todo[i] = folder / names[i]
     reused = len(sources) - len(todo) - names.count(None)
     failed = 0
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool, \
-            console.progress("thumbnails", len(todo)) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool,
+        console.progress("thumbnails", len(todo)) as bar,
+    ):
         futures = {pool.submit(_make, sources[i], target): i for i, target in todo.items()}
         for future in as_completed(futures):
             i = futures[future]

@@ -53,8 +53,10 @@ def get_semantics(name: str) -> Semantics:
     elif path.is_file():
         semantics = VectorFileSemantics(path, key=f"vec:{path.resolve()}:{path.stat().st_size}")
     else:
-        raise UsageError(f"unknown semantics {name!r}: use minilm, glove-300, {', '.join(CLIP_MODELS)}, "
-                         "a vector text file or a sentence-transformers folder")
+        raise UsageError(
+            f"unknown semantics {name!r}: use minilm, glove-300, {', '.join(CLIP_MODELS)}, "
+            "a vector text file or a sentence-transformers folder"
+        )
     semantics.source = path
     return semantics
 
@@ -75,11 +77,14 @@ def check_no_pickles(folder: Path) -> None:
         if file.suffix == ".safetensors":
             found = True
         elif file.suffix in PICKLES and not (file.parent / "model.safetensors").is_file():
-            raise UsageError(f"{file}: pickled weights are never loaded; the sentence-transformers folder "
-                             f"{folder} needs model.safetensors")
+            raise UsageError(
+                f"{file}: pickled weights are never loaded; the sentence-transformers folder "
+                f"{folder} needs model.safetensors"
+            )
     if not found:
-        raise UsageError(f"{folder} holds no model.safetensors: a sentence-transformers folder must "
-                         "carry its weights as safetensors")
+        raise UsageError(
+            f"{folder} holds no model.safetensors: a sentence-transformers folder must carry its weights as safetensors"
+        )
 
 
 def embed_labels(semantics: Semantics, labels: list[str], cache: EmbeddingCache | None = None) -> LabelSet:

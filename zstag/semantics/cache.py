@@ -26,7 +26,7 @@ class EmbeddingCache:
         self.root = root  # None disables the cache
 
     @classmethod
-    def default(cls) -> "EmbeddingCache":
+    def default(cls) -> EmbeddingCache:
         return cls(cache_root() / "embeddings")
 
     def _folder(self, key: str) -> Path:
@@ -51,8 +51,10 @@ class EmbeddingCache:
             try:
                 rows = _read_shard(shard, wanted - found.keys(), dim)
             except (OSError, ValueError, TypeError, SafetensorError) as exc:
-                console.warn(f"damaged label-vector cache file {shard} ({_one_line(exc)}): "
-                             "removed, its vectors will be computed again")
+                console.warn(
+                    f"damaged label-vector cache file {shard} ({_one_line(exc)}): "
+                    "removed, its vectors will be computed again"
+                )
                 shard.unlink(missing_ok=True)
                 continue
             for name, vector in rows.items():
@@ -70,8 +72,14 @@ class EmbeddingCache:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.txt").write_text(key + "\n")
             name = hashlib.sha256("\n".join(labels).encode()).hexdigest()[:24] + ".safetensors"
-            atomic_write(folder / name, lambda tmp: save_file(
-                {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, tmp, metadata={"labels": json.dumps(labels)}))
+            atomic_write(
+                folder / name,
+                lambda tmp: save_file(
+                    {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)},
+                    tmp,
+                    metadata={"labels": json.dumps(labels)},
+                ),
+            )
         except OSError:
             return  # a read-only cache only costs recomputation
 

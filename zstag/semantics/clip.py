@@ -80,8 +80,8 @@ class ClipTextSemantics(Semantics):
         total = torch.zeros(len(labels), self.dim)
         for template in TEMPLATES:
             for start in range(0, len(labels), 256):
-                batch = [template.format(label) for label in labels[start:start + 256]]
+                batch = [template.format(label) for label in labels[start : start + 256]]
                 tokens = tokenizer(batch, padding=True, truncation=True, max_length=limit, return_tensors="pt")
                 vectors = tower(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds
-                total[start:start + len(batch)] += torch.nn.functional.normalize(vectors.float(), dim=1)
+                total[start : start + len(batch)] += torch.nn.functional.normalize(vectors.float(), dim=1)
         return (total / len(TEMPLATES)).numpy()

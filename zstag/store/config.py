@@ -60,8 +60,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         missing = [key for key in _REQUIRED if key not in config]
         if missing:
             raise KeyError(", ".join(missing))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
-            RecursionError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ModelError(f"{config_path}: unreadable model config ({exc})") from None
     if not isinstance(config["method"], str) or config["method"] not in METHODS:
         raise ModelError(f"{config_path}: unknown method {_short(config['method'])} (made by a newer zstag?)")
@@ -107,8 +106,9 @@ def _labels(config: dict[str, Any], field: str, minimum: int) -> None:
         raise _Bad(field, f"must be a list of {minimum} to {MAX_LABELS} labels, got {_short(value)}")
     for label in value:
         if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL_CHARS:
-            raise _Bad(field, f"must hold non-empty strings of at most {MAX_LABEL_CHARS} characters, "
-                              f"got {_short(label)}")
+            raise _Bad(
+                field, f"must hold non-empty strings of at most {MAX_LABEL_CHARS} characters, got {_short(label)}"
+            )
 
 
 def _calibration(value: Any) -> None:
@@ -116,8 +116,12 @@ def _calibration(value: Any) -> None:
         raise _Bad("calibration", "must be an object with numbers scale and bias")
     for key in _CALIBRATION_NUMBERS:
         number = value.get(key, 0.0)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                or abs(number) > 1e6:
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not math.isfinite(number)
+            or abs(number) > 1e6
+        ):
             raise _Bad(f"calibration.{key}", f"must be a finite number, got {_short(number)}")
 
 
@@ -146,15 +150,20 @@ def _semantics_path(config: dict[str, Any], folder: Path) -> str:
     """
     name = config.get("semantics", "minilm")
     if not isinstance(name, str) or not name:
-        raise _Bad("semantics", f"must be a name ({', '.join(SEMANTICS_NAMES)}) or a path inside the model "
-                                f"directory, got {_short(name)}")
+        raise _Bad(
+            "semantics",
+            f"must be a name ({', '.join(SEMANTICS_NAMES)}) or a path inside the model directory, got {_short(name)}",
+        )
     if name in SEMANTICS_NAMES:
         return name
     root = folder.resolve()
     target = (root / name).resolve()
     if Path(name).is_absolute() or not any(place in target.parents for place in _inside(root)):
-        raise _Bad("semantics", f"{_short(name)} is neither {' nor '.join(SEMANTICS_NAMES)} nor a path inside "
-                                f"the model directory (pass --semantics to use vectors from elsewhere)")
+        raise _Bad(
+            "semantics",
+            f"{_short(name)} is neither {' nor '.join(SEMANTICS_NAMES)} nor a path inside "
+            f"the model directory (pass --semantics to use vectors from elsewhere)",
+        )
     if not target.exists():
         raise _Bad("semantics", f"{_short(name)} is not in the model directory")
     return str(folder / name)
@@ -199,8 +208,11 @@ def _check_header(config: dict[str, Any], folder: Path) -> None:
         raise _Bad("semantic_dim", f"is {dim}, but no tensor in {WEIGHTS} has that size")
     seen = head.get("seen_vectors")
     if seen is not None and seen[0] != len(config["seen_labels"]):
-        raise _Bad("seen_labels", f"lists {len(config['seen_labels'])} labels, but {WEIGHTS} was trained "
-                                  f"on {seen[0]} (seen_vectors {list(seen)})")
+        raise _Bad(
+            "seen_labels",
+            f"lists {len(config['seen_labels'])} labels, but {WEIGHTS} was trained "
+            f"on {seen[0]} (seen_vectors {list(seen)})",
+        )
 
 
 def looks_like_model(folder: Path) -> bool:

@@ -47,8 +47,8 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
 from zstag.core.paths import WEIGHTS_DIR, cache_root
+from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -120,8 +120,11 @@ def shared_place(folder: str | Path, cache_dir: str | Path | None = None) -> str
     rely on (its files are links into shared blobs): commands that change a model refuse these.
     """
     real = Path(folder).resolve()
-    for what, root in (("the models shipped with zstag", WEIGHTS_DIR), ("zstag's download cache", hub_dir(cache_dir)),
-                       ("the Hugging Face cache", hf_user_cache())):
+    for what, root in (
+        ("the models shipped with zstag", WEIGHTS_DIR),
+        ("zstag's download cache", hub_dir(cache_dir)),
+        ("the Hugging Face cache", hf_user_cache()),
+    ):
         if real == root.resolve() or root.resolve() in real.parents:
             return f"{what} ({root})"
     return None
@@ -182,16 +185,22 @@ def check_relative_name(name: str) -> str:
         or any(ord(c) < 32 for c in name)
         or any(part in ("", ".", "..") for part in name.split("/"))
     ):
-        raise ZstagError(f"refusing unsafe file name {name!r}: "
-                         "only plain relative paths inside a repository are allowed")
+        raise ZstagError(
+            f"refusing unsafe file name {name!r}: only plain relative paths inside a repository are allowed"
+        )
     return name
 
 
 def check_repo(repo: str, revision: str) -> None:
     if not isinstance(repo, str) or not _REPO_ID.match(repo) or ".." in repo:
         raise ZstagError(f"refusing repository id {repo!r}: expected OWNER/NAME")
-    if not isinstance(revision, str) or not revision or ".." in revision or "\\" in revision \
-            or revision.startswith("/"):
+    if (
+        not isinstance(revision, str)
+        or not revision
+        or ".." in revision
+        or "\\" in revision
+        or revision.startswith("/")
+    ):
         raise ZstagError(f"refusing revision {revision!r} of {repo}")
 
 
@@ -375,8 +384,10 @@ def _complete(spec: Spec, root: Path, stamps: Path) -> Path | None:
         if f.size is not None and Path(hit).stat().st_size != f.size:
             return None
         if f.sha256 is not None and not _has_sha256(Path(hit), f.sha256, stamps):
-            raise CorruptFile(f"{spec.name}: {hit} does not have the sha256 the registry pins ({f.sha256}): "
-                              f"it is damaged or was replaced; run `zstag fetch {spec.name} --force`")
+            raise CorruptFile(
+                f"{spec.name}: {hit} does not have the sha256 the registry pins ({f.sha256}): "
+                f"it is damaged or was replaced; run `zstag fetch {spec.name} --force`"
+            )
     if snapshot is None:
         return None
     if spec.archive:
@@ -421,8 +432,13 @@ def _identity(path: Path) -> tuple[str, dict[str, int]]:
     st = real.stat()
     # ctime cannot be set back by a user (`touch -d` sets mtime and so updates ctime), and a replaced
     # file has a new inode: together they catch any rewrite made without root rights.
-    return str(real), {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                       "inode": st.st_ino, "device": st.st_dev}
+    return str(real), {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "device": st.st_dev,
+    }
 
 
 def _read_stamps(stamps: Path) -> dict[str, dict]:
@@ -474,13 +490,14 @@ def snapshots(cache_dir: str | Path | None = None) -> Iterator[tuple[str, Path]]
         if not root.is_dir():
             continue
         for repo_dir in sorted(root.glob("models--*--*")):
-            owner, _, name = repo_dir.name[len("models--"):].partition("--")
+            owner, _, name = repo_dir.name[len("models--") :].partition("--")
             refs = repo_dir / "refs"
             names: dict[str, list[str]] = {}
             for ref in sorted(refs.rglob("*")) if refs.is_dir() else ():
                 if ref.is_file():
                     names.setdefault(ref.read_text(encoding="utf-8").strip(), []).append(
-                        ref.relative_to(refs).as_posix())
+                        ref.relative_to(refs).as_posix()
+                    )
             for snapshot in sorted((repo_dir / "snapshots").glob("*")):
                 if not snapshot.is_dir():
                     continue
@@ -511,7 +528,7 @@ class _CallbackBar:
         self.total = total
         self.n = initial
 
-    def __enter__(self) -> "_CallbackBar":
+    def __enter__(self) -> _CallbackBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -530,8 +547,9 @@ def _bar_class(file_name: str, progress: Progress | None) -> type | None:
     """A tqdm stand-in reporting to `progress`; None (huggingface_hub's bars) only on a terminal."""
     if progress is None and sys.stderr is not None and sys.stderr.isatty():
         return None
-    return type("_Bar", (_CallbackBar,), {"callback": staticmethod(progress) if progress else None,
-                                          "file_name": file_name})
+    return type(
+        "_Bar", (_CallbackBar,), {"callback": staticmethod(progress) if progress else None, "file_name": file_name}
+    )
 
 
 def network_problem() -> str | None:
@@ -584,8 +602,9 @@ def _unreachable(spec: Spec, root: Path, why: str) -> ZstagError:
     )
 
 
-def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progress | None,
-              no_network: str | None) -> Path:
+def _download(
+    spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progress | None, no_network: str | None
+) -> Path:
     """One file into `root`; `no_network` (why the hub cannot be used) means the cache only."""
     import httpx2
     from huggingface_hub import hf_hub_download
@@ -633,8 +652,7 @@ def _download(spec: Spec, f: FileSpec, root: Path, force: bool, progress: Progre
     return Path(path)
 
 
-def _extract(spec: Spec, snapshot: Path, archive_name: str, root: Path, force: bool,
-             progress: Progress | None) -> Path:
+def _extract(spec: Spec, snapshot: Path, archive_name: str, root: Path, force: bool, progress: Progress | None) -> Path:
     """Unpack the registry's archive members next to the cache; idempotent thanks to a marker."""
     out = _extract_dir(root, spec, snapshot)
     marker = out / ".complete"
@@ -661,20 +679,26 @@ def _extract(spec: Spec, snapshot: Path, archive_name: str, root: Path, force: b
                             progress(member, done, info.file_size)
                 os.replace(partial, target)
     except zipfile.BadZipFile as exc:
-        raise ZstagError(f"{spec.name}: {archive_name} is not a readable zip archive ({exc}); "
-                         f"run `zstag fetch {spec.name} --force`") from None
-    marker.write_text(json.dumps({"archive": archive_name, "members": list(spec.members)}) + "\n",
-                      encoding="utf-8")
+        raise ZstagError(
+            f"{spec.name}: {archive_name} is not a readable zip archive ({exc}); run `zstag fetch {spec.name} --force`"
+        ) from None
+    marker.write_text(json.dumps({"archive": archive_name, "members": list(spec.members)}) + "\n", encoding="utf-8")
     return out
 
 
-def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = False,
-          progress: Progress | None = None, registry: str | Path | None = None) -> Path:
+def fetch(
+    name_or_url: str,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    registry: str | Path | None = None,
+) -> Path:
     """Download (or find in the cache) a registry entry or `hf://OWNER/REPO[@REV]`; return its folder.
 
     Every file is checked against the registry's size and sha256 where it has them, also when it
     was already cached; a file that fails is deleted and a ZstagError raised. With HF_HUB_OFFLINE
-    set, or when a quick connectivity probe fails (`network_problem`), only the cache is used. `force` downloads again even what is cached.
+    set, or when a quick connectivity probe fails (`network_problem`), only the cache is used. `force`
+    downloads again even what is cached.
     """
     spec = resolve(name_or_url, registry)
     root = hub_dir(cache_dir)
@@ -695,8 +719,9 @@ def fetch(name_or_url: str, cache_dir: str | Path | None = None, force: bool = F
         if extra is not None:
             snapshots.add(_snapshot_of(_download(spec, FileSpec(extra), root, force, progress, no_network), extra))
     if len(snapshots) != 1:
-        raise ZstagError(f"{spec.repo}@{spec.revision} changed during the download; "
-                         f"run `zstag fetch {spec.name}` again")
+        raise ZstagError(
+            f"{spec.repo}@{spec.revision} changed during the download; run `zstag fetch {spec.name}` again"
+        )
     snapshot = snapshots.pop()
     if spec.archive:
         return _extract(spec, snapshot, spec.archive, root, force, progress)
@@ -731,19 +756,21 @@ def list_registry(cache_dir: str | Path | None = None, registry: str | Path | No
             folder, state = None, "corrupt"
         pinned = all(f.sha256 is not None for f in spec.files)
         state = state or ("missing" if folder is None else "verified" if pinned else "unverified")
-        rows.append({
-            "name": name,
-            "kind": spec.kind,
-            "repo": spec.repo,
-            "revision": spec.revision,
-            "license": spec.license,
-            "description": spec.description,
-            "files": [f.name for f in spec.files],
-            "size": sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None,
-            "cached": folder is not None,
-            "state": state,
-            "path": str(folder) if folder is not None else None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "repo": spec.repo,
+                "revision": spec.revision,
+                "license": spec.license,
+                "description": spec.description,
+                "files": [f.name for f in spec.files],
+                "size": sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None,
+                "cached": folder is not None,
+                "state": state,
+                "path": str(folder) if folder is not None else None,
+            }
+        )
     return rows
 
 

@@ -19,18 +19,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zstag import __version__
-from zstag.core.atomic import atomic_write
 from zstag.backbones import CLIP_MODELS, build_backbone
+from zstag.core.atomic import atomic_write
 from zstag.core.errors import ModelError, UsageError, ZstagError
+from zstag.core.paths import WEIGHTS_DIR
 from zstag.data.labels import LabelSet
 from zstag.methods import method_class
 from zstag.methods.base import Method
+from zstag.semantics import PICKLES, embed_labels, get_semantics
+from zstag.semantics.base import Semantics
 from zstag.store import CONFIG, WEIGHTS
 from zstag.store.catalog import ReadyMade, ready_made
 from zstag.store.config import read_config, semantics_source
-from zstag.core.paths import WEIGHTS_DIR
-from zstag.semantics import PICKLES, embed_labels, get_semantics
-from zstag.semantics.base import Semantics
 
 
 @dataclass
@@ -51,8 +51,15 @@ class Model:
         return embed_labels(self.semantics, labels)
 
 
-def build_model(method: str, backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
-                image_size: int, pretrained: bool = True) -> Model:
+def build_model(
+    method: str,
+    backbone: str,
+    semantics: str,
+    seen_labels: list[str],
+    hp: dict[str, Any],
+    image_size: int,
+    pretrained: bool = True,
+) -> Model:
     """A fresh (or to-be-loaded) model; `hp` holds the overrides of the method's defaults (a saved
     model's whole `hp` object). They are validated before anything is loaded or allocated.
 
@@ -66,8 +73,15 @@ def build_model(method: str, backbone: str, semantics: str, seen_labels: list[st
     return _assemble(method_class(method), backbone, semantics, seen_labels, hp, image_size, pretrained)
 
 
-def _assemble(cls: type[Method], backbone: str, semantics: str, seen_labels: list[str], hp: dict[str, Any],
-              image_size: int, pretrained: bool) -> Model:
+def _assemble(
+    cls: type[Method],
+    backbone: str,
+    semantics: str,
+    seen_labels: list[str],
+    hp: dict[str, Any],
+    image_size: int,
+    pretrained: bool,
+) -> Model:
     settings = cls.hyperparameters(hp)
     sem = get_semantics(semantics)
     net = build_backbone(backbone, pretrained=pretrained)
@@ -92,8 +106,11 @@ def save_model(model: Model, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     keep_backbone = model.method.trains_backbone or model.config["backbone"] == "small"
     model.config["backbone_in_weights"] = keep_backbone
-    state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()
-             if keep_backbone or not k.startswith("backbone.")}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.method.state_dict().items()
+        if keep_backbone or not k.startswith("backbone.")
+    }
     atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     bundle_semantics(model, out_dir)
     write_config(out_dir, model.config)
@@ -156,8 +173,10 @@ def resolve_model_dir(ref: str | Path) -> Path:
         return WEIGHTS_DIR / "default"
     made = ready_made(ref)
     if made is not None:
-        raise UsageError(f"{ref} is a ready-made model assembled from `zstag fetch {made.weights}`, with no model "
-                         "directory to write to; its scores are raw cosine similarities (see docs/usage.md)")
+        raise UsageError(
+            f"{ref} is a ready-made model assembled from `zstag fetch {made.weights}`, with no model "
+            "directory to write to; its scores are raw cosine similarities (see docs/usage.md)"
+        )
     path = Path(ref)
     if path.is_dir():
         return path
@@ -189,11 +208,20 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
         method_class(method).hyperparameters(hp)  # checked before any backbone or text model loads
     except UsageError as exc:
         raise ModelError(f"{folder / CONFIG}: {exc}") from None
-    model = build_model(method, backbone, semantics or semantics_source(config, folder), seen_labels, hp,
-                        image_size, pretrained=not in_weights)
+    model = build_model(
+        method,
+        backbone,
+        semantics or semantics_source(config, folder),
+        seen_labels,
+        hp,
+        image_size,
+        pretrained=not in_weights,
+    )
     if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):
-        raise ModelError(f"{folder}: trained with {config['semantic_dim']}-d semantics, but "
-                         f"{model.config['semantics']} gives {model.seen.dim}-d vectors")
+        raise ModelError(
+            f"{folder}: trained with {config['semantic_dim']}-d semantics, but "
+            f"{model.config['semantics']} gives {model.seen.dim}-d vectors"
+        )
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
@@ -202,8 +230,10 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     expected = {k for k in own if in_weights or not k.startswith("backbone.")}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
-        raise ModelError(f"{weights_path}: tensors do not match the {method} model "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelError(
+            f"{weights_path}: tensors do not match the {method} model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for k, v in state.items():
         if own[k].shape != v.shape:
             raise ModelError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")

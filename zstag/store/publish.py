@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zstag.store import hub
 from zstag.core.errors import UsageError, ZstagError
-from zstag.store import WEIGHTS
+from zstag.store import WEIGHTS, hub
 from zstag.store.config import epochs_run, read_config, weight_names
 
 if TYPE_CHECKING:
@@ -67,9 +66,11 @@ def _needs(config: dict[str, Any], registry: dict[str, dict]) -> tuple[str, str,
     if config.get("backbone_in_weights", True):
         needs_backbone = f"none: the `{backbone}` backbone's weights are inside model.safetensors."
     elif backbone == "bundled":
-        needs_backbone = ("the `bundled` backbone, which ships with zstag (`weights/bundled`); use the zstag "
-                          f"version the model was trained with ({config.get('zstag_version', 'unknown')}), "
-                          "whose bundled backbone matches this head.")
+        needs_backbone = (
+            "the `bundled` backbone, which ships with zstag (`weights/bundled`); use the zstag "
+            f"version the model was trained with ({config.get('zstag_version', 'unknown')}), "
+            "whose bundled backbone matches this head."
+        )
     elif backbone in registry:
         needs_backbone = f"the ImageNet `{backbone}` backbone: run `zstag fetch {backbone}` once."
     else:
@@ -80,13 +81,18 @@ def _needs(config: dict[str, Any], registry: dict[str, dict]) -> tuple[str, str,
     elif semantics == hub.bundled_semantics(config) and Path(semantics).suffix:  # a file copy (folders have none)
         needs_semantics = f"nothing more: its label vectors (`{semantics}`) are published with the model."
     else:
-        needs_semantics = (f"label vectors from `{Path(semantics).name}`, a local file or folder that is not "
-                           "published with the model: users need the same file at the path in config.json.")
-        warnings.append(f"the model's semantics {semantics!r} is a local path, not published with the model: "
-                        "others can use it only with the same file at that path")
+        needs_semantics = (
+            f"label vectors from `{Path(semantics).name}`, a local file or folder that is not "
+            "published with the model: users need the same file at the path in config.json."
+        )
+        warnings.append(
+            f"the model's semantics {semantics!r} is a local path, not published with the model: "
+            "others can use it only with the same file at that path"
+        )
     if _training(config).get("complete") is False:
-        warnings.append("the model's training did not run to the end (interrupted or stopped early); "
-                        "pushing its best epoch so far")
+        warnings.append(
+            "the model's training did not run to the end (interrupted or stopped early); pushing its best epoch so far"
+        )
     return needs_backbone, needs_semantics, warnings
 
 
@@ -118,7 +124,7 @@ def model_card(config: dict[str, Any], reference: str, registry: dict[str, dict]
         f"- {json.dumps(method)}",
         "---",
         "",
-        f"# {reference[len(hub.HF_SCHEME):]}",
+        f"# {reference[len(hub.HF_SCHEME) :]}",
         "",
         f"A zero-shot image tagger made with zstag {config.get('zstag_version', '')}: it scores any labels you",
         "give it, including labels it never saw in training.",
@@ -170,8 +176,9 @@ def _details(title: str, labels: list[str]) -> str:
     return f"<details><summary>{len(labels)} {title}</summary>\n\n{listed}\n\n</details>"
 
 
-def push(model_dir: Path, url: str, private: bool = False, revision: str | None = None,
-         message: str | None = None) -> PushResult:
+def push(
+    model_dir: Path, url: str, private: bool = False, revision: str | None = None, message: str | None = None
+) -> PushResult:
     """Create (or reuse) the repository and commit config.json, model.safetensors and README.md.
 
     `url` is `hf://OWNER/REPO[@BRANCH]`; `revision` (a branch, created from main when missing)
@@ -188,11 +195,17 @@ def push(model_dir: Path, url: str, private: bool = False, revision: str | None 
     registry = hub.load_registry()
     warnings = _needs(config, registry)[2]
     card = model_card(config, reference, registry).encode("utf-8")
-    commit = _upload(folder, repo, revision, card, private,
-                     message or f"zstag push: {config['method']} model ({config['backbone']}, "
-                                f"{len(config['seen_labels'])} labels)")
-    return PushResult(repo=repo, revision=revision, commit=commit.oid, url=commit.commit_url,
-                      reference=reference, warnings=warnings)
+    commit = _upload(
+        folder,
+        repo,
+        revision,
+        card,
+        private,
+        message or f"zstag push: {config['method']} model ({config['backbone']}, {len(config['seen_labels'])} labels)",
+    )
+    return PushResult(
+        repo=repo, revision=revision, commit=commit.oid, url=commit.commit_url, reference=reference, warnings=warnings
+    )
 
 
 def _upload(folder: Path, repo: str, revision: str, card: bytes, private: bool, message: str) -> CommitInfo:
@@ -220,8 +233,10 @@ def _upload(folder: Path, repo: str, revision: str, card: bytes, private: bool, 
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise ZstagError(f"the hub ({endpoint}) refused to let this token write to {repo} (HTTP {status}): "
-                             f"{LOGIN_HINT} with a token that has write access") from None
+            raise ZstagError(
+                f"the hub ({endpoint}) refused to let this token write to {repo} (HTTP {status}): "
+                f"{LOGIN_HINT} with a token that has write access"
+            ) from None
         raise ZstagError(f"pushing to {repo}@{revision} failed: {_one_line(exc)}") from None
     except (httpx2.ConnectError, httpx2.TimeoutException):
         raise ZstagError(f"the hub ({endpoint}) cannot be reached; nothing was committed") from None

@@ -40,8 +40,9 @@ class TaggedImages(Dataset):
         return (*self.files[i], self.targets[i])
 
 
-def collate_tagged(items: list[tuple[int, torch.Tensor | None, str | None, torch.Tensor]],
-                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[int, str]]]:
+def collate_tagged(
+    items: list[tuple[int, torch.Tensor | None, str | None, torch.Tensor]],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[int, str]]]:
     """(images, targets) of the decoded items, and the (index, reason) of those that failed."""
     ok = [(t, y) for _, t, _, y in items if t is not None]
     failures = [(i, reason) for i, t, reason, _ in items if t is None]
@@ -58,12 +59,18 @@ def augment(images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     b = images.shape[0]
     theta = torch.zeros(b, 2, 3, device=images.device)
     s = torch.empty(b, device=images.device).uniform_(min(scale, 1.0), 1.0)
-    sign = torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=images.device)
+    sign = (
+        torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0)
+        if flip
+        else torch.ones(b, device=images.device)
+    )
     theta[:, 0, 0], theta[:, 1, 1] = s * sign, s
     theta[:, 0, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
     theta[:, 1, 2] = (torch.rand(b, device=images.device) * 2 - 1) * (1 - s)
     grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return torch.nn.functional.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
 
 
 class ShuffledBatches(Sampler[list[int]]):
@@ -74,8 +81,9 @@ class ShuffledBatches(Sampler[list[int]]):
     single-process gradient of that batch (for losses that average over images).
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool,
-                 share: Share | None = None) -> None:
+    def __init__(
+        self, n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool, share: Share | None = None
+    ) -> None:
         self.n, self.batch_size, self.generator, self.drop_last, self.share = n, batch_size, generator, drop_last, share
 
     def __len__(self) -> int:
@@ -86,7 +94,7 @@ class ShuffledBatches(Sampler[list[int]]):
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
         for b in range(len(self)):
-            pick = order[b * self.batch_size:(b + 1) * self.batch_size]
+            pick = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield (pick[self.share.block(len(pick))] if self.share is not None else pick).tolist()
 
 
@@ -112,7 +120,9 @@ class ImageBatches:
 class CachedBatches:
     """Training batches as row indices into cached feature maps, in the batches of a ShuffledBatches."""
 
-    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, batches: ShuffledBatches, device: torch.device) -> None:
+    def __init__(
+        self, rows: torch.Tensor, targets: torch.Tensor, batches: ShuffledBatches, device: torch.device
+    ) -> None:
         self.rows, self.targets, self.batches, self.device = rows, targets, batches, device
 
     def __len__(self) -> int:

@@ -73,8 +73,11 @@ def rng_state(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict
     """Every generator the training loop draws from: Python, NumPy, torch (CPU, CUDA) and the
     loop's own shuffling generator."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors = {"rng/torch": torch.get_rng_state(), "rng/loader": generator.get_state(),
-               "rng/numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    tensors = {
+        "rng/torch": torch.get_rng_state(),
+        "rng/loader": generator.get_state(),
+        "rng/numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = s
@@ -94,19 +97,31 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], generato
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
-def save_checkpoint(path: Path, current: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainState,
-                    options: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    current: dict[str, torch.Tensor],
+    best: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    state: TrainState,
+    options: dict[str, Any],
+) -> None:
     """Write the checkpoint atomically (a temporary file renamed over the old one); `options` are
     what a resumed run must repeat."""
     progress = {**dataclasses.asdict(state), "options": options}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state(generator)
-    tensors = {**{f"current/{k}": v for k, v in current.items()}, **{f"best/{k}": v for k, v in best.items()},
-               **optim_tensors, **rng_tensors}
+    tensors = {
+        **{f"current/{k}": v for k, v in current.items()},
+        **{f"best/{k}": v for k, v in best.items()},
+        **optim_tensors,
+        **rng_tensors,
+    }
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"format": "pt", "zstag_checkpoint": json.dumps(
-        {"progress": progress, "optimizer": optim_meta, "rng": rng_meta})}
+    metadata = {
+        "format": "pt",
+        "zstag_checkpoint": json.dumps({"progress": progress, "optimizer": optim_meta, "rng": rng_meta}),
+    }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -120,10 +135,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not a readable zstag checkpoint ({exc})") from exc
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
-    return {"current": part("current/"), "best": part("best/"),
-            "optimizer": _unflatten_optimizer(optim, meta["optimizer"]),
-            "rng_tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")},
-            "rng": meta["rng"], "progress": meta["progress"]}
+    return {
+        "current": part("current/"),
+        "best": part("best/"),
+        "optimizer": _unflatten_optimizer(optim, meta["optimizer"]),
+        "rng_tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")},
+        "rng": meta["rng"],
+        "progress": meta["progress"],
+    }

@@ -66,8 +66,10 @@ def problems(opts: TrainOptions) -> list[str]:
     if opts.backbone not in BACKBONES:
         found.append(f"unknown backbone {opts.backbone!r}; choose one of: {', '.join(BACKBONES)}")
     if opts.semantics not in SEMANTICS and not Path(opts.semantics).exists():
-        found.append(f"unknown semantics {opts.semantics!r}: use {' or '.join(SEMANTICS)}, a vector text file "
-                     "or a sentence-transformers folder")
+        found.append(
+            f"unknown semantics {opts.semantics!r}: use {' or '.join(SEMANTICS)}, a vector text file "
+            "or a sentence-transformers folder"
+        )
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         found.append(f"--out {out} is a file; give a folder for the model")
@@ -82,16 +84,20 @@ def problems(opts: TrainOptions) -> list[str]:
         found.append(f"{opts.data}: {len(missing)} of {len(samples)} listed image(s) not found: {shown(missing)}")
     long = sorted({t for s in samples for t in s.tags if len(t) > MAX_LABEL_CHARS})
     if long:
-        found.append(f"{opts.data}: {len(long)} tag(s) longer than {MAX_LABEL_CHARS} characters, "
-                     f"e.g. {long[0][:60]!r}...: a tag names what is in the picture in a few words")
+        found.append(
+            f"{opts.data}: {len(long)} tag(s) longer than {MAX_LABEL_CHARS} characters, "
+            f"e.g. {long[0][:60]!r}...: a tag names what is in the picture in a few words"
+        )
     if opts.labels and not labels or opts.unseen and not unseen:
         return found
     if labels:
         keep = set(labels)
         samples = [Sample(s.image, [t for t in s.tags if t in keep]) for s in samples]
     if not any(s.tags for s in remove_unseen(samples, unseen)[0]):
-        found.append(f"{opts.data}: no seen label left to train on"
-                     + (" (every tag is outside --labels or in --unseen)" if labels or unseen else ""))
+        found.append(
+            f"{opts.data}: no seen label left to train on"
+            + (" (every tag is outside --labels or in --unseen)" if labels or unseen else "")
+        )
     return found
 
 
@@ -103,11 +109,15 @@ def label_warnings(samples: list[Sample]) -> list[str]:
     said = []
     sentences = [t for t in counts if t.rstrip()[-1:] in ".!?;" or len(t.split()) > SENTENCE_WORDS]
     if sentences:
-        said.append(f"{len(sentences)} of {len(counts)} label(s) look like sentences, not tags (ending in . ! ? ; "
-                    f"or over {SENTENCE_WORDS} words), e.g. {shown(sentences)}: tags are comma-separated names "
-                    "such as 'dog, beach'")
+        said.append(
+            f"{len(sentences)} of {len(counts)} label(s) look like sentences, not tags (ending in . ! ? ; "
+            f"or over {SENTENCE_WORDS} words), e.g. {shown(sentences)}: tags are comma-separated names "
+            "such as 'dog, beach'"
+        )
     single = [t for t, n in counts.items() if n == 1]
     if len(counts) > len(samples) and 2 * len(single) > len(counts):
-        said.append(f"{len(counts)} labels for {len(samples)} image(s), {len(single)} of them on one image only: "
-                    "a label needs several images to be learnt")
+        said.append(
+            f"{len(counts)} labels for {len(samples)} image(s), {len(single)} of them on one image only: "
+            "a label needs several images to be learnt"
+        )
     return said

@@ -37,8 +37,9 @@ class FeatureCache:
         self._key: tuple | None = None
         self._features: Features | None = None
 
-    def features(self, engine: Engine, backbone: Backbone, name: str, splits: list[list[Path]], size: int,
-                 reusable: bool = True) -> Features:
+    def features(
+        self, engine: Engine, backbone: Backbone, name: str, splits: list[list[Path]], size: int, reusable: bool = True
+    ) -> Features:
         """The maps of the images of `splits` (positions counted across them, in order) under
         `backbone` (named `name`), computed unless this cache holds them.
 

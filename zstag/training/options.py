@@ -36,9 +36,17 @@ class TrainOptions:
         """What a resumed run must share with the run it continues (epochs may grow, the device
         and the number of decoding workers may change)."""
         overrides = {k: v for k, v in self.overrides.items() if k != "epochs"}
-        return {"data": str(Path(self.data).resolve()), "method": self.method,
-                "unseen": str(Path(self.unseen).resolve()) if self.unseen else None,
-                "labels": str(Path(self.labels).resolve()) if self.labels else None,
-                "backbone": self.backbone, "semantics": self.semantics, "batch_size": self.batch_size,
-                "lr": self.lr, "image_size": self.image_size, "seed": self.seed,
-                "val_fraction": self.val_fraction, "overrides": overrides}
+        return {
+            "data": str(Path(self.data).resolve()),
+            "method": self.method,
+            "unseen": str(Path(self.unseen).resolve()) if self.unseen else None,
+            "labels": str(Path(self.labels).resolve()) if self.labels else None,
+            "backbone": self.backbone,
+            "semantics": self.semantics,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "overrides": overrides,
+        }

@@ -118,8 +118,9 @@ class LossStep(torch.nn.Module):
 
 def kept_state(method: Method, finetune: bool) -> dict[str, torch.Tensor]:
     """The tensors training changes (a frozen backbone's never do), detached copies on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in method.state_dict().items()
-            if finetune or not k.startswith("backbone.")}
+    return {
+        k: v.detach().cpu().clone() for k, v in method.state_dict().items() if finetune or not k.startswith("backbone.")
+    }
 
 
 def read_resume_point(opts: TrainOptions) -> dict[str, Any]:
@@ -127,16 +128,20 @@ def read_resume_point(opts: TrainOptions) -> dict[str, Any]:
     path = Path(opts.out) / CHECKPOINT
     if not path.exists():
         done = (Path(opts.out) / "config.json").exists()
-        raise UsageError(f"nothing to resume in {opts.out}: no {CHECKPOINT}"
-                         + (" (the run there finished; a finished run keeps no checkpoint)" if done else "")
-                         + "; start again without --resume")
+        raise UsageError(
+            f"nothing to resume in {opts.out}: no {CHECKPOINT}"
+            + (" (the run there finished; a finished run keeps no checkpoint)" if done else "")
+            + "; start again without --resume"
+        )
     checkpoint = load_checkpoint(path)
     before, now = checkpoint["progress"]["options"], json.loads(json.dumps(opts.signature()))
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         details = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
-        raise UsageError(f"--resume must repeat the interrupted run's options (only --epochs, --device and "
-                         f"--workers may change): {details}")
+        raise UsageError(
+            f"--resume must repeat the interrupted run's options (only --epochs, --device and "
+            f"--workers may change): {details}"
+        )
     return checkpoint
 
 
@@ -178,25 +183,42 @@ class Batches:
 Shuffler = Callable[[int], ShuffledBatches]
 
 
-def image_batches(engine: Engine, method: Method, data: tuple[TaggedImages, TaggedImages],
-                  shuffled: Shuffler, has_val: bool) -> Batches:
+def image_batches(
+    engine: Engine, method: Method, data: tuple[TaggedImages, TaggedImages], shuffled: Shuffler, has_val: bool
+) -> Batches:
     """Decoded, normalised images each epoch; the training batches augmented by the recipe."""
     train_images, val_images = data
     sampler = shuffled(len(train_images))
-    train = ImageBatches(engine, engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler),
-                         method.backbone, method.hp.recipe)
-    val = ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method.backbone, None) if has_val else None
+    train = ImageBatches(
+        engine,
+        engine.loader(train_images, collate_fn=collate_tagged, batch_sampler=sampler),
+        method.backbone,
+        method.hp.recipe,
+    )
+    val = (
+        ImageBatches(engine, engine.loader(val_images, collate_fn=collate_tagged), method.backbone, None)
+        if has_val
+        else None
+    )
     return Batches(train, val, False, [*train_images.files.paths, *val_images.files.paths], len(train_images), set())
 
 
-def cached_batches(engine: Engine, method: Method, opts: TrainOptions, data: tuple[TaggedImages, TaggedImages],
-                   shuffled: Shuffler, has_val: bool, cache: FeatureCache) -> Batches:
+def cached_batches(
+    engine: Engine,
+    method: Method,
+    opts: TrainOptions,
+    data: tuple[TaggedImages, TaggedImages],
+    shuffled: Shuffler,
+    has_val: bool,
+    cache: FeatureCache,
+) -> Batches:
     """Rows of the frozen backbone's maps, computed once (or found in `cache`); `method.backbone`
     becomes the `StageCache` that serves them until the caller puts the backbone back."""
     train_images, val_images = data
     splits = [list(d.files.paths) for d in data]
-    features = cache.features(engine, method.backbone, opts.backbone, splits, opts.image_size,
-                              reusable=opts.backbone != "small")
+    features = cache.features(
+        engine, method.backbone, opts.backbone, splits, opts.image_size, reusable=opts.backbone != "small"
+    )
     method.backbone = StageCache(method.backbone, features.stages)
     order = torch.tensor(features.indices, dtype=torch.long)
     # Targets come from this run's labels: the cache may have been filled by a run with others.
@@ -206,8 +228,9 @@ def cached_batches(engine: Engine, method: Method, opts: TrainOptions, data: tup
     train = CachedBatches(train_rows, targets[order[train_rows]], shuffled(len(train_rows)), engine.device)
     in_order = ShuffledBatches(len(val_rows), engine.batch_size, None, False)
     val = CachedBatches(val_rows, targets[order[val_rows]], in_order, engine.device) if has_val else None
-    return Batches(train, val, True, [p for split in splits for p in split], len(train_images),
-                   {i for i, _ in features.failures})
+    return Batches(
+        train, val, True, [p for split in splits for p in split], len(train_images), {i for i, _ in features.failures}
+    )
 
 
 def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Model:
@@ -248,8 +271,10 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     optimizer = make_optimizer(params, method.hp)
     schedule = Schedule(recipe, optimizer)
     data = (TaggedImages(train_set, seen_labels, opts.image_size), TaggedImages(val_set, seen_labels, opts.image_size))
-    console.info(f"training {opts.method} on {len(train_set)} images ({len(val_set)} for validation), "
-                 f"{len(seen_labels)} seen labels, backbone {opts.backbone}, device {engine.device}")
+    console.info(
+        f"training {opts.method} on {len(train_set)} images ({len(val_set)} for validation), "
+        f"{len(seen_labels)} seen labels, backbone {opts.backbone}, device {engine.device}"
+    )
     backbone = method.backbone
     drop_last = len(train_set) > recipe.batch_size
 
@@ -283,7 +308,10 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     if share is not None:
         distributed.start("nccl" if engine.device.type == "cuda" else "gloo")
         step = torch.nn.parallel.DistributedDataParallel(
-            step, device_ids=[engine.device.index] if engine.device.type == "cuda" else None, find_unused_parameters=True)
+            step,
+            device_ids=[engine.device.index] if engine.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
 
     def record(complete: bool) -> None:
         """Write the model directory: after each improvement (so an interrupted run keeps its best
@@ -292,10 +320,18 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
             return
         model.config["unseen_labels"] = unseen
         model.config["training"] = {
-            "data": str(opts.data), "n_train": len(train_set), "n_val": len(val_set), "unseen_tags_removed": removed,
-            "best_epoch": state.best_epoch, "best_val_mAP": state.best if batches.val is not None else None,
-            "seconds": round(time.perf_counter() - start, 2), "device": str(engine.device), "seed": opts.seed,
-            "history": state.history, "unreadable_images": len(batches.unreadable()), "cached_features": batches.cached,
+            "data": str(opts.data),
+            "n_train": len(train_set),
+            "n_val": len(val_set),
+            "unseen_tags_removed": removed,
+            "best_epoch": state.best_epoch,
+            "best_val_mAP": state.best if batches.val is not None else None,
+            "seconds": round(time.perf_counter() - start, 2),
+            "device": str(engine.device),
+            "seed": opts.seed,
+            "history": state.history,
+            "unreadable_images": len(batches.unreadable()),
+            "cached_features": batches.cached,
             "complete": complete,
         }
         save_model(model, opts.out)
@@ -307,12 +343,18 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
                 train_mode()
                 state.lr = schedule.epoch_start(epoch, state.lr)
                 means = run_epoch(step, optimizer, engine, batches.train, ctrl_c, opts.method, epoch, recipe.epochs)
-                val = validate(method, engine, batches.val, seen) if batches.val is not None else -means.get("loss", 0.0)
-                state.history.append({"epoch": epoch, "lr": state.lr, "val_mAP": val if batches.val is not None else None, **means})
+                val = (
+                    validate(method, engine, batches.val, seen) if batches.val is not None else -means.get("loss", 0.0)
+                )
+                state.history.append(
+                    {"epoch": epoch, "lr": state.lr, "val_mAP": val if batches.val is not None else None, **means}
+                )
                 parts_text = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-                console.info(f"epoch {epoch}/{recipe.epochs}  {parts_text}  "
-                             + (f"val mAP {100 * val:.2f}  " if batches.val is not None else "")
-                             + f"lr {state.lr:.3g}  {time.perf_counter() - start:.1f}s")
+                console.info(
+                    f"epoch {epoch}/{recipe.epochs}  {parts_text}  "
+                    + (f"val mAP {100 * val:.2f}  " if batches.val is not None else "")
+                    + f"lr {state.lr:.3g}  {time.perf_counter() - start:.1f}s"
+                )
                 state.epoch = epoch
                 if val > state.best or best_state is None:
                     state.best, state.best_epoch, state.stale = val, epoch, 0
@@ -323,8 +365,15 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
                 state.lr = schedule.epoch_end(state.history, state.lr)  # plateau: val mAP or training loss
                 if writes:
                     state.seconds = time.perf_counter() - start
-                    save_checkpoint(Path(opts.out) / CHECKPOINT, kept_state(method, finetune), best_state, optimizer,
-                                    generator, state, opts.signature())
+                    save_checkpoint(
+                        Path(opts.out) / CHECKPOINT,
+                        kept_state(method, finetune),
+                        best_state,
+                        optimizer,
+                        generator,
+                        state,
+                        opts.signature(),
+                    )
                 if recipe.early_stopping and state.stale >= recipe.early_stopping:
                     console.info(f"early stop: no improvement for {state.stale} epoch(s)")
                     break
@@ -332,8 +381,10 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
             method.load_state_dict({**method.state_dict(), **best_state})
             model.config["calibration"] = calibrate(method, engine, batches.val, seen)
         except KeyboardInterrupt:
-            console.warn(f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
-                         "of the last finished epoch; run the same command with --resume to continue")
+            console.warn(
+                f"interrupted in epoch {epoch}: {opts.out} keeps the best model so far and the checkpoint "
+                "of the last finished epoch; run the same command with --resume to continue"
+            )
             raise
         finally:
             method.backbone = backbone
@@ -341,8 +392,10 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
                 distributed.close()
     unreadable = batches.unreadable()
     if unreadable:
-        console.warn(f"{len(unreadable)} training image(s) could not be read and were skipped: "
-                     f"{shown([str(p) for p in unreadable])}")
+        console.warn(
+            f"{len(unreadable)} training image(s) could not be read and were skipped: "
+            f"{shown([str(p) for p in unreadable])}"
+        )
     method.eval()
     record(complete=True)
     if writes:
@@ -351,8 +404,16 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     return model
 
 
-def run_epoch(step: torch.nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, batches: ImageBatches | CachedBatches,
-              ctrl_c: interrupt.CtrlC, name: str, epoch: int, epochs: int) -> dict[str, float]:
+def run_epoch(
+    step: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    engine: Engine,
+    batches: ImageBatches | CachedBatches,
+    ctrl_c: interrupt.CtrlC,
+    name: str,
+    epoch: int,
+    epochs: int,
+) -> dict[str, float]:
     """One pass of optimiser steps over `batches`; the mean of the loss and of each of its named
     parts, for the epoch's log line and history."""
     totals: dict[str, float] = {}

@@ -51,7 +51,7 @@ from zstag.methods.rgcn.wordnet import ENV_VAR, REQUIRED_FILES, WordNet, has_wor
 
 _PAIRS_PER_CHUNK = 1 << 22  # label pairs materialised at once while filling the adjacency
 _MEMORY_CACHE_SIZE = 4
-_memory_cache: OrderedDict[str, "Graph"] = OrderedDict()
+_memory_cache: OrderedDict[str, Graph] = OrderedDict()
 _warned_missing: set[str] = set()
 
 
@@ -115,8 +115,10 @@ def build_graph(
             _write(disk, adj, in_wordnet)
         graph = _from_adjacency(adj, in_wordnet)
         # The one cost a new vocabulary adds: say what it was (later runs read the cache).
-        console.info(f"built the label graph for {len(names)} nodes ({int(adj.sum())} edges) in "
-                     f"{time.perf_counter() - started:.1f}s" + (f"; cached in {disk.parent}" if disk is not None else ""))
+        console.info(
+            f"built the label graph for {len(names)} nodes ({int(adj.sum())} edges) in "
+            f"{time.perf_counter() - started:.1f}s" + (f"; cached in {disk.parent}" if disk is not None else "")
+        )
     _memory_cache[key] = graph
     while len(_memory_cache) > _MEMORY_CACHE_SIZE:
         _memory_cache.popitem(last=False)
@@ -276,6 +278,7 @@ def _read(path: Path) -> Graph | None:
 
 def _write(path: Path, adj: np.ndarray, in_wordnet: np.ndarray) -> None:
     """Save atomically (write a temporary file, then rename) so concurrent runs never see half a file."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, num_nodes=np.int64(adj.shape[0]), adjacency=np.packbits(adj), in_wordnet=in_wordnet)

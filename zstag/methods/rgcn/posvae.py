@@ -83,9 +83,9 @@ from torch import nn
 
 from zstag.backbones.base import Backbone
 from zstag.core.errors import UsageError
-from zstag.methods.rgcn.graph import Graph, build_graph
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, ImageCode, Method
+from zstag.methods.rgcn.graph import Graph, build_graph
 from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
 
 VARIANTS = ("rgcn-posvae", "rgcn-xl", "rgcn")
@@ -232,11 +232,14 @@ class RGCNPosVAE(Method):
     # Recipe (Sec. 4.1): Adam at 5e-4, lr x 0.1 when the (training) loss plateaus. The paper gives
     # no patience, batch size or epochs: a plateau is 3 epochs without a lower loss (lr_patience 2,
     # ours), the recipe defaults give the rest.
-    default_recipe: ClassVar[Recipe] = Recipe(optimizer="adam", lr=5e-4, schedule="plateau", lr_factor=0.1,
-                                              plateau_metric="loss", lr_patience=2)
+    default_recipe: ClassVar[Recipe] = Recipe(
+        optimizer="adam", lr=5e-4, schedule="plateau", lr_factor=0.1, plateau_metric="loss", lr_patience=2
+    )
     Config: ClassVar[type[RGCNPosVAEConfig]] = RGCNPosVAEConfig
 
-    def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[RGCNPosVAEConfig], embed: Embedder) -> None:
+    def __init__(
+        self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[RGCNPosVAEConfig], embed: Embedder
+    ) -> None:
         super().__init__(backbone, seen, hp, embed)
         config = hp.config
         self.variant = config.variant
@@ -285,7 +288,8 @@ class RGCNPosVAE(Method):
         overlapping ImageNet classes."""
         targets = {n.strip().lower() for n in [*names, *self.unseen_names]}
         return [
-            k for k, name in enumerate(self.external_names)
+            k
+            for k, name in enumerate(self.external_names)
             if not any(alt.strip().lower() in targets for alt in name.split(","))
         ]
 
@@ -298,7 +302,11 @@ class RGCNPosVAE(Method):
         names = list(labels.names) + [self.external_names[k] for k in kept]
         all_vectors = torch.cat([vectors, self.external_vectors[external]])
         graph = build_graph(
-            names, all_vectors, self.wup_threshold, self.cosine_threshold, self.wordnet,
+            names,
+            all_vectors,
+            self.wup_threshold,
+            self.cosine_threshold,
+            self.wordnet,
             cache_dir=None if self.graph_cache else False,
         )
         if self._edges is None or self._edges[0] is not graph or self._edges[1].device != device:
@@ -315,8 +323,13 @@ class RGCNPosVAE(Method):
         vocabulary eq. 7 runs over ~10^7 edges, more work than propagating a batch."""
         versions = tuple(p._version for p in self.relation.parameters())  # bumped by every in-place update
         cached = self._values
-        if not torch.is_grad_enabled() and cached is not None and cached[0] is graph and cached[1] == versions \
-                and cached[2].device == edges.device:
+        if (
+            not torch.is_grad_enabled()
+            and cached is not None
+            and cached[0] is graph
+            and cached[1] == versions
+            and cached[2].device == edges.device
+        ):
             return cached[2]
         with torch.autocast(edges.device.type, enabled=False):
             weights = self.relation(s, edges)  # eq. 7
@@ -385,4 +398,3 @@ class RGCNPosVAE(Method):
             total = total + self.vae_weight * mse
             parts["xl_mse"] = float(mse.detach())
         return total, parts
-

@@ -48,7 +48,14 @@ REQUIRED_FILES = ("index.noun", "data.noun")
 
 # Morphy's detachment rules for nouns (suffix, replacement), from WordNet's morph(7) page.
 _NOUN_RULES = (
-    ("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"),
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
 )
 
 
