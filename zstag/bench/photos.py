@@ -40,10 +40,11 @@ def write_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
         picture = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(picture)
         for _ in range(rng.integers(3, 9)):
-            x0, y0 = rng.integers(0, width), rng.integers(0, height)
-            w, h = rng.integers(20, 200, 2)
+            x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+            w, h = (int(side) for side in rng.integers(20, 200, 2))
             shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-            shape((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            red, green, blue = (int(c) for c in rng.integers(0, 256, 3))
+            shape((x0, y0, x0 + w, y0 + h), fill=(red, green, blue))
         pixels = np.asarray(picture.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.int16)
         pixels = pixels + rng.normal(0, 6, pixels.shape).astype(np.int16)
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)

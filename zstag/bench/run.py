@@ -243,7 +243,7 @@ class Bench:
         return self.engine.normalise(pixels, backbone.mean, backbone.std)
 
     def timed(
-        self, repeats: int | None = None, warm_up: bool = True, **calls: Callable[[], object]
+        self, calls: dict[str, Callable[[], object]], repeats: int | None = None, warm_up: bool = True
     ) -> dict[str, float]:
         """Best wall time of each call over `repeats` rounds in which the calls take turns, so that a
         change in the machine's load hits all of them alike; one untimed round first unless
@@ -302,7 +302,9 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
 
     zstag_tag([str(p) for p in photos[:2]])  # warm-up: imports, label vectors into the cache
     loop(photos[:2])
-    seconds = bench.timed(warm_up=False, zstag=lambda: zstag_tag([str(photos[0].parent)]), loop=lambda: loop(photos))
+    seconds = bench.timed(
+        {"zstag": lambda: zstag_tag([str(photos[0].parent)]), "loop": lambda: loop(photos)}, warm_up=False
+    )
     n = len(photos)
     zstag_ips, loop_ips = n / seconds["zstag"], n / seconds["loop"]
     size = model.image_size
@@ -334,11 +336,11 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
     }
     # No warm-up: the runs above left the files and the bytecode cached.
     seconds = bench.timed(
-        warm_up=False,
-        **{
+        {
             name: partial(subprocess.run, command, env=env, check=True, capture_output=True)
             for name, command in commands.items()
         },
+        warm_up=False,
     )
     rows.append(
         bench.row(
@@ -376,7 +378,7 @@ def forward(bench: Bench) -> dict[str, Any]:
     engine, method = bench.engine, bench.engine.for_inference(model.method)
     x = bench.device_batch(model.image_size, method.backbone)
     labels = engine.vocabulary(method, random_labels(SEEN_LABELS, method.dim))
-    seconds = bench.timed(forward=lambda: engine.forward(method, x, labels))["forward"]
+    seconds = bench.timed({"forward": lambda: engine.forward(method, x, labels)})["forward"]
     batch = bench.plan.batch_size
     return {
         "rows": [
@@ -404,13 +406,13 @@ def vocab_scale(bench: Bench) -> dict[str, Any]:
     batch = bench.plan.batch_size
     raw = {str(n): random_labels(n, method.dim) for n in bench.plan.vocab}
     # Once per vocabulary, as Engine.run does before its first batch; timed apart from the batches.
-    prepare_s = bench.timed(**{n: partial(engine.vocabulary, method, labels) for n, labels in raw.items()})
+    prepare_s = bench.timed({n: partial(engine.vocabulary, method, labels) for n, labels in raw.items()})
     vocabularies = {n: engine.vocabulary(method, labels) for n, labels in raw.items()}
 
     def tag_batch(labels: LabelSet) -> torch.Tensor:
         return engine.forward(method, x, labels).cpu()  # the scores leave the device, as in Engine.run
 
-    seconds = bench.timed(**{n: partial(tag_batch, labels) for n, labels in vocabularies.items()})
+    seconds = bench.timed({n: partial(tag_batch, labels) for n, labels in vocabularies.items()})
     with torch.inference_mode(), engine.autocast():
         code = method.encode(x)
     rows = []
@@ -519,7 +521,7 @@ def head_speed(
 
     engine, batch = bench.engine, x.shape[0]
     with PeakMemory(engine.device) as inference:
-        infer_s = bench.timed(infer=lambda: engine.forward(method, x, vocab))["infer"]
+        infer_s = bench.timed({"infer": lambda: engine.forward(method, x, vocab)})["infer"]
     method.train()
     method.backbone.eval()  # frozen batch-norm statistics
     optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], method.hp)
@@ -532,7 +534,7 @@ def head_speed(
         optimizer.step()
 
     with PeakMemory(engine.device) as training:
-        train_s = bench.timed(repeats=bench.plan.train_steps, train=step)["train"]
+        train_s = bench.timed({"train": step}, repeats=bench.plan.train_steps)["train"]
     return {
         "infer_images_per_s": batch / infer_s,
         "infer_peak_mib": inference.mib,
@@ -550,8 +552,10 @@ def decode(bench: Bench) -> dict[str, Any]:
     dataset = ImageFiles(photos, size)
     files = [torch.frombuffer(read_jpeg(p), dtype=torch.uint8) for p in photos]
     seconds = bench.timed(
-        pillow=lambda: [dataset.decode(i) for i in range(len(photos))],
-        device=lambda: [engine.decode_jpegs(files[i : i + batch], size) for i in range(0, len(files), batch)],
+        {
+            "pillow": lambda: [dataset.decode(i) for i in range(len(photos))],
+            "device": lambda: [engine.decode_jpegs(files[i : i + batch], size) for i in range(0, len(files), batch)],
+        }
     )
     where = "nvJPEG" if engine.device.type == "cuda" else "libjpeg-turbo, one process"
     n = len(photos)

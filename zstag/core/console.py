@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -45,16 +46,18 @@ def error(message: str) -> None:
     stderr.print(f"error: {message}", markup=False, soft_wrap=True, style="bold red")
 
 
-class _NoProgress:
-    def update(self, advance: int = 0, **_: object) -> None:
+class ProgressBar:
+    """What `progress` yields: `update(advance, **fields)`; this one shows nothing."""
+
+    def update(self, advance: int = 0, **fields: Any) -> None:
         pass
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None) -> Iterator[_NoProgress]:
+def progress(description: str, total: int | None) -> Iterator[ProgressBar]:
     """A progress bar on stderr when it is a terminal; otherwise a no-op with the same `update`."""
     if _state["quiet"] or not sys.stderr.isatty():
-        yield _NoProgress()
+        yield ProgressBar()
         return
     columns = (
         TextColumn("{task.description}"),
@@ -66,8 +69,8 @@ def progress(description: str, total: int | None) -> Iterator[_NoProgress]:
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(description, total=total)
 
-        class _Bar:
-            def update(self, advance: int = 0, **fields: object) -> None:
+        class _Bar(ProgressBar):
+            def update(self, advance: int = 0, **fields: Any) -> None:
                 bar.update(task, advance=advance, **fields)
 
         yield _Bar()

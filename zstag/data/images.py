@@ -203,7 +203,7 @@ def _check_path(path: str | os.PathLike[str]) -> None:
 def _decode(fh: BinaryIO, size: int | None) -> Image.Image:
     """Open, decode (at a reduced scale when allowed), flatten to RGB and turn upright."""
     try:
-        picture = Image.open(fh)
+        picture: Image.Image = Image.open(fh)
     except UnidentifiedImageError:
         raise ImageError("not an image (cannot identify)") from None
     kind = picture.format or "image"

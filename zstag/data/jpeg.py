@@ -39,7 +39,7 @@ class JpegHeader:
     complete: bool  # the data ends with the EOI marker
 
 
-def read_header(data: bytes) -> JpegHeader | None:
+def read_header(data: bytes | bytearray) -> JpegHeader | None:
     """Parse the markers of a whole JPEG file up to its first scan; None when it is not one we can read."""
     if not data.startswith(SOI):
         return None

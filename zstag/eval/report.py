@@ -49,8 +49,12 @@ _MAX_LISTED = 10
 class TruthSample(Protocol):
     """What matching needs from a truth row (zstag.data.manifest.Sample satisfies it)."""
 
-    image: Path  # absolute (made canonical again here, so symlinks do not matter)
-    tags: list[str]
+    @property
+    def image(self) -> Path:  # absolute (made canonical again here, so symlinks do not matter)
+        ...
+
+    @property
+    def tags(self) -> list[str]: ...
 
 
 def _number(value: float) -> float | None:

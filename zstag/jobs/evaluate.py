@@ -16,6 +16,13 @@ from zstag.eval.report import evaluate, evaluation_labels, load_predictions, mat
 from zstag.jobs.options import EvalOptions
 
 
+def required_model(opts: EvalOptions) -> str:
+    """The model a job that scores images needs (eval reads predictions instead when there is none)."""
+    if opts.model is None:
+        raise UsageError("no model to score the images with")
+    return opts.model
+
+
 def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:
     """Scores of `labels` for the truth images, computed by the engine; unreadable images are left out."""
     from zstag.engine.engine import Engine
@@ -28,7 +35,7 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
         samples = [s for s in samples if s.image.resolve() in wanted]
         if not samples:
             raise UsageError("none of the given images is in the truth")
-    model = load_model(opts.model)
+    model = load_model(required_model(opts))
     vocab = model.embed(labels)
     engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
     scores = np.zeros((len(samples), len(labels)), dtype=np.float32)
@@ -79,7 +86,7 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     from zstag.store.hub import shared_place
     from zstag.store.model import resolve_model_dir, write_config
 
-    folder = resolve_model_dir(opts.model)
+    folder = resolve_model_dir(required_model(opts))
     place = shared_place(folder)
     if place is not None:
         raise UsageError(
@@ -102,7 +109,7 @@ def render_report(report: dict[str, Any]) -> str:
     def pct(v: Any) -> str:
         return "   -  " if v is None else f"{100 * v:6.2f}"
 
-    lines = []
+    lines: list[str] = []
     for name in ("zs", "gzs"):
         section = report.get(name)
         if not section:

@@ -78,7 +78,7 @@ def tag(opts: TagOptions) -> int:
         everything, items = len(items), items[share.block(len(items))]
         console.info(f"share {share.index}/{share.count}: {len(items)} of {everything} input(s)")
     joined = share is not None and share.torchrun and not sidecar
-    target = shard_name(opts.output, share) if joined else opts.output
+    target = shard_name(opts.output, share) if joined and share is not None else opts.output
     check_errors_file(opts.errors)
     if not sidecar:
         check_not_an_input(opts.output, items)
@@ -128,10 +128,11 @@ def tag(opts: TagOptions) -> int:
                     if not ok:
                         fail(display, "the model gave scores that are not numbers (NaN or infinite); no tags written")
                         continue
-                    if sidecars is None:
+                    if stream is not None:
                         stream.write(display, tags)
                         done += 1
                         continue
+                    assert sidecars is not None  # one of the two writers exists: `sidecar` chose which
                     try:
                         sidecars.write(Path(path), tags)
                         done += 1

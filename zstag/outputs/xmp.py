@@ -96,12 +96,14 @@ def merge_tags(root: ET.Element, tags: Tags, mode: str) -> ET.Element:
     for label, score in ((_xml_text(label), score) for label, score in tags):
         if label not in keywords:
             keywords.append(label)
-        item = ours.get(label)
-        if item is None:
-            item = ET.SubElement(scores, _q("rdf:li"), {_q("rdf:parseType"): "Resource"})
-            ET.SubElement(item, _q("zstag:label")).text = label
-            ET.SubElement(item, _q("zstag:score"))
-        item.find("zstag:score", NS).text = f"{score:.6g}"
+        entry = ours.get(label)
+        if entry is None:
+            entry = ET.SubElement(scores, _q("rdf:li"), {_q("rdf:parseType"): "Resource"})
+            ET.SubElement(entry, _q("zstag:label")).text = label
+        value = entry.find("zstag:score", NS)
+        if value is None:  # a new entry, or one whose score an earlier writer dropped
+            value = ET.SubElement(entry, _q("zstag:score"))
+        value.text = f"{score:.6g}"
     for li in list(subjects):
         subjects.remove(li)
     for k in keywords:

@@ -59,12 +59,12 @@ def make_thumbnails(sources: Sequence[str], folder: Path, workers: int | None = 
     todo: dict[int, Path] = {}
     for i, source in enumerate(sources):
         try:
-            names[i] = _thumb_name(source)
+            name = names[i] = _thumb_name(source)
         except OSError as err:
             console.warn(f"cannot read {source}: {err.strerror or err}")
             continue
-        if not (folder / names[i]).is_file():
-            todo[i] = folder / names[i]
+        if not (folder / name).is_file():
+            todo[i] = folder / name
     reused = len(sources) - len(todo) - names.count(None)
     failed = 0
     with (

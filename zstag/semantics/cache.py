@@ -43,7 +43,8 @@ class EmbeddingCache:
         if self.root is None:
             return {}
         folder = self._folder(key)
-        wanted, found = set(labels), {}
+        wanted = set(labels)
+        found: dict[str, np.ndarray] = {}
         if not folder.is_dir():
             return found
         dim: int | None = None

@@ -151,6 +151,7 @@ def write_config(model_dir: Path, config: dict[str, Any]) -> None:
 
 def build_ready_made(made: ReadyMade, semantics: str | None = None) -> Model:
     """A ready-made model from its fetched weights (a MissingWeightsError naming `zstag fetch` if absent)."""
+    cls: type[Method]
     if made.method == "conse":
         from zstag.backbones.torchvision_nets import imagenet_classes
         from zstag.methods.conse import ConSE
