@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -54,14 +54,19 @@ def clip_config(folder: Path):
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     try:
         config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder / 'config.json'}: not a CLIP config ({exc})") from None
-    config.vision_config.projection_dim = config.projection_dim
-    config.text_config.projection_dim = config.projection_dim
+    dim = config.projection_dim
+    if dim is None:
+        raise ModelError(f"{folder / 'config.json'}: no projection_dim")
+    # transformers annotates the towers' configs with its __init__'s argument types (dict or None too);
+    # a loaded CLIPConfig always holds the built config objects.
+    cast(CLIPVisionConfig, config.vision_config).projection_dim = dim
+    cast(CLIPTextConfig, config.text_config).projection_dim = dim
     return config
 
 

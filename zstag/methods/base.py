@@ -23,7 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ ImageCode = torch.Tensor | dict[str, torch.Tensor]
 # Embeds label strings into a LabelSet with the model's semantics (for labels a method needs
 # beyond the vocabulary, e.g. RGCN-PosVAE's external ImageNet classes).
 Embedder = Callable[[list[str]], LabelSet]
+# The image code of one method: `score` accepts exactly what that method's `encode` returns.
+CodeT = TypeVar("CodeT", bound=ImageCode)
 
 
 @dataclass
@@ -67,8 +69,8 @@ def occlusion_maps(method: nn.Module, images: torch.Tensor, labels: LabelSet, gr
     return drops / peak[:, :, None, None]
 
 
-class Method(nn.Module, ABC):
-    """Base class of tagging methods (paper methods and baselines)."""
+class Method(nn.Module, ABC, Generic[CodeT]):
+    """Base class of tagging methods (paper methods and baselines), generic in their image code."""
 
     name: ClassVar[str]
     # The paper's training recipe and the type of its architecture settings, with the paper's
@@ -112,11 +114,11 @@ class Method(nn.Module, ABC):
         return isinstance(config, SingleLabelConfig) and config.single_label
 
     @abstractmethod
-    def encode(self, images: torch.Tensor) -> ImageCode:
+    def encode(self, images: torch.Tensor) -> CodeT:
         """Label-independent code of normalised images (B, 3, H, W)."""
 
     @abstractmethod
-    def score(self, code: ImageCode, labels: LabelSet) -> torch.Tensor:
+    def score(self, code: CodeT, labels: LabelSet) -> torch.Tensor:
         """Scores (B, L) of `labels` for encoded images; higher means more relevant.
 
         `labels` may or may not have been through `prepare_labels`; the scores are the same.

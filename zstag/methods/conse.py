@@ -41,12 +41,13 @@ class ConSEConfig(SingleLabelConfig):
     backbone_classifier: bool = setting(False)
 
 
-class ConSE(Method):
+class ConSE(Method[torch.Tensor]):
     name = "conse"
     default_recipe: ClassVar[Recipe] = Recipe(
         optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau", lr_factor=0.5, early_stopping=5
     )
     Config: ClassVar[type[ConSEConfig]] = ConSEConfig
+    seen_vectors: torch.Tensor  # buffer (S, D), declared so attribute access is typed as a tensor
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ConSEConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)

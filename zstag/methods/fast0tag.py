@@ -32,7 +32,7 @@ class Fast0TagConfig(MethodConfig):
     hidden: int = setting(1024, 1, WIDTH_LIMIT)
 
 
-class Fast0Tag(Method):
+class Fast0Tag(Method[torch.Tensor]):
     name = "fast0tag"
     default_recipe: ClassVar[Recipe] = Recipe(
         optimizer="adam", lr=1e-3, batch_size=32, epochs=20, schedule="plateau", lr_factor=0.5, early_stopping=5

@@ -135,7 +135,7 @@ class LESAConfig(MethodConfig):
     clusters: int = setting(10, 1, 4096)
 
 
-class LESA(Method):
+class LESA(Method[torch.Tensor]):
     """Shared multi-attention zero-shot tagger (`--method lesa`)."""
 
     name: ClassVar[str] = "lesa"
@@ -153,6 +153,7 @@ class LESA(Method):
         finetune_backbone=False,
     )
     Config: ClassVar[type[LESAConfig]] = LESAConfig
+    centroids: torch.Tensor  # buffer (k, D) of the cluster variant, declared so access is typed as a tensor
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[LESAConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)

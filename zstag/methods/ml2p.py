@@ -226,7 +226,7 @@ class ML2PConfig(MethodConfig):
     group_residual: bool = setting(True)  # ours: S = X + (Q_x K_x^T) X; false = eq. 7 as printed
 
 
-class ML2P(Method):
+class ML2P(Method[torch.Tensor]):
     """C^3-MLZSL: Forward Pyramid, shuffle + groups, (ML)^2P-Encoder, Group Attention."""
 
     name = "ml2p"
@@ -245,6 +245,7 @@ class ML2P(Method):
         finetune_backbone=True,
     )
     Config: ClassVar[type[ML2PConfig]] = ML2PConfig
+    shuffle: torch.Tensor  # buffer (groups * D,), declared so attribute access is typed as a tensor
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[ML2PConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)

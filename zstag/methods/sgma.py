@@ -49,7 +49,7 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -280,7 +280,7 @@ class SGMAConfig(SingleLabelConfig):
     warmup_lr: float = setting(1e-3, above=0)
 
 
-class SGMA(Method):
+class SGMA(Method[ImageCode]):
     """Global + part branches with late-fused compatibility scores and a class-center path."""
 
     name = "sgma"
@@ -302,6 +302,10 @@ class SGMA(Method):
         finetune_backbone=True,
     )
     Config: ClassVar[type[SGMAConfig]] = SGMAConfig
+    # Buffers, declared so attribute access is typed as tensors.
+    seen_vectors: torch.Tensor
+    prototypes: torch.Tensor
+    proto_count: torch.Tensor
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[SGMAConfig], embed: Embedder) -> None:
         super().__init__(backbone, seen, hp, embed)
@@ -366,7 +370,8 @@ class SGMA(Method):
             theta = self.backbone.regions(batch).mean((2, 3)).view(b, 1 + self.parts, -1)
         else:
             feats = [self.backbone.regions(whole).mean((2, 3))]
-            feats += [net.regions(parts[:, i]).mean((2, 3)) for i, net in enumerate(self.part_backbones)]
+            nets = cast("Iterable[Backbone]", self.part_backbones)  # typed as Modules; they are Backbone copies
+            feats += [net.regions(parts[:, i]).mean((2, 3)) for i, net in enumerate(nets)]
             theta = torch.stack(feats, 1)
         return torch.stack([w(theta[:, i]) for i, w in enumerate(self.embed_maps)], 1)
 

@@ -16,17 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from zstag.backbones.base import Backbone
+from zstag.backbones.clip import ClipBackbone
 from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
 from zstag.methods.base import Embedder, Method
 from zstag.methods.settings import Hyperparameters
 
 
-class ClipZeroShot(Method):
+class ClipZeroShot(Method[torch.Tensor]):
     name: ClassVar[str] = "clip-zeroshot"
+    backbone: ClipBackbone  # checked in __init__: only CLIP's image tower has an `image_embedding`
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters, embed: Embedder) -> None:
-        if not hasattr(backbone, "image_embedding"):
+        if not isinstance(backbone, ClipBackbone):
             raise UsageError(f"zero-shot scoring needs a CLIP backbone, not {backbone.name!r}")
         super().__init__(backbone, seen, hp, embed)
 

@@ -84,7 +84,7 @@ from torch import nn
 from zstag.backbones.base import Backbone
 from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
-from zstag.methods.base import Embedder, ImageCode, Method
+from zstag.methods.base import Embedder, Method
 from zstag.methods.rgcn.graph import Graph, build_graph
 from zstag.methods.settings import WIDTH_LIMIT, Hyperparameters, MethodConfig, Recipe, setting
 
@@ -224,7 +224,7 @@ class RGCNPosVAEConfig(MethodConfig):
     score_budget: int = setting(1 << 26, 1)
 
 
-class RGCNPosVAE(Method):
+class RGCNPosVAE(Method[dict[str, torch.Tensor]]):
     """Relational GCN over target and external classes (`--method rgcn-posvae`)."""
 
     name: ClassVar[str] = "rgcn-posvae"
@@ -236,6 +236,7 @@ class RGCNPosVAE(Method):
         optimizer="adam", lr=5e-4, schedule="plateau", lr_factor=0.1, plateau_metric="loss", lr_patience=2
     )
     Config: ClassVar[type[RGCNPosVAEConfig]] = RGCNPosVAEConfig
+    external_vectors: torch.Tensor  # buffer (K, D), declared so attribute access is typed as a tensor
 
     def __init__(
         self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters[RGCNPosVAEConfig], embed: Embedder
@@ -339,7 +340,7 @@ class RGCNPosVAE(Method):
 
     # -- the model --------------------------------------------------------------------------
 
-    def encode(self, images: torch.Tensor) -> ImageCode:
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pooled image feature and, for the variants with external nodes, the classifier's p^a."""
         stages = self.backbone.stages(images)
         code = {"feature": stages[-1].mean(dim=(2, 3))}
@@ -366,7 +367,7 @@ class RGCNPosVAE(Method):
         out["logits"] = self.classify(h).squeeze(-1)
         return out
 
-    def score(self, code: ImageCode, labels: LabelSet) -> torch.Tensor:
+    def score(self, code: dict[str, torch.Tensor], labels: LabelSet) -> torch.Tensor:
         """Logits (B, L) of `labels`; the batch is sliced so a slice holds ~score_budget activations."""
         g = self.graph(labels)
         batch = code["feature"].shape[0]
