@@ -94,7 +94,10 @@ class Settings:
     """A validated group of hyperparameters: every field is checked on construction."""
 
     def __post_init__(self) -> None:
-        kinds = _kinds(type(self))
+        # Upcast to `type`: mypy takes a class's own __hash__ signature (here the dataclass's) for the
+        # class object's, and would call type[Settings] unhashable.
+        cls: type = type(self)
+        kinds = _kinds(cls)
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name), kinds[f.name], dict(f.metadata))
 

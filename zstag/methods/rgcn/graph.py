@@ -40,6 +40,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ def build_graph(
     wup_threshold: float = 0.5,
     cosine_threshold: float = 0.5,
     wordnet: str | Path | None = None,
-    cache_dir: str | Path | None | bool = None,
+    cache_dir: str | Path | Literal[False] | None = None,
 ) -> Graph:
     """The graph over `names` (with unit-norm semantic `vectors`, one row each), cached.
 
@@ -173,11 +174,11 @@ def wup_adjacency(wn: WordNet, senses: list[tuple[int, ...]], threshold: float) 
     adj = np.zeros((n, n), dtype=bool)
     # One entry per (ancestor a, node u, sense i of u below a), valued depth(i).
     anc_parts, node_parts, depth_parts = [], [], []
-    for node, node_senses in enumerate(senses):
+    for u, node_senses in enumerate(senses):
         for s in node_senses:
             ancestors = wn.ancestors(s)
             anc_parts.append(ancestors)
-            node_parts.append(np.full(ancestors.shape, node, dtype=np.int64))
+            node_parts.append(np.full(ancestors.shape, u, dtype=np.int64))
             depth_parts.append(np.full(ancestors.shape, wn.depths[s], dtype=np.int64))
     if not anc_parts:
         return adj
