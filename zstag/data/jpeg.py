@@ -91,7 +91,7 @@ def read_header(data: bytes | bytearray) -> JpegHeader | None:
     )
 
 
-def exif_orientation(tiff: bytes) -> int:
+def exif_orientation(tiff: bytes | bytearray) -> int:
     """The Orientation tag of IFD0 of a TIFF-structured EXIF block: 1 when absent, 0 when unreadable."""
     try:
         order = {b"II": "<", b"MM": ">"}[bytes(tiff[:2])]

@@ -30,15 +30,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from zstag.backbones.base import Backbone
 from zstag.core.errors import ImageError, UsageError
@@ -54,6 +55,22 @@ LABEL_CHUNK = 16384
 MAX_STREAMS = 4
 # decode_route's answers.
 GPU_JPEG, CPU = "gpu-jpeg", "cpu"
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class IndexBatches(Protocol):
+    """Batches of dataset indices that know how many there are (a BatchSampler, the trainer's shuffled one)."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
+
+
+class SizedDataset(Dataset):
+    """A map-style dataset with a length, which torch's `Dataset` does not declare but sampling needs."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -147,7 +164,7 @@ def decode_route(data: bytes | bytearray, device: torch.device) -> str:
     return CPU if limit is not None and header.width * header.height > limit else GPU_JPEG
 
 
-class ImageFiles(Dataset):
+class ImageFiles(SizedDataset):
     """Decodes image files to uint8 (3, size, size) tensors; a failure becomes a reason, not an exception.
 
     With `jpeg_device` set, a file that `decode_route` sends to that device comes back undecoded,
@@ -169,7 +186,7 @@ class ImageFiles(Dataset):
                 return index, torch.frombuffer(data, dtype=torch.uint8), None
         return (index, *self.decode(index))
 
-    def decode(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+    def decode(self, index: int) -> tuple[torch.Tensor, None] | tuple[None, str]:
         """Pillow's pixels of one file, or the reason it cannot be read."""
         from zstag.data.images import decode_image, to_tensor
 
@@ -191,7 +208,7 @@ class DecodedHere:
 
     num_workers = 0  # no decoding processes: `threads_beside` leaves torch's threads alone
 
-    def __init__(self, dataset: Dataset, batches: Iterable[list[int]], collate_fn: Callable, threads: int) -> None:
+    def __init__(self, dataset: Dataset, batches: IndexBatches, collate_fn: Callable, threads: int) -> None:
         self.dataset, self.batches, self.collate_fn, self.threads = dataset, batches, collate_fn, max(1, threads)
 
     def __len__(self) -> int:
@@ -203,7 +220,7 @@ class DecodedHere:
                 yield self.collate_fn(list(pool.map(self.dataset.__getitem__, indices)))
 
 
-def fold_batch_norms(module: nn.Module) -> nn.Module:
+def fold_batch_norms(module: ModuleT) -> ModuleT:
     """Fold each eval-mode BatchNorm2d that follows a Conv2d in an nn.Sequential into its weights.
 
     In eval mode a batch norm is a fixed per-channel affine map, so the convolution before it can
@@ -294,16 +311,16 @@ class Engine:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def batches(self, dataset: Dataset, batch_size: int | None = None) -> BatchSampler:
+    def batches(self, dataset: SizedDataset, batch_size: int | None = None) -> BatchSampler:
         """Index batches of `dataset` in order."""
         return BatchSampler(SequentialSampler(dataset), batch_size or self.batch_size, drop_last=False)
 
     def loader(
         self,
-        dataset: Dataset,
+        dataset: SizedDataset,
         batch_size: int | None = None,
         collate_fn=collate,
-        batch_sampler: Sampler[list[int]] | None = None,
+        batch_sampler: IndexBatches | None = None,
     ) -> DataLoader | DecodedHere:
         """Batches in order, or those of `batch_sampler` (the trainer's shuffled, per-rank batches).
 
@@ -393,11 +410,11 @@ class Engine:
         except RuntimeError:
             failures = list(failures)
             for i, _ in encoded:
-                pixels, reason = dataset.decode(i)
-                if pixels is None:
-                    failures.append((i, reason))
+                decoded = dataset.decode(i)
+                if decoded[0] is None:  # indexed, so the type checker pairs a missing image with its reason
+                    failures.append((i, decoded[1]))
                 else:
-                    parts.append(([i], pixels.unsqueeze(0).to(self.device)))
+                    parts.append(([i], decoded[0].unsqueeze(0).to(self.device)))
             failures.sort()
         if not parts:
             return [], None, failures

@@ -12,16 +12,16 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from zstag.backbones.base import Backbone
 from zstag.data.manifest import Sample
 from zstag.engine.distributed import Share
-from zstag.engine.engine import Engine, ImageFiles
+from zstag.engine.engine import Engine, ImageFiles, SizedDataset
 from zstag.methods.settings import Recipe
 
 
-class TaggedImages(Dataset):
+class TaggedImages(SizedDataset):
     """Decoded training images with multi-hot targets over the seen labels."""
 
     def __init__(self, samples: list[Sample], seen: list[str], size: int) -> None:
@@ -45,7 +45,7 @@ def collate_tagged(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[int, str]]]:
     """(images, targets) of the decoded items, and the (index, reason) of those that failed."""
     ok = [(t, y) for _, t, _, y in items if t is not None]
-    failures = [(i, reason) for i, t, reason, _ in items if t is None]
+    failures = [(i, reason) for i, _, reason, _ in items if reason is not None]  # a reason exactly when no image
     if not ok:
         return None, None, failures
     return torch.stack([t for t, _ in ok]), torch.stack([y for _, y in ok]), failures

@@ -256,6 +256,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
     method = model.method.to(engine.device)
     method.on_unseen_labels(unseen)
     recipe = method.hp.recipe
+    assert model.seen is not None  # build_model embeds the seen labels
     seen = model.seen.to(engine.device)
     if method.single_label:
         # The softmax protocol trains on seen-class images only, as in SGMA's zero-shot splits.
@@ -292,7 +293,8 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
             method.backbone.eval()  # frozen batch-norm statistics
 
     train_mode()
-    state, best_state = TrainState(lr=recipe.lr), None
+    state = TrainState(lr=recipe.lr)
+    best_state: dict[str, torch.Tensor] | None = None
     start = time.perf_counter()
     if resume_point is None:
         method.on_train_start(iter(batches.train), seen)
@@ -304,7 +306,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
         best_state = resume_point["best"]
         start -= state.seconds
         console.info(f"resuming after epoch {state.epoch} (best epoch {state.best_epoch})")
-    step = LossStep(method, seen)
+    step: torch.nn.Module = LossStep(method, seen)  # or its DistributedDataParallel wrapper
     if share is not None:
         distributed.start("nccl" if engine.device.type == "cuda" else "gloo")
         step = torch.nn.parallel.DistributedDataParallel(
@@ -378,6 +380,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
                     console.info(f"early stop: no improvement for {state.stale} epoch(s)")
                     break
             # With cached features the snapshot lacks the frozen backbone's tensors, which never changed.
+            assert best_state is not None  # set by the first epoch (epochs >= 1) or read from the checkpoint
             method.load_state_dict({**method.state_dict(), **best_state})
             model.config["calibration"] = calibrate(method, engine, batches.val, seen)
         except KeyboardInterrupt:
