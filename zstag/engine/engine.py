@@ -171,7 +171,7 @@ class ImageFiles(SizedDataset):
     as its bytes (a 1-D uint8 tensor), for the engine to decode in the main process.
     """
 
-    def __init__(self, paths: Sequence[Path], size: int, jpeg_device: torch.device | None = None) -> None:
+    def __init__(self, paths: Sequence[str | Path], size: int, jpeg_device: torch.device | None = None) -> None:
         self.paths = paths
         self.size = size
         self.jpeg_device = jpeg_device
@@ -430,7 +430,7 @@ class Engine:
         return self.score(method, code, labels)
 
     @torch.inference_mode()
-    def run(self, method: Method, paths: Sequence[Path], labels: LabelSet, image_size: int) -> Iterator[Batch]:
+    def run(self, method: Method, paths: Sequence[str | Path], labels: LabelSet, image_size: int) -> Iterator[Batch]:
         """Scores of every readable image in `paths` against `labels`, batch by batch, in input order.
 
         `method` is readied for inference in place (`for_inference`): load a model afresh to train it.
@@ -463,7 +463,7 @@ class Engine:
     def images(
         self,
         backbone: Backbone,
-        paths: Sequence[Path],
+        paths: Sequence[str | Path],
         image_size: int,
     ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
         """(indices, normalised images for `backbone` or None, failures) for every batch of `paths`, in

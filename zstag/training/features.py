@@ -38,7 +38,7 @@ class FeatureCache:
         self._features: Features | None = None
 
     def features(
-        self, engine: Engine, backbone: Backbone, name: str, splits: list[list[Path]], size: int, reusable: bool = True
+        self, engine: Engine, backbone: Backbone, name: str, splits: list[list[str | Path]], size: int, reusable: bool = True
     ) -> Features:
         """The maps of the images of `splits` (positions counted across them, in order) under
         `backbone` (named `name`), computed unless this cache holds them.
@@ -53,7 +53,7 @@ class FeatureCache:
         return self._features
 
 
-def compute_features(engine: Engine, backbone: Backbone, splits: list[list[Path]], size: int) -> Features:
+def compute_features(engine: Engine, backbone: Backbone, splits: list[list[str | Path]], size: int) -> Features:
     """Run the frozen backbone once over every image (see `Features`); each split is batched on its
     own, as the trainer batches it."""
     parts: list[list[torch.Tensor]] = []

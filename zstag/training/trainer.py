@@ -165,11 +165,11 @@ class Batches:
     train: ImageBatches | CachedBatches
     val: ImageBatches | CachedBatches | None
     cached: bool  # batches are rows of cached backbone features
-    paths: list[Path]  # the training images, then the validation images
+    paths: list[str | Path]  # the training images, then the validation images
     n_train: int
     failed: set[int]  # positions in `paths` found unreadable before training (cached features)
 
-    def unreadable(self) -> list[Path]:
+    def unreadable(self) -> list[str | Path]:
         """The images that could not be read; image batches note theirs as they meet them."""
         rows = set(self.failed)
         if isinstance(self.train, ImageBatches):
