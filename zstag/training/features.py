@@ -38,7 +38,13 @@ class FeatureCache:
         self._features: Features | None = None
 
     def features(
-        self, engine: Engine, backbone: Backbone, name: str, splits: list[list[str | Path]], size: int, reusable: bool = True
+        self,
+        engine: Engine,
+        backbone: Backbone,
+        name: str,
+        splits: list[list[str | Path]],
+        size: int,
+        reusable: bool = True,
     ) -> Features:
         """The maps of the images of `splits` (positions counted across them, in order) under
         `backbone` (named `name`), computed unless this cache holds them.
