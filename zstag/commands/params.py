@@ -36,7 +36,11 @@ def device() -> Any:
     return typer.Option("--device", help="auto (CUDA when present), cpu, or cuda[:i].", autocompletion=complete_devices)
 
 
-def model(help: str = "Model directory, 'default' (bundled), or a fetched name.") -> Any:
+def model(
+    help: str = "Model directory; 'default' (bundled, trained on clip art: weak on photos); a ready-made "
+    "'clip-vit-b32' or 'imagenet' after `zstag fetch clip-vit-b32` / `zstag fetch resnet101` (photos, no "
+    "training); or a fetched hf:// name.",
+) -> Any:
     return typer.Option("--model", help=help, autocompletion=complete_models)
 
 
