@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,11 +67,11 @@ class IndexBatches(Protocol):
     def __len__(self) -> int: ...
 
 
-class SizedDataset(Dataset):
+class SizedDataset(Dataset, ABC):
     """A map-style dataset with a length, which torch's `Dataset` does not declare but sampling needs."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
