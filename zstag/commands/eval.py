@@ -29,7 +29,7 @@ def _ks(text: str) -> list[int]:
 
 FLAGS = {
     "inputs": Flag(
-        typer.Argument(metavar="[IMAGES]...", help="With --model: the images to tag (default: the truth's images)."),
+        typer.Argument(metavar="IMAGE", help="With --model: the images to tag (default: the truth's images)."),
         Optional[list[str]],
         lambda given: given or [],
         default=None,

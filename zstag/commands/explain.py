@@ -12,7 +12,7 @@ NAME = "explain"
 
 FLAGS = {
     "inputs": typer.Argument(
-        metavar="IMAGES...", help="Image files, folders, quoted globs, or '-' for paths on stdin."
+        metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."
     ),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file."),
     "out": typer.Option("--out", "-o", help="Folder for the PNGs: one per image, IMAGE.EXT.explain.png."),

@@ -26,7 +26,7 @@ def _extensions(text: str | None) -> list[str] | None:
 
 FLAGS = {
     "inputs": typer.Argument(
-        metavar="IMAGES...", help="Image files, folders, quoted globs, or '-' for paths on stdin."
+        metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."
     ),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file: one label per line, any labels you like."),
     "model": params.model(),
