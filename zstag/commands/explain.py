@@ -11,9 +11,7 @@ from zstag.jobs.options import ExplainOptions
 NAME = "explain"
 
 FLAGS = {
-    "inputs": typer.Argument(
-        metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."
-    ),
+    "inputs": typer.Argument(metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file."),
     "out": typer.Option("--out", "-o", help="Folder for the PNGs: one per image, IMAGE.EXT.explain.png."),
     "model": params.model(),

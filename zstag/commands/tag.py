@@ -25,9 +25,7 @@ def _extensions(text: str | None) -> list[str] | None:
 
 
 FLAGS = {
-    "inputs": typer.Argument(
-        metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."
-    ),
+    "inputs": typer.Argument(metavar="IMAGE", help="Image files, folders, quoted globs, or '-' for paths on stdin."),
     "labels": typer.Option("--labels", "-l", help="Vocabulary file: one label per line, any labels you like."),
     "model": params.model(),
     "top_k": typer.Option("--top-k", "-k", min=0, help="Tags per image (0 = every label)."),
