@@ -167,3 +167,7 @@ def tiny_fast0tag(dim: int = 8):
     torch.manual_seed(0)
     seen = LabelSet([f"l{i}" for i in range(4)], random_label_vectors(4, dim, seed=1))
     return Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None).eval()
+
+
+# Command-line flags that keep a test run on the CPU with no decoding processes (repeatable results, quick start).
+ON_CPU = ("--device", "cpu", "--workers", "0")

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from synth import ON_CPU
 
 from zstag.core.errors import UsageError
 from zstag.data.vocab import read_thresholds
@@ -132,10 +133,7 @@ def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors,
         out,
         "--top-k",
         "0",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
     )
     calibrated = {t["label"]: t["score"] for t in json.loads(cli(*common).out)["tags"]}
     raw = {t["label"]: t["score"] for t in json.loads(cli(*common, "--raw-scores").out)["tags"]}
@@ -172,17 +170,12 @@ def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_un
         "--unseen",
         dataset["unseen"],
         "--json",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
     )
     report_before = json.loads(cli(*evaluate).out)
     seen = model / "seen.txt"
     seen.write_text("\n".join(before["seen_labels"]) + "\n")
-    result = cli(
-        "calibrate", model, "--data", dataset["manifest"], "--labels", seen, "--device", "cpu", "--workers", "0"
-    )
+    result = cli("calibrate", model, "--data", dataset["manifest"], "--labels", seen, *ON_CPU)
     assert result.code == 0, result.err
     fitted = json.loads(result.out)
     after = json.loads((model / "config.json").read_text())
@@ -223,7 +216,7 @@ def test_calibrate_never_rewrites_the_shipped_default(dataset, cli):
 
     config = WEIGHTS_DIR / "default" / "config.json"
     before = config.read_bytes()
-    result = cli("calibrate", "default", "--data", dataset["manifest"], "--device", "cpu", "--workers", "0")
+    result = cli("calibrate", "default", "--data", dataset["manifest"], *ON_CPU)
     assert result.code == 2 and result.err.count("\n") == 1
     assert "models shipped with zstag" in result.err and "calibrate the copy" in result.err and "cp -rL" in result.err
     assert config.read_bytes() == before
@@ -237,6 +230,6 @@ def test_calibrate_never_rewrites_a_model_in_a_download_cache(dataset, cli, tmp_
     snapshot = tmp_path / "hf-home" / "hub" / "models--someone--tagger" / "snapshots" / "0123"
     shutil.copytree(WEIGHTS_DIR / "default", snapshot)
     before = (snapshot / "config.json").read_bytes()
-    result = cli("calibrate", snapshot, "--data", dataset["manifest"], "--device", "cpu", "--workers", "0")
+    result = cli("calibrate", snapshot, "--data", dataset["manifest"], *ON_CPU)
     assert result.code == 2 and "the Hugging Face cache" in result.err and "calibrate the copy" in result.err
     assert (snapshot / "config.json").read_bytes() == before

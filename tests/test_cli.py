@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from synth import ON_CPU
 
 from zstag.data.manifest import read_dataset
 from zstag.eval.metrics import mean_ap
@@ -91,10 +92,7 @@ def test_tag_stdin_then_eval_beats_random(trained, dataset, cli, tmp_path, monke
         "0",
         "--output",
         pred,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         stdin=paths,
     )
     assert result.code == 0, result.err
@@ -133,19 +131,12 @@ def test_eval_with_model_matches_predictions_file(trained, dataset, cli, tmp_pat
             "0",
             "-o",
             pred,
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).code
         == 0
     )
     a = json.loads(cli("eval", "-p", pred, "--truth", dataset["manifest"], "--json").out)
-    b = json.loads(
-        cli(
-            "eval", "--model", trained, "--truth", dataset["manifest"], "--json", "--device", "cpu", "--workers", "0"
-        ).out
-    )
+    b = json.loads(cli("eval", "--model", trained, "--truth", dataset["manifest"], "--json", *ON_CPU).out)
     # The file holds scores rounded to 6 decimals; rounding can only create ties.
     assert a["gzs"]["mAP"] == pytest.approx(b["gzs"]["mAP"], abs=1e-3)
 
@@ -163,10 +154,7 @@ def test_unreadable_input_exit_3_and_other_rows_kept(trained, dataset, cli, tmp_
         dataset["vocab"],
         "--model",
         trained,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--errors",
         errors,
     )
@@ -193,10 +181,7 @@ def test_delimited_formats(trained, dataset, cli, fmt):
         fmt,
         "--top-k",
         "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
     )
     assert result.code == 0, result.err
     rows = list(csv.reader(io.StringIO(result.out), delimiter="," if fmt == "csv" else "\t"))
@@ -217,10 +202,7 @@ def test_threshold_keeps_only_high_scores(trained, dataset, cli):
             trained,
             "--top-k",
             "0",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).out
     )
     ordered = sorted(t["score"] for t in full["tags"])
@@ -237,10 +219,7 @@ def test_threshold_keeps_only_high_scores(trained, dataset, cli):
             "0",
             "--threshold",
             str(cut),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).out
     )
     assert kept["tags"] and all(t["score"] >= cut for t in kept["tags"])
@@ -311,10 +290,7 @@ def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vect
         "1",
         "--image-size",
         "32",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--out",
         out,
     ]
@@ -336,10 +312,7 @@ def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vect
             "0",
             "-o",
             pred,
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).code
         == 0
     )
@@ -355,10 +328,7 @@ def test_every_method_trains_tags_and_evaluates(method, sets, dataset, word_vect
             "--unseen",
             dataset["unseen"],
             "--json",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).out
     )
     assert 0 <= report["gzs"]["mAP"] <= 1 and 0 <= report["zs"]["mAP"] <= 1
@@ -386,10 +356,7 @@ def test_sgma_single_label_protocol(word_vectors, cli, tmp_path):
         "1",
         "--image-size",
         "32",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--out",
         out,
     )
@@ -405,10 +372,7 @@ def test_sgma_single_label_protocol(word_vectors, cli, tmp_path):
             "--unseen",
             data["unseen"],
             "--json",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).out
     )
     single = report["single_label"]

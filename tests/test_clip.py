@@ -14,6 +14,7 @@ import pytest
 import synth
 import torch
 from fakehub import serve, serve_registry, tiny_clip_files
+from synth import ON_CPU
 
 ZSTAG = shutil.which("zstag")
 pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
@@ -182,10 +183,7 @@ def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra, finetun
         "32",
         "--batch-size",
         "8",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--val-fraction",
         "0.25",
         "--out",

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from synth import ON_CPU
 
 from zstag.outputs import sidecar_path
 from zstag.outputs.streams import StreamOutput, format_row
 
 ZSTAG = shutil.which("zstag")
 pytestmark = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
-FAST = ["--device", "cpu", "--workers", "0"]
+FAST = [*ON_CPU]
 
 
 def zstag(*args: str | os.PathLike[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from synth import ON_CPU
+
 from zstag.store.model import build_model, save_model
 
 
@@ -34,10 +36,7 @@ def start_run(dataset, word_vectors, tmp_path) -> tuple[subprocess.Popen, list[s
         str(tmp_path / "model"),
         "--batch-size",
         "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "-o",
         str(out),
     ]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakehub import TOKEN, serve, sha
+from synth import ON_CPU
 
 from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.store import catalog, hub, publish
@@ -219,7 +220,7 @@ def test_the_cards_commands_work(cli, server, model_dir, dataset, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli("push", model_dir, "hf://me/tagger").code == 0
     images = [str(p) for p in sorted(dataset["images"].iterdir())[:4]]
-    common = ["--labels", dataset["vocab"], "--top-k", "0", "--device", "cpu", "--workers", "0"]
+    common = ["--labels", dataset["vocab"], "--top-k", "0", *ON_CPU]
     assert cli("fetch", "hf://me/tagger").code == 0
     server.stop()  # tagging needs no network once fetched
     remote = cli("tag", *images, *common, "--model", "hf://me/tagger")

@@ -11,6 +11,7 @@ import random
 import pytest
 import synth
 import torch
+from synth import ON_CPU
 
 from zstag.engine.engine import Engine
 from zstag.outputs.sidecars import write_txt_sidecar
@@ -172,10 +173,7 @@ def test_tag_resume_finishes_a_torn_file_without_recomputing(tagging_setup, cli,
         "3",
         "--output",
         out,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--batch-size",
         "2",
     ]

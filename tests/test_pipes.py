@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from synth import ON_CPU
+
 from zstag.store.model import build_model, save_model
 
 
@@ -29,10 +31,7 @@ def test_rows_stream_through_a_pipe_before_the_run_ends(dataset, word_vectors, t
             str(tmp_path / "model"),
             "--batch-size",
             "2",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

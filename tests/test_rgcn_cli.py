@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from synth import ON_CPU
 from test_torchvision_backbones import fake_cache, ours_to_timm  # noqa: F401  (fixture)
 from wordnet_fixture import write_tagging_wordnet
 
@@ -48,10 +49,7 @@ def train(cli, tmp_path, backbone: str, *extra: str):
         "32",
         "--batch-size",
         "12",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--val-fraction",
         "0.2",
         "--out",
@@ -75,10 +73,7 @@ def run(cli, dataset, word_vectors, tmp_path, backbone: str) -> dict:
             "--unseen",
             data["unseen"],
             "--json",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *ON_CPU,
         ).out
     )
     return {"config": json.loads((out / "config.json").read_text()), "report": report}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from synth import ON_CPU
 
 from zstag.core.errors import UsageError
 from zstag.engine.distributed import Share, current_share, parse_shard
@@ -67,7 +68,7 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
 
 
 def test_job_array_shards_concatenate_to_the_single_run(dataset, model_dir, cli, tmp_path):
-    common = ("--labels", dataset["vocab"], "--model", model_dir, "--top-k", "3", "--device", "cpu", "--workers", "0")
+    common = ("--labels", dataset["vocab"], "--model", model_dir, "--top-k", "3", *ON_CPU)
     assert cli("tag", dataset["images"], *common, "-o", tmp_path / "all.jsonl").code == 0
     parts = []
     for i in range(3):
@@ -104,7 +105,7 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_gloo_processes_give_the_single_process_rows(dataset, model_dir, cli, tmp_path):
-    common = ("--labels", dataset["vocab"], "--model", model_dir, "--top-k", "3", "--device", "cpu", "--workers", "0")
+    common = ("--labels", dataset["vocab"], "--model", model_dir, "--top-k", "3", *ON_CPU)
     assert cli("tag", dataset["images"], *common, "-o", tmp_path / "single.jsonl").code == 0
     result = torchrun("-q", "tag", dataset["images"], *common, "-o", tmp_path / "multi.jsonl", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -154,10 +155,7 @@ def test_torchrun_ddp_training_matches_single_process(dataset, word_vectors, tmp
         "8",
         "--image-size",
         "32",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--set",
         "finetune_backbone=false",
     ]

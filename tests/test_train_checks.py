@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import synth
+from synth import ON_CPU
 from test_console_script import ZSTAG, zstag
 
 from zstag.backbones import BACKBONES
@@ -147,10 +148,7 @@ def test_training_names_unreadable_images_warns_on_captions_and_exits_3(tmp_path
         "1",
         "--image-size",
         "32",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--val-fraction",
         "0.25",
         "--out",

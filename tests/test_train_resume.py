@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import synth
+from synth import ON_CPU
 
 from zstag.core.errors import ModelError, UsageError
 from zstag.training import trainer as train_module
@@ -158,10 +159,7 @@ def test_kill_9_during_training_then_resume(tiny, word_vectors, tmp_path):
         "4",
         "--image-size",
         "32",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *ON_CPU,
         "--set",
         "hidden=16",
         "--set",
