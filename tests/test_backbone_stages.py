@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from zstag.backbones.small import SmallBackbone
@@ -20,3 +21,43 @@ def test_regions_stop_at_the_region_stage():
     assert calls == [1] and len(stages) == 3
     assert backbone.region_stage == 1 and [s.shape[1] for s in stages] == list(backbone.channels)
     torch.testing.assert_close(regions, stages[backbone.region_stage])
+
+
+def test_scratch_trunks_share_the_stage_contract():
+    """`small` and `small-resnet` are interchangeable under every method: the same three stage
+    shapes (strides 8, 16, 32), and a classifier head over the pooled last stage when asked."""
+    from zstag.backbones import SCRATCH_BACKBONES, build_backbone
+    from zstag.backbones.small import build_scratch
+
+    images = torch.randn(2, 3, 64, 64)
+    for name in SCRATCH_BACKBONES:
+        backbone = build_backbone(name).eval()
+        with torch.no_grad():
+            shapes = [tuple(s.shape) for s in backbone.stages(images)]
+        assert shapes == [(2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2)], name
+        head = build_scratch(name, num_classes=5, class_names=list("abcde"))
+        assert head.classifier is not None and head.class_logits(head.stages(images)).shape == (2, 5)
+
+
+def test_bundled_backbone_follows_its_config_architecture(tmp_path, monkeypatch):
+    """weights/bundled says which trunk it is; a config naming another one is refused before any
+    tensor is allocated, and a resnet-shaped bundle loads as one."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from zstag.backbones import bundled
+    from zstag.backbones.small import SmallResNet
+    from zstag.core.errors import ModelError
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
+    net = SmallResNet(num_classes=3, class_names=["cat", "dog", "owl"])
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    config = {"architecture": "small-resnet", "class_names": ["cat", "dog", "owl"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = bundled.load_bundled()
+    assert isinstance(loaded, SmallResNet) and loaded.name == "bundled" and loaded.class_names == ["cat", "dog", "owl"]
+    for bad in ({**config, "architecture": "vgg19"}, {**config, "class_names": "cat"}):
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelError):
+            bundled.load_bundled()

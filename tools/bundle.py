@@ -1,7 +1,7 @@
 """Make the bundled backbone and check what ships in `weights/`.
 
-The bundled backbone is the `small` architecture pretrained as a multi-label classifier on the
-OpenClipart benchmark's *training* split, over the seen labels plus the drawings' folder
+The bundled backbone is one of our scratch trunks (`small` or `small-resnet`) pretrained as a
+multi-label classifier on the OpenClipart benchmark's *training* split, over the seen labels plus the drawings' folder
 categories ("birds", "fruit", "vehicles"...). The categories give the classifier a class space
 beyond the target labels, which RGCN-PosVAE uses as external knowledge (as ImageNet-1k serves
 VGG19). Unseen labels never enter pretraining: their tags are removed, and a category that
@@ -12,7 +12,7 @@ over its training labels on pooled features), then exported:
 
     python -m tools.bundle manifest DATA_DIR          # writes DATA_DIR/pretrain.jsonl
     zstag train DATA_DIR/pretrain.jsonl --method conse --backbone small --out M ...
-    python -m tools.bundle export M [--weights weights/bundled]
+    python -m tools.bundle export M [--weights weights/bundled]   # M trained on small or small-resnet
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from tools.openclipart import normalise_keyword
+from zstag.backbones import SCRATCH_BACKBONES
 from zstag.core.paths import WEIGHTS_DIR
 from zstag.data.manifest import read_dataset
 from zstag.data.vocab import read_vocabulary
@@ -52,10 +53,10 @@ def pretrain_manifest(data_dir: Path) -> Path:
 
 
 def export(model_dir: Path, weights: Path) -> None:
-    """A conse model on `small` -> weights/bundled (backbone + classifier in fp16, class names)."""
+    """A conse model on a scratch trunk -> weights/bundled (backbone + classifier in fp16, class names)."""
     config = json.loads((model_dir / "config.json").read_text())
-    if config["method"] != "conse" or config["backbone"] != "small":
-        raise SystemExit(f"{model_dir}: expected a conse model on the small backbone")
+    if config["method"] != "conse" or config["backbone"] not in SCRATCH_BACKBONES:
+        raise SystemExit(f"{model_dir}: expected a conse model on one of: {', '.join(SCRATCH_BACKBONES)}")
     state = load_file(str(model_dir / "model.safetensors"))
     tensors = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     tensors["classifier.2.weight"] = state["classifier.weight"]
@@ -64,7 +65,7 @@ def export(model_dir: Path, weights: Path) -> None:
     weights.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(weights / "model.safetensors"))
     meta = {
-        "architecture": "small",
+        "architecture": config["backbone"],
         "class_names": config["seen_labels"],
         "image_size": config["image_size"],
         "pretraining": {
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("manifest", help="write DATA_DIR/pretrain.jsonl")
     m.add_argument("data_dir", type=Path)
-    e = sub.add_parser("export", help="export a conse/small model as the bundled backbone")
+    e = sub.add_parser("export", help="export a conse model on a scratch trunk as the bundled backbone")
     e.add_argument("model_dir", type=Path)
     e.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "bundled")
     args = parser.parse_args(argv)

@@ -12,7 +12,10 @@ if TYPE_CHECKING:  # the names stay importable without torch (shell completion l
 # CLIP checkpoints in the registry: each is a backbone (image tower), a semantics source (text tower)
 # and a zero-shot model (`--model NAME`).
 CLIP_MODELS = ("clip-vit-b32", "clip-vit-l14")
-BACKBONES = ("small", "bundled", "vgg19", "resnet50", "resnet101", *CLIP_MODELS)
+# Architectures with random initial weights: trained with the head unless frozen explicitly, and
+# saved in the model's own weights file.
+SCRATCH_BACKBONES = ("small", "small-resnet")
+BACKBONES = (*SCRATCH_BACKBONES, "bundled", "vgg19", "resnet50", "resnet101", *CLIP_MODELS)
 
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:
@@ -21,10 +24,10 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     `pretrained=False` builds the architecture only (with its classifier head shaped as when
     pretrained) for a model directory whose own weights file carries the backbone's tensors.
     """
-    if name == "small":
-        from zstag.backbones.small import SmallBackbone
+    if name in SCRATCH_BACKBONES:
+        from zstag.backbones.small import build_scratch
 
-        return SmallBackbone()
+        return build_scratch(name)
     if name == "bundled":
         from zstag.backbones.bundled import load_bundled
 
@@ -40,4 +43,4 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "CLIP_MODELS", "build_backbone"]
+__all__ = ["BACKBONES", "CLIP_MODELS", "SCRATCH_BACKBONES", "build_backbone"]

@@ -455,7 +455,7 @@ def vocab_scale(bench: Bench) -> dict[str, Any]:
 
 def methods(bench: Bench) -> dict[str, Any]:
     """Every method's head on one backbone: inference and training images/s and peak memory."""
-    from zstag.backbones import build_backbone
+    from zstag.backbones import SCRATCH_BACKBONES, build_backbone
     from zstag.bench.heads import build_head, random_labels
     from zstag.methods import METHODS
 
@@ -475,7 +475,7 @@ def methods(bench: Bench) -> dict[str, Any]:
         try:
             backbone, weights = (
                 build_backbone(name, pretrained=True),
-                "pretrained" if name != "small" else "random init",
+                "pretrained" if name not in SCRATCH_BACKBONES else "random init",
             )
         except MissingWeightsError:
             backbone, weights = build_backbone(name, pretrained=False), "random init (same shape)"

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zstag import __version__
-from zstag.backbones import CLIP_MODELS, build_backbone
+from zstag.backbones import CLIP_MODELS, SCRATCH_BACKBONES, build_backbone
 from zstag.core.atomic import atomic_write
 from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.core.paths import WEIGHTS_DIR
@@ -104,7 +104,7 @@ def _assemble(
 def save_model(model: Model, out_dir: Path) -> None:
     """Write the model directory atomically (each file through a rename)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep_backbone = model.method.trains_backbone or model.config["backbone"] == "small"
+    keep_backbone = model.method.trains_backbone or model.config["backbone"] in SCRATCH_BACKBONES
     model.config["backbone_in_weights"] = keep_backbone
     state = {
         k: v.detach().cpu().contiguous()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zstag.backbones import SCRATCH_BACKBONES
 from zstag.core import console, interrupt
 from zstag.core.errors import UsageError
 from zstag.data.labels import LabelSet
@@ -217,7 +218,7 @@ def cached_batches(
     train_images, val_images = data
     splits = [list(d.files.paths) for d in data]
     features = cache.features(
-        engine, method.backbone, opts.backbone, splits, opts.image_size, reusable=opts.backbone != "small"
+        engine, method.backbone, opts.backbone, splits, opts.image_size, reusable=opts.backbone not in SCRATCH_BACKBONES
     )
     method.backbone = StageCache(method.backbone, features.stages)
     order = torch.tensor(features.indices, dtype=torch.long)
@@ -263,7 +264,7 @@ def train(opts: TrainOptions, feature_cache: FeatureCache | None = None) -> Mode
         train_set = [s for s in train_set if s.tags]
         val_set = [s for s in val_set if s.tags]
     # A randomly initialised backbone is trained unless the user freezes it explicitly.
-    finetune = method.trains_backbone or (opts.backbone == "small" and "finetune_backbone" not in overrides)
+    finetune = method.trains_backbone or (opts.backbone in SCRATCH_BACKBONES and "finetune_backbone" not in overrides)
     if not finetune:
         method.backbone.requires_grad_(False)
     params = [p for p in method.parameters() if p.requires_grad]
