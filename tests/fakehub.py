@@ -36,6 +36,13 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def segments(raw_path: str) -> list[str]:
+    """A request path's segments, each decoded after splitting, as the Hub reads them: clients send
+    a revision with slashes percent-encoded as one segment (`refs%2Fpr%2F15`), while a file in a
+    subfolder keeps its slashes (`resolve/REV/1_Pooling/config.json`)."""
+    return [unquote(part) for part in raw_path.split("?")[0].lstrip("/").split("/")]
+
+
 class FakeHub:
     """repo -> {path: bytes} on `main` (also served at revision COMMIT); every request is logged.
 
@@ -60,7 +67,7 @@ class FakeHub:
 
             def _answer(self, with_body: bool) -> None:
                 hub_.requests.append((self.command, self.path))
-                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                parts = segments(self.path)
                 repo, rest = "/".join(parts[:2]), parts[2:]
                 if len(rest) < 3 or rest[0] != "resolve" or repo not in hub_.repos:
                     return self._error(404, "RepoNotFound")
@@ -123,6 +130,7 @@ class FakeHub:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._error(401, message="Invalid credentials in Authorization header")
                 path = unquote(self.path.split("?")[0])
+                parts = segments(self.path)
                 if path == "/api/validate-yaml":
                     return self._json({"errors": [], "warnings": []})
                 if path == "/api/repos/create":
@@ -147,9 +155,9 @@ class FakeHub:
                         for o in json.loads(body)["objects"]
                     ]
                     return self._json({"transfer": "basic", "objects": objects})
-                parts = path.lstrip("/").split("/")
                 if parts[:2] != ["api", "models"] or len(parts) < 6:
                     return self._error(404, "RepoNotFound")
+                # `create_branch` sends its branch name unencoded, so a name may span segments.
                 repo, action, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
                 if repo not in hub_.repos:
                     return self._error(404, "RepoNotFound")
@@ -331,14 +339,19 @@ def torch_seed() -> None:
 def serve_registry(
     fake: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, files: dict[str, bytes]
 ) -> None:
-    """Serve `files` as registry entry `name`'s repository, with a registry copy pinned to the fake
-    hub's commit and to these files' sha256 (so fetching checks them as it checks the real ones)."""
+    """Serve `files` as registry entry `name`'s repository at the revision the shipped registry pins
+    (a commit id, a branch, or a pull-request ref such as CLIP ViT-B/32's `refs/pr/15`), with a
+    registry copy pinned to these files' sha256 (so fetching checks them as it checks the real ones)."""
     from zstag.store import hub
 
     entries = hub.load_registry()
     entry = entries[name]
-    fake.repos[entry["repo"]] = dict(files)
-    entry["revision"] = COMMIT
+    repo, revision = entry["repo"], entry.get("revision") or "main"
+    fake.repos[repo] = dict(files)
+    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        fake.commits[revision] = (repo, dict(files))
+    elif revision != "main":
+        fake.commit(repo, revision, files)
     entry["files"] = [{"name": n, "sha256": sha(files[n]), "size": len(files[n])} for n in sorted(files)]
     path = tmp_path / "registry.json"
     if path.is_file():  # a second entry served in the same test

@@ -535,3 +535,20 @@ def test_fetch_list_and_a_pretrained_backbone_refuse_a_tampered_copy(server, tmp
     assert listing.returncode == 0, listing.stderr
     row = next(line.split("\t") for line in listing.stdout.splitlines() if line.startswith("vgg19\t"))
     assert "corrupt" in row  # was listed as "cached"
+
+
+def test_a_pull_request_revision_is_fetched_cached_and_listed(server, tmp_path, monkeypatch):
+    """`refs/pr/N` (how the Hub serves files added by a pull request, e.g. CLIP ViT-B/32's safetensors):
+    huggingface_hub sends it as one percent-encoded path segment and caches it under refs/refs/pr/N."""
+    server.repos["zstag-test/tiny"] = {"pytorch_model.bin": b"a pickle, never fetched"}
+    pr = server.commit("zstag-test/tiny", "refs/pr/7", {"model.safetensors": WEIGHTS, "config.json": CONFIG})
+    write_registry(tmp_path, monkeypatch, {"tiny": tiny_entry(revision="refs/pr/7")})
+    folder = hub.fetch("tiny")
+
+    assert folder.name == pr and (folder / "model.safetensors").read_bytes() == WEIGHTS
+    assert any("/resolve/refs%2Fpr%2F7/model.safetensors" in path for _, path in server.requests)
+    assert (folder.parents[1] / "refs" / "refs" / "pr" / "7").read_text() == pr
+    server.stop()
+    assert hub.cached("tiny") == folder  # no network: the ref is read from the cache
+    assert hub.cached("hf://zstag-test/tiny@refs/pr/7") == folder
+    assert ("hf://zstag-test/tiny@refs/pr/7", folder) in list(hub.snapshots())
