@@ -484,10 +484,11 @@ def _write_manifest(path: Path, images: list[str], tags: dict[str, frozenset[str
     _write_lines(path, rows)
 
 
-def _prepare_out(options: Options) -> Path:
-    images_dir = options.out / "images"
+def prepare_out(out: Path, force: bool) -> Path:
+    """OUT/images, created empty; a non-empty one is only cleared with --force (shared with tools.pretrain_data)."""
+    images_dir = out / "images"
     if images_dir.exists() and any(images_dir.iterdir()):
-        if not options.force:
+        if not force:
             raise UsageError(f"{images_dir} is not empty; choose a new --out or pass --force to rebuild it")
         shutil.rmtree(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -582,7 +583,7 @@ def build(options: Options, log: Callable[[str], None] = lambda _: None) -> dict
         raise UsageError("--unseen-fraction must be in [0, 1) and val + test fractions below 1")
     tally = _Tally()
     drawings, tally.svg_paths = scan_tree(options.root)
-    images_dir = _prepare_out(options)
+    images_dir = prepare_out(options.out, options.force)
     log(f"{len(drawings)} distinct drawings; reading their SVG metadata")
     keywords = _keywords(drawings, options, tally)
     log(f"{len(keywords)} drawings with metadata; selecting labels and reading PNG sizes")
