@@ -35,18 +35,20 @@ def check_common(report: dict, sections: list[str]) -> None:
         assert section["rows"] and section["notes"]
         for where, value in numbers(section):
             assert math.isfinite(value), f"{name} {where} = {value}"
-            if not where.endswith("_mib"):  # a block may add no memory at all
+            if not where.endswith(("_mib", "compile_s", "_difference")):  # these may be 0: no memory added, ...
                 assert value > 0, f"{name} {where} = {value}"
         for row in section["rows"]:
             assert row["device"].startswith("CPU") and row["torch"] == torch.__version__
             assert row["command"].startswith("zstag bench --quick") and row["batch_size"] > 0 and row["image_size"] > 0
 
 
-def test_bench_tensor_sections(cli, tmp_path):
-    """Everything but end-to-end (whose fresh processes take most of a minute here): see the slow test."""
+def test_bench_tensor_sections(cli, tmp_path, monkeypatch):
+    """Everything but end-to-end (whose fresh processes take most of a minute here): see the slow test.
+    The forward section also measures the compiled model (with Dynamo's quick `eager` backend here)."""
+    monkeypatch.setenv("ZSTAG_COMPILE_BACKEND", "eager")
     out = tmp_path / "bench.json"
     only = [s for s in SECTIONS if s != "end-to-end"]
-    result = cli("bench", *SMALL, "--only", ",".join(only), "--json", out)
+    result = cli("bench", *SMALL, "--only", ",".join(only), "--compile", "--repeats", "1", "--json", out)
     assert result.code == 0, result.err
     assert result.out == ""  # tables on stderr, JSON in the file
     assert "zstag bench: vocab-scale" in result.err
@@ -66,9 +68,12 @@ def test_bench_tensor_sections(cli, tmp_path):
     assert sections["forward"]["rows"][0]["image_size"] == 64  # the default model, rebuilt at that size
     assert all(r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in rows)
     assert {r["path"].split()[0] for r in sections["decode"]["rows"]} == {"Pillow", "torchvision"}
-    assert sections["forward"]["rows"][0]["images_per_s"] == pytest.approx(
-        2 / (sections["forward"]["rows"][0]["ms_per_batch"] / 1e3)
-    )
+    eager, compiled = sections["forward"]["rows"]
+    assert eager["images_per_s"] == pytest.approx(2 / (eager["ms_per_batch"] / 1e3))
+    assert (eager["compiled"], compiled["compiled"]) == (False, True)
+    assert compiled["speedup"] == pytest.approx(compiled["images_per_s"] / eager["images_per_s"])
+    assert compiled["max_abs_difference"] < 1e-4 and compiled["compile_s"] >= 0
+    assert report["plan"]["repeats"] == 1
 
 
 @pytest.mark.slow
@@ -98,6 +103,7 @@ def test_plan_sizes():
     assert Plan.make(BenchOptions(quick=True), cpu).vocab == (100, 20_000)
     assert Plan.make(BenchOptions(), cpu).vocab == (100, 100_000)
     assert Plan.make(BenchOptions(), cuda).batch_size == 256
+    assert Plan.make(BenchOptions(), cuda).repeats == 3 and Plan.make(BenchOptions(repeats=5), cpu).repeats == 5
     assert Plan.make(BenchOptions(images=7, batch_size=3), cpu).images == 7
 
 
@@ -161,3 +167,24 @@ def test_head_flops_charge_the_backbone_only_for_the_stages_the_method_runs():
         with stages:
             rgcn.backbone.stages(images)
     assert both > stages.get_total_flops()
+
+
+def test_naive_loop_with_workers_tags_as_without(tmp_path):
+    """The GPU side's loop (a DataLoader with workers and pinned memory when on CUDA) writes what
+    the one-process loop writes, in the same order."""
+    import io
+
+    from zstag.bench.naive import tag_loop
+
+    photos = write_photos(tmp_path / "photos", 3)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("dog\ncat\nsky\n")
+    outputs = []
+    for workers in (0, 1):
+        out = io.StringIO()
+        assert tag_loop(photos, vocab, "default", "cpu", 2, out, workers=workers, batch=2) == 3
+        outputs.append([json.loads(line) for line in out.getvalue().splitlines()])
+    assert [row["image"] for row in outputs[0]] == [str(p) for p in photos]
+    for a, b in zip(*outputs):
+        assert [t["label"] for t in a["tags"]] == [t["label"] for t in b["tags"]]
+        assert [t["score"] for t in a["tags"]] == pytest.approx([t["score"] for t in b["tags"]], abs=1e-5)

@@ -239,8 +239,9 @@ def test_gpu_decoded_tags_match_cpu_decoded(photos, tmp_path, monkeypatch):
 
 
 def test_batches_in_flight_keep_order_scores_and_failures(photos, files):
-    """On CUDA the engine hands batch i over only once batch i+1 is queued; the same logic run on a
-    CPU (in_flight forced to 1) gives exactly the batches of the plain loop, in the same order."""
+    """On CUDA the engine hands batch i over only once CUDA_IN_FLIGHT later batches are queued; the
+    same loop run on a CPU (a decoding worker, so that it is not the CPU's streams) gives exactly
+    the batches of the plain loop and of the streams, in the same order."""
     import synth
 
     from zstag.backbones.small import SmallBackbone
@@ -252,10 +253,65 @@ def test_batches_in_flight_keep_order_scores_and_failures(photos, files):
     method = Fast0Tag(SmallBackbone(), seen, Fast0Tag.hyperparameters({"hidden": 16}), embed=lambda names: None)
     paths = [files["truncated"], files["png"], *photos[:3], files["cut-in-header"], files["truncated"]]
     runs = []
-    for in_flight in (0, 1):
-        engine = Engine("cpu", batch_size=2, workers=0)
+    for workers, in_flight in ((0, 0), (1, 0), (1, 1), (1, engine_module.CUDA_IN_FLIGHT)):
+        engine = Engine("cpu", batch_size=2, workers=workers)
         engine.in_flight = in_flight
         runs.append([(b.indices, b.scores, b.failures) for b in engine.run(method, paths, seen, 32)])
-    assert [(i, f) for i, _, f in runs[0]] == [(i, f) for i, _, f in runs[1]]
     assert [i for i, _, _ in runs[0]] == [[1], [2, 3], [4], []]
-    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(*runs))
+    for run in runs[1:]:
+        assert [(i, f) for i, _, f in run] == [(i, f) for i, _, f in runs[0]]
+        assert all(torch.allclose(a, b, atol=1e-6) for (_, a, _), (_, b, _) in zip(run, runs[0]))
+
+
+class RecordingSide(engine_module.SideStream):
+    """The CPU's side stream, noting what runs inside `work()` and what is handed over."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.log: list[tuple[str, object]] = []
+        self.inside = False
+
+    def work(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def noted():
+            self.log.append(("enter", None))
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+                self.log.append(("exit", None))
+
+        return noted()
+
+    def hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.log.append(("hand over", tuple(tensor.shape)))
+        return tensor
+
+
+def test_device_decoding_runs_on_the_side_stream_and_hands_over_the_merged_batch(photos, files, monkeypatch):
+    """`Engine.pixels` decodes (and falls back to Pillow) inside the side stream's `work()` and
+    hands the compute stream only the merged batch, once, after leaving it; on a CPU the real
+    `SideStream` changes nothing."""
+    engine = Engine("cpu")
+    side = engine.side = RecordingSide(engine.device)
+    decode_jpegs = engine.decode_jpegs
+
+    def decode_inside(files, size):
+        assert side.inside, "nvJPEG must run on the side stream"
+        side.log.append(("decode", len(files)))
+        return decode_jpegs(files, size)
+
+    monkeypatch.setattr(engine, "decode_jpegs", decode_inside)
+    dataset = ImageFiles([photos[0], files["png"], photos[1]], 40, jpeg_device=CUDA)
+    indices, batch, failures, undecoded = collate([dataset[i] for i in range(3)])
+    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, undecoded)
+    assert order == [0, 1, 2] and failed == [] and pixels.shape == (3, 3, 40, 40)
+    assert side.log == [("enter", None), ("decode", 2), ("exit", None), ("hand over", (3, 3, 40, 40))]
+
+    plain = engine_module.SideStream(CPU_DEVICE)
+    with plain.work():
+        assert plain.stream is None
+    assert plain.hand_over(pixels) is pixels

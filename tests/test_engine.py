@@ -199,3 +199,51 @@ def test_batch_norms_in_training_mode_are_not_folded():
     assert isinstance(block[1], nn.BatchNorm2d)
     engine_module.fold_batch_norms(block.eval())
     assert isinstance(block[1], nn.Identity) and isinstance(block[4], nn.ReLU)
+
+
+def test_compiling_is_on_for_long_cuda_runs_or_when_asked(monkeypatch):
+    assert not Engine("cpu").compiles(10**9)
+    assert Engine("cpu", compile=True).compiles(1)
+    monkeypatch.setattr(engine_module, "resolve_device", lambda spec: torch.device("cuda"))  # no GPU is touched
+    assert Engine("cuda").compiles(engine_module.COMPILE_MIN_IMAGES)
+    assert not Engine("cuda").compiles(engine_module.COMPILE_MIN_IMAGES - 1)
+    assert not Engine("cuda", compile=False).compiles(10**9)
+
+
+def test_compiled_encoder_pads_short_batches_to_one_shape(monkeypatch):
+    """The compiled function only ever sees the engine's batch size (a new shape would compile
+    again); a short batch's code, a tensor or a dict of them, is cut back to its images."""
+    shapes, settings = [], []
+
+    def fake_compile(function, **kwargs):
+        settings.append(kwargs)
+        return lambda images: shapes.append(tuple(images.shape)) or function(images)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setenv("ZSTAG_COMPILE_MODE", "reduce-overhead")
+    encoder = engine_module.PaddedEncoder(lambda x: {"sum": x.sum(dim=(1, 2, 3)), "first": x[:, 0]}, batch_size=4)
+    images = torch.rand(3, 3, 5, 5)
+    code = encoder(images)
+    assert shapes == [(4, 3, 5, 5)] and code["sum"].shape == (3,) and code["first"].shape == (3, 5, 5)
+    torch.testing.assert_close(code["sum"], images.sum(dim=(1, 2, 3)))
+    encoder(torch.rand(4, 3, 5, 5))
+    assert shapes[-1] == (4, 3, 5, 5)
+    assert settings == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"}]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "eager",  # Dynamo's tracing and guards alone: quick
+        pytest.param("inductor", marks=pytest.mark.slow),  # generated kernels: a minute or more on 2 busy cores
+    ],
+)
+def test_compiled_scores_equal_eager_scores(labels, images, backend, monkeypatch):
+    """`compile=True` gives the eager scores, in the same order, with the last batch padded."""
+    monkeypatch.setenv("ZSTAG_COMPILE_BACKEND", backend)
+    eager = run_all(Engine("cpu", batch_size=2, workers=0), synth.tiny_fast0tag(DIM), images, labels)
+    method = synth.tiny_fast0tag(DIM)
+    compiled = run_all(Engine("cpu", batch_size=2, workers=0, compile=True), method, images, labels)
+    assert isinstance(method.encode, engine_module.PaddedEncoder)
+    assert compiled[1] == eager[1] == [0, 1, 2]
+    torch.testing.assert_close(compiled[2], eager[2], rtol=1e-4, atol=1e-4)

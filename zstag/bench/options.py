@@ -19,6 +19,8 @@ class BenchOptions:
     image_size: int | None = None
     batch_size: int | None = None
     workers: int | None = None
+    compile: bool | None = None
+    repeats: int | None = None
     quick: bool = False
     only: list[str] | None = None
     json_path: Path | None = None

@@ -3,10 +3,12 @@
 Sections (`--only` picks some):
 - end-to-end: N synthetic 500x375 JPEG photos tagged by `zstag tag`'s own code
   (`zstag.jobs.tag.tag`) and by the straightforward loop of `zstag.bench.naive`, same model
-  and labels, in this process; then one photo each through `python -m zstag tag` and
+  and labels, in this process (on CUDA the loop is a DataLoader with a Pillow worker per core,
+  at most 16, and pinned memory); then one photo each through `python -m zstag tag` and
   `python -m zstag.bench.naive` as fresh processes, start-up included.
 - forward: the model's backbone + head on a batch already on the device, in the engine's
-  precision and memory layout.
+  precision and memory layout; eager, and compiled (`torch.compile`, on CUDA by default or with
+  `--compile`), with the compilation's cost apart and the run length from which it pays.
 - vocab-scale: the same forward scored against 100 and 100,000 labels (random unit vectors: no
   text model needed), with peak memory and the largest tensor any operation built.
 - methods: every method's head on one backbone: inference and training images/s, peak memory.
@@ -23,6 +25,7 @@ average at the start, since a busy machine slows everything it measures.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -47,7 +50,7 @@ from zstag.bench.photos import PHOTO_SIZE, write_photos
 from zstag.core import console
 from zstag.core.errors import MissingWeightsError
 from zstag.data.labels import LabelSet
-from zstag.engine.engine import Engine, ImageFiles
+from zstag.engine.engine import Engine, ImageFiles, available_cores, compile_settings
 from zstag.methods.base import Method
 from zstag.store.model import Model
 
@@ -103,7 +106,7 @@ class Plan:
         return cls(
             images=opts.images or plan.images,
             batch_size=opts.batch_size or plan.batch_size,
-            repeats=plan.repeats,
+            repeats=opts.repeats or plan.repeats,
             train_steps=plan.train_steps,
             vocab=plan.vocab,
         )
@@ -112,8 +115,9 @@ class Plan:
 def run(opts: BenchOptions) -> dict[str, Any]:
     """Measure the chosen sections, show a table per section on stderr, write `--json`; returns the report."""
     only = opts.only or list(SECTIONS)
-    engine = Engine(opts.device, workers=opts.workers)
+    engine = Engine(opts.device, workers=opts.workers, compile=opts.compile)
     plan = Plan.make(opts, engine.device)
+    engine.batch_size = plan.batch_size  # what a compiled model pads its batches to
     report: dict[str, Any] = {
         "zstag": __version__,
         "command": opts.command,
@@ -243,7 +247,7 @@ class Bench:
         return self.engine.normalise(pixels, backbone.mean, backbone.std)
 
     def timed(
-        self, calls: dict[str, Callable[[], object]], repeats: int | None = None, warm_up: bool = True
+        self, calls: Mapping[str, Callable[[], object]], repeats: int | None = None, warm_up: bool = True
     ) -> dict[str, float]:
         """Best wall time of each call over `repeats` rounds in which the calls take turns, so that a
         change in the machine's load hits all of them alike; one untimed round first unless
@@ -259,6 +263,13 @@ class Bench:
                     times[name].append(time.perf_counter() - start)
         return {name: min(t) for name, t in times.items()}
 
+    def compiles(self) -> bool:
+        """Whether the forward section also measures the compiled model: `--compile`, or on CUDA
+        unless `--no-compile`."""
+        if self.opts.compile is not None:
+            return self.opts.compile
+        return self.engine.device.type == "cuda"
+
     def synchronize(self) -> None:
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize(self.engine.device)
@@ -269,7 +280,7 @@ class Bench:
 
 def end_to_end(bench: Bench) -> dict[str, Any]:
     """`zstag tag` against the straightforward loop: throughput in this process, then latency of one photo."""
-    from zstag.bench.naive import tag_loop
+    from zstag.bench.naive import BATCH, tag_loop
     from zstag.jobs.options import TagOptions
     from zstag.jobs.tag import tag
 
@@ -291,14 +302,20 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
                     batch_size=batch,
                     device=device,
                     workers=bench.opts.workers,
+                    compile=bench.opts.compile,
                 )
             )
         if code:
             raise RuntimeError(f"zstag tag exited with {code}: {news.getvalue().strip()}")
 
+    # On a GPU the loop is what one writes for one: a DataLoader with a Pillow worker per core and
+    # pinned memory, in batches of the engine's size; on a CPU the one-process loop of the tutorials.
+    on_gpu = bench.engine.device.type == "cuda"
+    loop_workers, loop_batch = (min(16, available_cores()), batch) if on_gpu else (0, BATCH)
+
     def loop(paths: list[Path]) -> None:
         with out.open("w", encoding="utf-8") as f:
-            tag_loop(paths, vocab, ref, device, TOP_K, f)
+            tag_loop(paths, vocab, ref, device, TOP_K, f, workers=loop_workers, batch=loop_batch)
 
     zstag_tag([str(p) for p in photos[:2]])  # warm-up: imports, label vectors into the cache
     loop(photos[:2])
@@ -316,6 +333,7 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             images=n,
             zstag_images_per_s=zstag_ips,
             loop_images_per_s=loop_ips,
+            loop_workers=loop_workers,
             ratio=zstag_ips / loop_ips,
             target=TARGETS["end-to-end"],
             meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"],
@@ -363,8 +381,9 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs, {len(VOCABULARY)} labels, top {TOP_K}; "
             "both sides load "
             "the model and embed the labels inside the timed region; the loop is zstag.bench.naive "
-            f"(Pillow + torchvision transforms, batches of 32, one process); best of {bench.plan.repeats} after a "
-            "warm-up on two photos",
+            f"(Pillow + torchvision transforms, batches of {loop_batch}, "
+            + (f"a DataLoader with {loop_workers} workers and pinned memory" if loop_workers else "one process")
+            + f"); best of {bench.plan.repeats} after a warm-up on two photos",
             "ratio: zstag images/s over the loop's (batch), the loop's seconds over zstag's (one photo)",
         ],
     }
@@ -378,21 +397,58 @@ def forward(bench: Bench) -> dict[str, Any]:
     engine, method = bench.engine, bench.engine.for_inference(model.method)
     x = bench.device_batch(model.image_size, method.backbone)
     labels = engine.vocabulary(method, random_labels(SEEN_LABELS, method.dim))
-    seconds = bench.timed({"forward": lambda: engine.forward(method, x, labels)})["forward"]
     batch = bench.plan.batch_size
-    return {
-        "rows": [
+    calls = {"eager": lambda: engine.forward(method, x, labels)}
+    first: dict[str, float] = {}
+    if bench.compiles():
+        compiled = engine.compiled(copy.copy(method))  # the same modules, its own compiled `encode`
+        start = time.perf_counter()
+        calls["compiled"] = lambda: engine.forward(compiled, x, labels)
+        calls["compiled"]()
+        bench.synchronize()
+        first["compiled"] = time.perf_counter() - start
+    seconds = bench.timed(calls)
+    rows = [
+        bench.row(
+            batch,
+            model.image_size,
+            labels=len(labels),
+            images_per_s=batch / seconds["eager"],
+            ms_per_batch=1e3 * seconds["eager"],
+            precision=precision(engine),
+            compiled=False,
+            **bench.describe_model(),
+        )
+    ]
+    if "compiled" in seconds:
+        gain = seconds["eager"] / batch - seconds["compiled"] / batch  # seconds saved per image
+        compile_s = max(0.0, first["compiled"] - seconds["compiled"])
+        difference = (calls["eager"]() - calls["compiled"]()).abs().max().item()
+        rows.append(
             bench.row(
                 batch,
                 model.image_size,
                 labels=len(labels),
-                images_per_s=batch / seconds,
-                ms_per_batch=1e3 * seconds,
+                images_per_s=batch / seconds["compiled"],
+                ms_per_batch=1e3 * seconds["compiled"],
                 precision=precision(engine),
+                compiled=True,
+                compile_s=compile_s,
+                break_even_images=compile_s / gain if gain > 0 else None,
+                max_abs_difference=difference,
+                speedup=seconds["eager"] / seconds["compiled"],
                 **bench.describe_model(),
             )
+        )
+    return {
+        "rows": rows,
+        "notes": [
+            f"Engine.forward on random pixels already on the device; best of {bench.plan.repeats}",
+            "compiled: the method's encode through torch.compile "
+            f"({', '.join(f'{k}={v}' for k, v in compile_settings().items())}); compile_s: the first call's "
+            "time less a steady call's; break_even_images: the run length from which compiling saves time; "
+            "max_abs_difference: the largest difference from the eager scores",
         ],
-        "notes": [f"Engine.forward on random pixels already on the device; best of {bench.plan.repeats}"],
     }
 
 

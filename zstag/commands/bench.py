@@ -40,6 +40,14 @@ FLAGS = {
     "image_size": typer.Option("--image-size", min=16, max=4096, help="Square input size (default: the model's)."),
     "batch_size": params.batch_size("Images per batch (default 32 on CPU, 256 on GPU)."),
     "workers": params.workers(" For end-to-end runs."),
+    "compile": typer.Option(
+        "--compile/--no-compile",
+        help="forward: also measure the compiled model (default: on a GPU); end-to-end: as `zstag tag --compile`.",
+        show_default=False,
+    ),
+    "repeats": typer.Option(
+        "--repeats", min=1, help="Timed rounds per measurement, best counts (default 3; 1 with --quick)."
+    ),
     "quick": typer.Option("--quick", help="Small sizes: a check that everything runs, not numbers to quote."),
     "only": Flag(
         typer.Option("--only", help="Comma-separated sections: " + ", ".join(SECTIONS) + "."), Optional[str], _sections

@@ -48,6 +48,7 @@ FLAGS = {
     "batch_size": params.batch_size("Images per batch (with --model)."),
     "device": params.device(),
     "workers": params.workers(" With --model."),
+    "compile": params.compile_flag(),
 }
 EXTRAS = {
     "as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False),

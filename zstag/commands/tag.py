@@ -47,6 +47,7 @@ FLAGS = {
     "batch_size": params.batch_size(),
     "device": params.device(),
     "workers": params.workers(),
+    "compile": params.compile_flag(),
     "resume": typer.Option("--resume", help="Continue an interrupted run into the same --output."),
     "extensions": Flag(
         typer.Option("--extensions", help="Comma-separated extensions that count as images in folders."),

@@ -20,9 +20,12 @@ Pillow on 16 cores decodes about 1,800 photos/s where an H100 runs VGG19 at 7,00
 nvJPEG decodes 13,000 (the engineering guide's measurements). Workers may not touch CUDA (they are
 forked), hence the split. `decode_route` decides per file; every file it does not send to the GPU,
 and every batch nvJPEG refuses, takes the Pillow path, so results and error reports for odd files
-stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off. On CUDA one batch also stays
-in flight, so the GPU computes while the caller writes results. docs/performance.md has the
-measurements behind each choice.
+stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off. nvJPEG runs on a stream of
+its own (`SideStream`), handed over to the compute stream by an event, so the GPU decodes batch
+i+1 while it computes batch i; two batches stay in flight, so it also computes while the caller
+writes results. On CUDA, long runs compile the method's image side (`torch.compile`, `compile=`).
+docs/performance.md has the measurements behind each choice (the side stream and compiling are
+not yet measured on a GPU).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Protocol, TypeVar
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils._pytree import tree_map
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from zstag.backbones.base import Backbone
@@ -56,6 +60,14 @@ LABEL_CHUNK = 16384
 MAX_STREAMS = 4
 # decode_route's answers.
 GPU_JPEG, CPU = "gpu-jpeg", "cpu"
+# Batches whose scores may still be on their way to the host when the next is queued, on CUDA:
+# while the caller writes batch i, the GPU computes batch i+1 and decodes batch i+2.
+CUDA_IN_FLIGHT = 2
+# With `compile=None`, runs of at least this many images on CUDA compile the method's image side.
+# Compiling VGG19 costs tens of seconds (less with inductor's on-disk cache warm) and saves about
+# 1/7,018 - 1/11,520 s per image (H100, the issue's figures), so it pays from a few hundred
+# thousand images; `zstag bench` reports the measured break-even (`forward`, `break_even_images`).
+COMPILE_MIN_IMAGES = 200_000
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -163,6 +175,68 @@ def decode_route(data: bytes | bytearray, device: torch.device) -> str:
         return CPU
     limit = Image.MAX_IMAGE_PIXELS
     return CPU if limit is not None and header.width * header.height > limit else GPU_JPEG
+
+
+class SideStream:
+    """Where the engine decodes on the device: a CUDA stream of its own, beside the compute stream.
+
+    `work()` runs device-side decoding on that stream; `hand_over` makes the compute stream wait
+    for it (an event between the streams) and tells the caching allocator that the compute stream
+    uses the result, so its memory is not handed out again, to nvJPEG least of all, before the
+    compute stream is done with it. So the GPU decodes one batch while it computes the one before.
+    On a CPU both are no-ops and the same loop runs in line.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream: torch.cuda.Stream | None = None  # made at first use: an engine may never decode
+
+    def work(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self.stream)
+
+    def hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`, made inside `work()`, ready to be used on the current (compute) stream."""
+        if self.stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(ready)
+            tensor.record_stream(compute)
+        return tensor
+
+
+def compile_settings() -> dict[str, object]:
+    """`torch.compile`'s keywords: shapes are static (the engine pads the last batch), the mode
+    and backend may be chosen with ZSTAG_COMPILE_MODE / ZSTAG_COMPILE_BACKEND (the GPU check
+    measures modes that way; the tests use the quick `eager` backend)."""
+    settings: dict[str, object] = {"dynamic": False, "backend": os.environ.get("ZSTAG_COMPILE_BACKEND", "inductor")}
+    mode = os.environ.get("ZSTAG_COMPILE_MODE")
+    if mode:
+        settings["mode"] = mode
+    return settings
+
+
+class PaddedEncoder:
+    """A method's `encode` compiled for one batch shape: smaller batches (a run's last) are padded
+    with zeros to `batch_size` and the code cut back, so the compiled graph is never rebuilt for a
+    new shape and CUDA graphs can replay it. Images are encoded independently in eval mode, so the
+    padding changes no image's code."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], ImageCode], batch_size: int) -> None:
+        self.compiled = torch.compile(encode, **compile_settings())  # type: ignore[call-overload]
+        self.batch_size = batch_size
+
+    def __call__(self, images: torch.Tensor) -> ImageCode:
+        n = images.shape[0]
+        if n >= self.batch_size:
+            return self.compiled(images)
+        padded = images.new_zeros((self.batch_size, *images.shape[1:])).contiguous(memory_format=torch.channels_last)
+        padded[:n] = images
+        return tree_map(lambda t: t[:n], self.compiled(padded))
 
 
 class ImageFiles(SizedDataset):
@@ -289,18 +363,26 @@ class Engine:
     """Runs a method over images on one device, in one precision, in batches."""
 
     def __init__(
-        self, device: str = "auto", batch_size: int = 64, workers: int | None = None, gpu_decode: bool | None = None
+        self,
+        device: str = "auto",
+        batch_size: int = 64,
+        workers: int | None = None,
+        gpu_decode: bool | None = None,
+        compile: bool | None = None,
     ) -> None:
-        """`gpu_decode`: decode plain JPEGs with nvJPEG on CUDA (None: yes unless ZSTAG_GPU_DECODE=0)."""
+        """`gpu_decode`: decode plain JPEGs with nvJPEG on CUDA (None: yes unless ZSTAG_GPU_DECODE=0).
+        `compile`: compile the method's image side with `torch.compile` (None: on CUDA for runs of
+        at least COMPILE_MIN_IMAGES images, where it pays for itself; never on a CPU)."""
         self.device = resolve_device(device)
+        self.compile = compile
         self.batch_size = max(1, batch_size)
         self.workers = default_workers(self.device) if workers is None else max(0, workers)
         if gpu_decode is None:
             gpu_decode = os.environ.get("ZSTAG_GPU_DECODE", "1") != "0"
         self.gpu_decode = gpu_decode and self.device.type == "cuda"
-        # Batches whose scores may still be on their way to the host when the next batch is queued:
-        # on CUDA one, so the GPU computes batch i+1 while the caller writes out batch i.
-        self.in_flight = 1 if self.device.type == "cuda" else 0
+        # Batches whose scores may still be on their way to the host when the next batch is queued.
+        self.in_flight = CUDA_IN_FLIGHT if self.device.type == "cuda" else 0
+        self.side = SideStream(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -363,6 +445,20 @@ class Engine:
         in place, so from then on the method serves inference only."""
         return self.prepare(fold_batch_norms(method.eval()))
 
+    def compiles(self, images: int) -> bool:
+        """Whether a run over `images` images compiles (`compile=`)."""
+        if self.compile is not None:
+            return self.compile
+        return self.device.type == "cuda" and images >= COMPILE_MIN_IMAGES
+
+    def compiled(self, method: Method) -> Method:
+        """`method` with its `encode` compiled for this engine's batch size (`PaddedEncoder`), in
+        place; the first batch pays the compilation. Scoring stays eager: it is chunked over the
+        vocabulary, and the backbone is where the time goes."""
+        if not isinstance(method.encode, PaddedEncoder):
+            method.encode = PaddedEncoder(method.encode, self.batch_size)  # type: ignore[method-assign]
+        return method
+
     @torch.inference_mode()
     def vocabulary(self, method: Method, labels: LabelSet) -> LabelSet:
         """`labels` on this device with the method's label-side work done once (`Method.prepare_labels`),
@@ -387,7 +483,11 @@ class Engine:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # nvJPEG can race with work queued on the stream (H100)
+            # nvJPEG does not wait for the stream it is called on, yet its outputs come from the
+            # blocks the allocator recycles on that stream, which queued kernels may still read
+            # (pytorch/vision#9606): let the stream drain first. On the side stream (`pixels`)
+            # that is the previous batch's resize, not the forward pass on the compute stream.
+            torch.cuda.current_stream(self.device).synchronize()
         return resize_square(decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device), size)
 
     def pixels(
@@ -400,9 +500,22 @@ class Engine:
     ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
         """Merge the JPEGs the workers left undecoded into the batch, in input order, on this device.
 
-        A batch nvJPEG refuses is decoded by Pillow instead, one file at a time, so an unreadable
-        file is reported exactly as on the CPU path.
+        The work runs on the side stream and its result is handed over to the compute stream
+        (`SideStream`). A batch nvJPEG refuses is decoded by Pillow instead, one file at a time, so
+        an unreadable file is reported exactly as on the CPU path.
         """
+        with self.side.work():
+            indices, merged, failures = self._merged(dataset, indices, batch, failures, encoded)
+        return indices, None if merged is None else self.side.hand_over(merged), failures
+
+    def _merged(
+        self,
+        dataset: ImageFiles,
+        indices: list[int],
+        batch: torch.Tensor | None,
+        failures: list[tuple[int, str]],
+        encoded: list[tuple[int, torch.Tensor]],
+    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
         parts = [] if batch is None else [(indices, batch.to(self.device, non_blocking=True))]
         try:
             parts.append(([i for i, _ in encoded], self.decode_jpegs([data for _, data in encoded], dataset.size)))
@@ -437,6 +550,8 @@ class Engine:
         `method` is readied for inference in place (`for_inference`): load a model afresh to train it.
         """
         method = self.for_inference(method)
+        if self.compiles(len(paths)):
+            method = self.compiled(method)
         labels = self.vocabulary(method, labels)
         dataset = ImageFiles(paths, image_size, jpeg_device=self.device if self.gpu_decode else None)
         if self.device.type == "cpu" and self.workers == 0:

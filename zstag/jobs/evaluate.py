@@ -37,7 +37,7 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
             raise UsageError("none of the given images is in the truth")
     model = load_model(required_model(opts))
     vocab = model.embed(labels)
-    engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
+    engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers, compile=opts.compile)
     scores = np.zeros((len(samples), len(labels)), dtype=np.float32)
     kept = np.zeros(len(samples), dtype=bool)
     with console.progress("scoring", len(samples)) as bar:
@@ -79,15 +79,18 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
     (zstag/eval/calibration.py); only config.json changes, through a rename. A model zstag does not
     own (the shipped `default`, a download in zstag's or the Hugging Face cache) is refused before
-    any work, with the fix: calibrate a copy.
+    any work, with the fix: calibrate a copy. A ready-made model (`imagenet`, `clip-vit-b32`), which
+    has no directory, gets its calibration stored in zstag's cache root (`store.catalog`).
     """
     from zstag.eval.calibration import fit_platt
+    from zstag.store.catalog import ready_made, write_calibration
     from zstag.store.config import read_config
     from zstag.store.hub import shared_place
     from zstag.store.model import resolve_model_dir, write_config
 
-    folder = resolve_model_dir(required_model(opts))
-    place = shared_place(folder)
+    made = ready_made(required_model(opts))
+    folder = None if made is not None else resolve_model_dir(required_model(opts))
+    place = None if folder is None else shared_place(folder)
     if place is not None:
         raise UsageError(
             f"{opts.model} is in {place}, which calibrate never rewrites: copy it "
@@ -97,6 +100,10 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
     scores, samples = model_scores(opts, samples, labels)
     fitted = {**fit_platt(scores, truth_matrix(samples, labels)), "fitted_on": str(opts.truth)}
+    if made is not None:
+        console.info(f"calibration of {made.key} stored in {write_calibration(made, fitted)}")
+        return fitted
+    assert folder is not None  # not ready-made: resolved above
     config = read_config(folder)
     config["calibration"] = fitted
     write_config(folder, config)

@@ -24,6 +24,7 @@ class TagOptions:
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
+    compile: bool | None = None  # torch.compile the model (None: on CUDA for long runs; zstag.engine.engine)
     resume: bool = False
     extensions: list[str] | None = None
     errors: Path | None = None
@@ -47,6 +48,7 @@ class EvalOptions:
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
+    compile: bool | None = None  # as TagOptions.compile
 
 
 @dataclass

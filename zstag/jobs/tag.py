@@ -106,7 +106,7 @@ def tag(opts: TagOptions) -> int:
             f"thresholds apply to raw {model.config['method']} scores"
             + ("" if opts.raw_scores else " (this model has no calibration: see `zstag calibrate`)")
         )
-    engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers)
+    engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers, compile=opts.compile)
     sidecars = SidecarWriter(opts.fmt, opts.sidecar_mode) if sidecar else None
     console.debug(f"model {model.path} ({model.config['method']}), {len(vocab)} labels, device {engine.device}")
     failures: list[tuple[str, str]] = []
