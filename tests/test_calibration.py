@@ -233,3 +233,59 @@ def test_calibrate_never_rewrites_a_model_in_a_download_cache(dataset, cli, tmp_
     result = cli("calibrate", snapshot, "--data", dataset["manifest"], *ON_CPU)
     assert result.code == 2 and "the Hugging Face cache" in result.err and "calibrate the copy" in result.err
     assert (snapshot / "config.json").read_bytes() == before
+
+
+@pytest.fixture
+def ready_clip(tmp_path, monkeypatch):
+    """The ready-made `clip-vit-b32` under a registry copy and a cache root of the test's own (its
+    calibration file needs no weights: nothing is fetched)."""
+    from zstag.store import hub
+    from zstag.store.catalog import ready_made
+
+    registry = hub.load_registry()
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(tmp_path / "registry.json"))
+    monkeypatch.setenv("ZSTAG_CACHE", str(tmp_path / "cache"))
+    made = ready_made("clip-vit-b32")
+    assert made is not None
+    return made, registry
+
+
+def test_a_ready_made_calibration_is_kept_for_its_pinned_weights_only(ready_clip, tmp_path, capsys):
+    from zstag.store.catalog import calibration_file, read_calibration, write_calibration
+
+    made, registry = ready_clip
+    assert read_calibration(made) is None  # raw scores until calibrated
+    fitted = {"scale": 40.0, "bias": -9.0, "pairs": 10}
+    path = write_calibration(made, fitted)
+    assert path == calibration_file(made) == tmp_path / "cache" / "calibrations" / "clip-vit-b32.json"
+    assert read_calibration(made) == fitted
+    registry["clip-vit-b32"]["files"][1]["sha256"] = "0" * 64  # the registry moves the name to other weights
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    assert read_calibration(made) is None
+    assert "fitted for other weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"format": "zstag ready-made calibration 1", "identity": {}, "calibration": {"scale": -1, "bias": 0}}', "hi"],
+)
+def test_a_calibration_file_zstag_did_not_write_is_neither_used_nor_replaced(ready_clip, content, capsys):
+    from zstag.store.catalog import calibration_file, read_calibration, write_calibration
+
+    made, _ = ready_clip
+    path = calibration_file(made)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    assert read_calibration(made) is None and "not a calibration zstag wrote" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="not a calibration zstag wrote"):
+        write_calibration(made, {"scale": 1.0, "bias": 0.0})
+    assert path.read_text() == content
+
+
+def test_imagenet_and_the_backbone_it_resolves_to_share_one_calibration(ready_clip):
+    from zstag.store.catalog import calibration_file, ready_made
+
+    short, spelt = ready_made("imagenet"), ready_made("imagenet-resnet101")  # nothing fetched: resnet101
+    assert short is not None and spelt is not None
+    assert calibration_file(short) == calibration_file(spelt) != calibration_file(ready_made("imagenet-vgg19"))

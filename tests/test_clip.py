@@ -1,10 +1,12 @@
 """CLIP through the whole command line, offline: a tiny random CLIPModel in the Hub's format behind
-the local fake hub; `zstag fetch clip-vit-b32`, then zero-shot `tag` / `eval` / `models`, the refusal
-to calibrate a ready-made model, and the four paper methods trained on its image and text towers."""
+the local fake hub; `zstag fetch clip-vit-b32` (through its pinned pull-request ref), then zero-shot
+`tag` / `eval` / `models` / `calibrate`, its zero-shot ImageNet classifier, and the four paper
+methods trained on its image and text towers."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,7 +30,8 @@ def zstag(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        # One thread: the tiny towers gain nothing from more, and lose much when the cores are shared.
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -49,6 +52,8 @@ def hub_with_clip(clip_files, tmp_path, monkeypatch):
 def fetched(hub_with_clip, tmp_path):
     result = zstag("fetch", "clip-vit-b32", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # through the registry's own pin, the Hub pull-request ref that holds the safetensors file
+    assert any("/resolve/refs%2Fpr%2F15/model.safetensors" in path for _, path in hub_with_clip.requests)
     return hub_with_clip
 
 
@@ -63,7 +68,7 @@ def test_missing_weights_name_the_fetch_command(hub_with_clip, tmp_path):
     assert "clip-vit-b32" not in listed.stdout  # listed only once fetched
 
 
-def test_zero_shot_tag_eval_models_and_no_calibrate(fetched, tmp_path):
+def test_zero_shot_tag_eval_models_explain_bench(fetched, tmp_path):
     data = synth.make_dataset(tmp_path / "data", n=6, size=32)
     tagged = zstag(
         "tag",
@@ -121,8 +126,43 @@ def test_zero_shot_tag_eval_models_and_no_calibrate(fetched, tmp_path):
     assert list((tmp_path / "explained").glob("*.explain.png"))
     benched = zstag("bench", "--model", "clip-vit-b32", "--quick", "--device", "cpu", "--json", "-", cwd=tmp_path)
     assert benched.returncode == 0, benched.stderr
-    refused = zstag("calibrate", "clip-vit-b32", "--data", data["manifest"], cwd=tmp_path)
-    assert refused.returncode == 2 and "ready-made" in refused.stderr, refused.stderr
+
+
+def test_calibrate_the_ready_made_model_then_tag_with_probabilities(fetched, tmp_path):
+    """`zstag calibrate clip-vit-b32` stores the fit in zstag's cache root, not in the fetched snapshot,
+    and `tag` then writes sigmoid(scale * cosine + bias)."""
+    from zstag.store import hub
+
+    data = synth.make_dataset(tmp_path / "data", n=8, size=32)
+    folder = hub.cached("clip-vit-b32")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.parent.parent.rglob("*") if p.is_file()}
+
+    def tags(*extra: str) -> list[dict]:
+        args = ("tag", data["images"], "--labels", data["vocab"], "--model", "clip-vit-b32", "--top-k", "3")
+        result = zstag(*args, "--device", "cpu", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    raw = tags("--raw-scores")
+    # Truth the random tiny CLIP can be calibrated on: each image's own best label.
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text("".join(json.dumps({"image": r["image"], "tags": [r["tags"][0]["label"]]}) + "\n" for r in raw))
+    calibrated = zstag(
+        "calibrate", "clip-vit-b32", "--data", truth, "--labels", data["vocab"], "--device", "cpu", cwd=tmp_path
+    )
+    assert calibrated.returncode == 0, calibrated.stderr
+    fitted = json.loads(calibrated.stdout)
+    assert fitted["scale"] > 0 and fitted["pairs"] == 8 * len(synth.LABELS)
+    stored = json.loads((tmp_path / "cache" / "calibrations" / "clip-vit-b32.json").read_text())
+    assert stored["calibration"] == fitted
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.parent.parent.rglob("*") if p.is_file()}
+    assert after == before  # the download is never written to
+
+    for r, c in zip(raw, tags()):
+        assert [t["label"] for t in c["tags"]] == [t["label"] for t in r["tags"]]  # the map is increasing
+        for t_raw, t_cal in zip(r["tags"], c["tags"]):
+            expected = 1 / (1 + math.exp(-(fitted["scale"] * t_raw["score"] + fitted["bias"])))
+            assert t_cal["score"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
@@ -157,7 +197,9 @@ def test_zero_shot_scores_are_clip_cosines(fetched, tmp_path, monkeypatch):
     "method, extra, finetuned",
     [
         ("lesa", [], False),
-        ("rgcn-posvae", ["--set", "variant=rgcn"], False),
+        # The default variant: CLIP's zero-shot ImageNet classifier gives the 1,000 external nodes; a
+        # high cosine threshold keeps the tiny random text vectors from linking every pair of them.
+        ("rgcn-posvae", ["--set", "cosine_threshold=0.999"], False),
         ("sgma", [], False),  # frozen on CLIP although SGMA's recipe fine-tunes its CNN ...
         ("ml2p", ["--set", "finetune_backbone=true"], True),
     ],
@@ -198,6 +240,7 @@ def test_methods_train_and_tag_on_clip(fetched, tmp_path, method, extra, finetun
         "clip-vit-b32",
         finetuned,
     )  # frozen: the tower stays in the fetch cache
+    assert config["hp"].get("variant", "rgcn-posvae") == "rgcn-posvae"
     tagged = zstag(
         "tag",
         data["images"],
@@ -242,6 +285,49 @@ def test_clip_backbone_region_map_is_the_patch_grid(fetched):
     stages = backbone.stages(torch.randn(2, 3, 64, 64))  # twice the checkpoint's size: interpolated positions
     assert [tuple(s.shape) for s in stages] == [(2, 32, 8, 8)] * 3
     assert backbone.regions(torch.randn(1, 3, 32, 32)).shape == (1, 32, 4, 4)
+
+
+def test_the_classifier_is_clip_zero_shot_over_the_imagenet_names(fetched, monkeypatch):
+    """logit_scale * cos(CLIP's image vector, each ImageNet name's prompt-ensembled text vector), the
+    same from live images as from the frozen-feature cache, and computed once per backbone."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from zstag.backbones import build_backbone
+    from zstag.backbones.torchvision_nets import imagenet_classes
+    from zstag.semantics.clip import TEMPLATES
+    from zstag.store import hub
+    from zstag.training.features import StageCache
+
+    assert build_backbone("clip-vit-b32").class_names == imagenet_classes()  # no text vectors computed yet
+    names = imagenet_classes()[:3]  # the arithmetic on three of them: 8 prompts x 1,000 names take a while
+    monkeypatch.setattr("zstag.backbones.torchvision_nets.imagenet_classes", lambda: names)
+    backbone = build_backbone("clip-vit-b32")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stages = backbone.stages(images)
+        logits = backbone.class_logits(stages)
+    assert logits.shape == (2, 3)
+
+    folder = hub.cached("clip-vit-b32")
+    reference = CLIPModel.from_pretrained(str(folder), use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with torch.no_grad():
+        image = reference.visual_projection(reference.vision_model(pixel_values=images).pooler_output)
+        image = torch.nn.functional.normalize(image, dim=1)
+        texts = []
+        for name in names:
+            tokens = tokenizer([t.format(name) for t in TEMPLATES], padding=True, return_tensors="pt")
+            vectors = reference.text_projection(reference.text_model(**tokens).pooler_output)
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+            texts.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
+        expected = reference.logit_scale.exp() * image @ torch.stack(texts).T
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+    calls = []
+    monkeypatch.setattr("zstag.semantics.embed_labels", lambda *a, **k: calls.append(a) or None)
+    cached = StageCache(backbone, stages)  # what training on the frozen tower reads
+    assert torch.allclose(cached.class_logits(cached.stages(torch.tensor([1, 0]))), logits.flip(0), atol=1e-4)
+    assert calls == []  # the name vectors were computed once, at the first use
 
 
 def test_text_vector_cache_key_follows_the_registry_pin(hub_with_clip, tmp_path, monkeypatch, clip_files):

@@ -11,7 +11,7 @@ the pretraining classifier's probabilities.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import ClassVar
 
@@ -22,12 +22,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Stages(list[torch.Tensor]):
+    """The three feature maps, with `pooled`: an image vector the backbone computes beside them,
+    or None. CLIP's is its projected class token, which no map holds (they are patch tokens) and
+    which its zero-shot classifier reads; the frozen-feature cache keeps it with the maps."""
+
+    def __init__(self, maps: Iterable[torch.Tensor], pooled: torch.Tensor | None = None) -> None:
+        super().__init__(maps)
+        self.pooled = pooled
+
+
 class Backbone(nn.Module, ABC):
     """Base class of feature extractors.
 
     Subclasses set `channels` (the three stages' channel counts), `region_stage` (index into the
     stages of the map methods attend over) and implement `feature_maps`. Where the network was pretrained
-    as a classifier, `classifier` maps the pooled last stage to logits over `class_names`.
+    as a classifier, `classifier` maps the last stage (or `Stages.pooled`, where `stages` returns one)
+    to logits over `class_names`.
     """
 
     name: str = ""
@@ -67,4 +78,5 @@ class Backbone(nn.Module, ABC):
         """Pretraining-classifier logits from already computed stages (no second forward pass)."""
         if self.classifier is None:
             raise ValueError(f"backbone {self.name!r} has no pretraining classifier")
-        return self.classifier(stages[-1])
+        pooled = getattr(stages, "pooled", None)
+        return self.classifier(stages[-1] if pooled is None else pooled)

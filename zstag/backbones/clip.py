@@ -17,8 +17,18 @@ Deviation: images reach the tower as for every zstag model, squashed to a square
 filtering and normalised with CLIP's mean and std, not through CLIP's own processor (bicubic
 resize of the short side, then a centre crop), so a photo's edges are kept and its aspect changes.
 `image_embedding` is CLIP's own image vector (class token -> LayerNorm -> projection) that zero-shot
-scoring compares with the text vectors. No pretraining classifier: RGCN-PosVAE's variants with
-external classifier nodes need a CNN backbone; its `rgcn` variant works.
+scoring compares with the text vectors; `stages` returns it beside the maps (`Stages.pooled`), so
+the frozen-feature cache keeps it too.
+
+The pretraining classifier (`classifier`, `class_names`), which RGCN-PosVAE's external nodes and
+ConSE's `backbone_classifier` read as they read a CNN's ImageNet head: CLIP's zero-shot classifier
+over the same 1,000 ImageNet-1k names (torchvision's metadata, `imagenet_classes`), logits =
+logit_scale * cos(image vector, name vector), with the name vectors of `--semantics clip-vit-b32`
+(the text tower, prompt-ensembled, `zstag.semantics.clip`) and the checkpoint's own learnt
+logit_scale (100 for OpenAI's). Those 1,000 vectors go through the label-embedding cache, so the
+text tower encodes them once per machine and checkpoint; a backbone computes them (or reads them
+from that cache) at its classifier's first use, not when it is built: zero-shot tagging and the
+methods that never read the classifier do not pay for them.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ from pathlib import Path
 from typing import ClassVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from zstag.backbones.base import Backbone
+from zstag.backbones.base import Backbone, Stages
 from zstag.core.errors import MissingWeightsError, ModelError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,6 +116,47 @@ def load_tower(module: nn.Module, folder: Path) -> None:
     module.load_state_dict(tensors, strict=True)
 
 
+def logit_scale(folder: Path) -> float:
+    """CLIP's learnt softmax temperature, exp(`logit_scale`) from the snapshot's weights."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = f.get_tensor("logit_scale").float().exp().item() if "logit_scale" in f.keys() else None
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    if value is None or not 0 < value < 1e4:
+        raise ModelError(f"{path}: no usable logit_scale tensor ({value})")
+    return value
+
+
+class ZeroShotHead(nn.Module):
+    """CLIP's zero-shot classifier over `names`: pooled image vector -> scale * cosine to each name's
+    text vector. The vectors come from `--semantics NAME` at the first call, once per device; they are
+    not parameters (nothing in a model's weights file), as they follow from the fetched checkpoint."""
+
+    def __init__(self, name: str, names: list[str], scale: float) -> None:
+        super().__init__()
+        self.name, self.names, self.scale = name, names, scale
+        self._vectors: dict[torch.device, torch.Tensor] = {}
+
+    def vectors(self, device: torch.device) -> torch.Tensor:
+        """The unit text vectors of the class names, (K, D), on `device`."""
+        if device not in self._vectors:
+            from zstag.semantics import embed_labels, get_semantics
+
+            # A plain tensor even when first asked for under inference mode: training reuses it.
+            with torch.inference_mode(False), torch.no_grad():
+                vectors = embed_labels(get_semantics(self.name), self.names).vectors
+                self._vectors[device] = vectors.to(device)
+        return self._vectors[device]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(pooled.float(), dim=-1)
+        return self.scale * image @ self.vectors(pooled.device).T
+
+
 class ClipBackbone(Backbone):
     """The image tower of CLIP `name`; `pretrained=False` keeps the random initialisation (a model
     directory whose weights carry the fine-tuned tower then fills it)."""
@@ -128,6 +180,10 @@ class ClipBackbone(Backbone):
         depth = int(config.vision_config.num_hidden_layers)
         self.depths = (max(1, depth // 3), max(1, 2 * depth // 3), depth)
         self.image_size = int(config.vision_config.image_size)
+        from zstag.backbones.torchvision_nets import imagenet_classes
+
+        self.class_names = imagenet_classes()
+        self.classifier = ZeroShotHead(name, self.class_names, logit_scale(folder))
 
     def _encode(self, images: torch.Tensor):
         return self.tower.vision_model(
@@ -136,8 +192,7 @@ class ClipBackbone(Backbone):
             interpolate_pos_encoding=images.shape[-1] != self.image_size or images.shape[-2] != self.image_size,
         )
 
-    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
-        out = self._encode(images)
+    def _maps(self, out, images: torch.Tensor) -> Iterator[torch.Tensor]:
         grid = self.tower.config.patch_size
         h, w = images.shape[-2] // grid, images.shape[-1] // grid
         for depth in self.depths:
@@ -145,6 +200,14 @@ class ClipBackbone(Backbone):
             if depth == self.depths[-1]:
                 tokens = self.tower.vision_model.post_layernorm(tokens)
             yield tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+    def feature_maps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        return self._maps(self._encode(images), images)
+
+    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The three maps and, as `Stages.pooled`, the image vector, from one forward pass."""
+        out = self._encode(images)
+        return Stages(self._maps(out, images), self.tower.visual_projection(out.pooler_output))
 
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP's image vector (not normalised), (B, projection_dim)."""

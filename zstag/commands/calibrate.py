@@ -14,8 +14,9 @@ NAME = "calibrate"
 
 FLAGS = {
     "model": typer.Argument(
-        help="Model directory to calibrate (its config.json is updated); not `default` "
-        "or a fetched model, which are never rewritten: calibrate a copy.",
+        help="Model directory to calibrate (its config.json is updated), or a ready-made model "
+        "(`clip-vit-b32`, `imagenet`, ...: stored in zstag's cache); not `default` or a fetched "
+        "model directory, which are never rewritten: calibrate a copy.",
         autocompletion=params.complete_models,
     ),
     "truth": typer.Option("--data", help="Tagged images the model did not train on: a manifest or sidecar folder."),
@@ -29,13 +30,16 @@ FLAGS = {
 def run(opts: EvalOptions) -> None:
     """Fit score calibration (Platt scaling) on tagged images, so thresholds are probabilities.
 
-    Training already calibrates on its validation split; use this for older models or to
-    calibrate on your own images. Prints the fitted scale and bias as JSON. The shipped `default`
-    and fetched models (zstag's or the Hugging Face cache) are refused: copy the directory
+    Training already calibrates on its validation split; use this for older models, to
+    calibrate on your own images, or for a ready-made model (`clip-vit-b32`, `imagenet`), whose
+    calibration is kept in zstag's cache root (`calibrations/NAME.json`) and used by `tag` and
+    `explain` from then on. Prints the fitted scale and bias as JSON. The shipped `default` and
+    fetched model directories (zstag's or the Hugging Face cache) are refused: copy the directory
     (`cp -rL`) and calibrate the copy.
 
     Example:\n
-      zstag calibrate models/lesa --data data/val.jsonl
+      zstag calibrate models/lesa --data data/val.jsonl\n
+      zstag calibrate clip-vit-b32 --data my-tagged-photos/ --labels vocab.txt
     """
     from zstag.jobs.evaluate import run_calibrate
 

@@ -4,8 +4,9 @@ prompt-ensembled text vector (`zstag.semantics.clip`). Nothing is trained.
 It is the method of the ready-made `--model clip-vit-b32` (`store/model.py`), not a `--method` for
 `zstag train`: training a head on CLIP's features is what the paper methods do with
 `--backbone clip-vit-b32 --semantics clip-vit-b32`. Scores are raw cosines (about 0.1 to 0.35 for
-ViT-B/32), not probabilities: CLIP's own temperature only makes a softmax over one vocabulary, and a
-per-label threshold needs tagged photos, which this model, by design, has not seen.
+ViT-B/32), not probabilities: CLIP's own temperature only makes a softmax over one vocabulary, which
+says nothing about how often a tag is right. `zstag calibrate clip-vit-b32` fits the usual Platt map
+on the user's tagged photos and `tag` applies it (`store.catalog.read_calibration`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Three places hold models: `weights/` (bundled with zstag), the fetch cache (`zstag fetch
 hf://...`, also the standard Hugging Face cache) and folders the user names (a model directory,
 or a folder such as `runs/` searched for them). Ready-made models (`imagenet`, `clip-vit-b32`, see
-`ReadyMade`) have no directory: they are listed once the weights they are assembled from are fetched.
+`ReadyMade`) have no directory: they are listed once the weights they are assembled from are fetched,
+and `zstag calibrate` keeps their calibration in zstag's cache root (`read_calibration`).
 Rows are built from `config.json` and the safetensors header only, never from tensors, so listing
 a cache of many models takes a moment and needs neither torch nor the network. A broken directory
 becomes a row with `error` set: one bad model must not hide the others.
@@ -11,6 +12,8 @@ becomes a row with `error` set: one bad model must not hide the others.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -18,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from zstag.backbones import CLIP_MODELS
+from zstag.core import console
+from zstag.core.atomic import atomic_write_text
 from zstag.core.errors import UsageError, ZstagError
-from zstag.core.paths import WEIGHTS_DIR
+from zstag.core.paths import WEIGHTS_DIR, cache_root
 from zstag.store import CONFIG, hub
 from zstag.store.config import epochs_run, looks_like_model, read_config, weight_names
 
@@ -74,6 +79,76 @@ class ReadyMade:
     def weights(self) -> str:
         """The registry entry it is assembled from (what `zstag fetch` needs)."""
         return self.backbone
+
+    @property
+    def key(self) -> str:
+        """The one name of this model: `imagenet` spelt with the backbone it resolved to."""
+        return f"{IMAGENET}-{self.backbone}" if self.method == "conse" else self.name
+
+    def identity(self) -> dict[str, str]:
+        """What its scores depend on: the registry's pin of its weights (the sha256 where pinned, as
+        the CLIP text-vector cache keys it) and its label semantics. No file is read."""
+        spec = hub.resolve(self.weights)
+        sha = next((f.sha256 for f in spec.files if f.name == "model.safetensors"), None)
+        return {"weights": f"{spec.repo}@{spec.revision}:{sha or 'unpinned'}", "semantics": self.semantics}
+
+
+# --- ready-made models' calibration --------------------------------------------------------------
+
+CALIBRATIONS = "calibrations"
+_CALIBRATION_FORMAT = "zstag ready-made calibration 1"
+
+
+def calibration_file(made: ReadyMade, cache_dir: str | Path | None = None) -> Path:
+    """Where `zstag calibrate NAME` keeps a ready-made model's calibration: zstag's own cache root,
+    never the fetched snapshot (a download other tools share, and `--force` replaces)."""
+    return cache_root(cache_dir) / CALIBRATIONS / f"{made.key}.json"
+
+
+def read_calibration(made: ReadyMade, cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The calibration fitted for `made`, or None (raw scores) when there is none, when the file is not
+    one zstag wrote, or when it was fitted for other weights or semantics (each with a warning)."""
+    path = calibration_file(made, cache_dir)
+    if not path.is_file():
+        return None
+    record = _calibration_record(path)
+    if record is None:
+        console.warn(f"{path} is not a calibration zstag wrote: {made.name} gives raw scores")
+        return None
+    if record["identity"] != made.identity():
+        console.warn(
+            f"{path} was fitted for other weights or semantics than {made.name} now uses "
+            f"({record['identity']}): raw scores until `zstag calibrate {made.name}` fits them again"
+        )
+        return None
+    return record["calibration"]
+
+
+def write_calibration(made: ReadyMade, fitted: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """Store `fitted` for `made` (replacing an earlier zstag calibration, never another file)."""
+    path = calibration_file(made, cache_dir)
+    if path.exists() and _calibration_record(path) is None:
+        raise UsageError(f"{path} exists and is not a calibration zstag wrote: move it away first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"format": _CALIBRATION_FORMAT, "model": made.key, "identity": made.identity(), "calibration": fitted}
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _calibration_record(path: Path) -> dict[str, Any] | None:
+    """The stored record if it is what `write_calibration` writes (finite scale > 0 and bias), else None."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != _CALIBRATION_FORMAT:
+        return None
+    fitted, identity = record.get("calibration"), record.get("identity")
+    values = [fitted.get(k) for k in ("scale", "bias")] if isinstance(fitted, dict) else []
+    numbers = [float(x) for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if not isinstance(identity, dict) or len(numbers) != 2 or not all(map(math.isfinite, numbers)) or numbers[0] <= 0:
+        return None
+    return record
 
 
 def ready_made(ref: str, cache_dir: str | Path | None = None) -> ReadyMade | None:

@@ -29,7 +29,7 @@ from zstag.methods.base import Method
 from zstag.semantics import PICKLES, embed_labels, get_semantics
 from zstag.semantics.base import Semantics
 from zstag.store import CONFIG, WEIGHTS
-from zstag.store.catalog import ReadyMade, ready_made
+from zstag.store.catalog import ReadyMade, read_calibration, ready_made
 from zstag.store.config import read_config, semantics_source
 
 
@@ -150,7 +150,8 @@ def write_config(model_dir: Path, config: dict[str, Any]) -> None:
 
 
 def build_ready_made(made: ReadyMade, semantics: str | None = None) -> Model:
-    """A ready-made model from its fetched weights (a MissingWeightsError naming `zstag fetch` if absent)."""
+    """A ready-made model from its fetched weights (a MissingWeightsError naming `zstag fetch` if absent),
+    with the calibration `zstag calibrate NAME` stored for it, if any (raw scores otherwise)."""
     cls: type[Method]
     if made.method == "conse":
         from zstag.backbones.torchvision_nets import imagenet_classes
@@ -164,6 +165,9 @@ def build_ready_made(made: ReadyMade, semantics: str | None = None) -> Model:
     model = _assemble(cls, made.backbone, semantics or made.semantics, seen, made.hp, made.image_size, True)
     model.method.eval()
     model.config["ready_made"] = made.name
+    calibration = read_calibration(made) if semantics in (None, made.semantics) else None
+    if calibration is not None:
+        model.config["calibration"] = calibration
     return model
 
 
@@ -176,7 +180,7 @@ def resolve_model_dir(ref: str | Path) -> Path:
     if made is not None:
         raise UsageError(
             f"{ref} is a ready-made model assembled from `zstag fetch {made.weights}`, with no model "
-            "directory to write to; its scores are raw cosine similarities (see docs/usage.md)"
+            "directory (`zstag calibrate` keeps its calibration in zstag's cache, see docs/usage.md)"
         )
     path = Path(ref)
     if path.is_dir():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from zstag.backbones.base import Backbone
+from zstag.backbones.base import Backbone, Stages
 from zstag.core import console
 from zstag.engine.engine import Engine
 
@@ -24,7 +24,8 @@ from zstag.engine.engine import Engine
 class Features:
     """The maps of the images that could be read, one row per image, in input order."""
 
-    stages: list[torch.Tensor]  # per stage (N, C, h, w) fp16, on the device when it is a GPU
+    stages: list[torch.Tensor]  # per stage (N, C, h, w) fp16, on the device when it is a GPU; with
+    # the backbone's `Stages.pooled` (N, D) where it has one
     indices: list[int]  # input position of each row
     failures: list[tuple[int, str]]  # (input position, reason) of the images that could not be read
 
@@ -63,6 +64,7 @@ def compute_features(engine: Engine, backbone: Backbone, splits: list[list[str |
     """Run the frozen backbone once over every image (see `Features`); each split is batched on its
     own, as the trainer batches it."""
     parts: list[list[torch.Tensor]] = []
+    pooled: list[torch.Tensor] = []
     indices: list[int] = []
     failures: list[tuple[int, str]] = []
     keep_on = engine.device if engine.device.type == "cuda" else torch.device("cpu")
@@ -81,9 +83,13 @@ def compute_features(engine: Engine, backbone: Backbone, splits: list[list[str |
                 parts = parts or [[] for _ in stages]
                 for store, stage in zip(parts, stages):
                     store.append(stage.to(keep_on, torch.float16))
+                vector = getattr(stages, "pooled", None)
+                if vector is not None:
+                    pooled.append(vector.to(keep_on, torch.float16))
                 indices += [offset + i for i in batch_indices]
             offset += len(paths)
-    return Features([torch.cat(p) for p in parts], indices, failures)
+    maps = Stages((torch.cat(p) for p in parts), torch.cat(pooled) if pooled else None)
+    return Features(maps, indices, failures)
 
 
 class StageCache(Backbone):
@@ -99,7 +105,14 @@ class StageCache(Backbone):
         self.name, self.channels, self.region_stage = backbone.name, backbone.channels, backbone.region_stage
         self.classifier, self.class_names = backbone.classifier, backbone.class_names
         self.cached = stages
+        self.pooled: torch.Tensor | None = getattr(stages, "pooled", None)
 
     def feature_maps(self, rows: torch.Tensor) -> Iterator[torch.Tensor]:
         index = rows.to(self.cached[0].device)
         return (s[index].to(rows.device).float() for s in self.cached)
+
+    def stages(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        maps = list(self.feature_maps(rows))
+        if self.pooled is None:
+            return maps
+        return Stages(maps, self.pooled[rows.to(self.pooled.device)].to(rows.device).float())

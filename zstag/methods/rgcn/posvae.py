@@ -27,6 +27,8 @@ Variants (the `variant` setting, Sec. 4.1 "Baselines"):
 - `rgcn-xl`: external nodes included but initialised like target nodes (MLP over [feature, s_y]);
   their outputs are trained with MSE to reproduce p^a (weighted by lambda); no PosVAE.
 - `rgcn`: no external nodes and no PosVAE; works with a backbone that has no classifier.
+On a CLIP backbone the "classifier" is CLIP's zero-shot one over the ImageNet-1k names
+(`zstag.backbones.clip`), so its external nodes are the same 1,000 classes as on the CNNs.
 
 Deviations from the paper, and why:
 - Labels missing from WordNet (after trying the underscored phrase, its base form and its head
@@ -252,7 +254,8 @@ class RGCNPosVAE(Method[dict[str, torch.Tensor]]):
                 raise UsageError(
                     f"variant {self.variant} uses the classes of the backbone's pretraining classifier as "
                     f"external knowledge, and backbone {backbone.name!r} has none: set variant=rgcn "
-                    "(the variant without external nodes) or a backbone with a classifier (bundled, vgg19, resnet101)"
+                    "(the variant without external nodes) or a backbone with a classifier "
+                    "(bundled, vgg19, resnet101, clip-vit-b32)"
                 )
             self.external_names = list(backbone.class_names)
             external = embed(self.external_names).vectors.float()
