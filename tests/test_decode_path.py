@@ -211,26 +211,42 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
     assert torch.equal(pixels[0], dataset.decode(0)[0]) and torch.equal(pixels[2], dataset.decode(2)[0])
 
 
+def label_vectors_without_a_text_model(semantics, labels, cache=None):
+    """Stands in for `embed_labels`: a fixed unit vector per label (seeded by its name), so the
+    test needs no text model (the GPU machine has no MiniLM): decoding, not semantics, is tested."""
+    import hashlib
+
+    from zstag.data.labels import LabelSet
+
+    seeds = [int(hashlib.sha256(label.encode()).hexdigest()[:8], 16) for label in labels]
+    rows = [torch.randn(384, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    vectors = torch.stack(rows) if rows else torch.zeros(0, 384)
+    return LabelSet(list(labels), torch.nn.functional.normalize(vectors, dim=1))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares nvJPEG with Pillow end to end")
-def test_gpu_decoded_tags_match_cpu_decoded(photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_gpu_decoded_tags_match_cpu_decoded(tmp_path, monkeypatch, workers):
+    """Several batches, so that the side stream decodes while the compute stream scores and
+    batches stay in flight; with and without decoding processes."""
     from zstag.jobs.options import TagOptions
     from zstag.jobs.tag import tag
+    from zstag.store import model as model_module
 
+    monkeypatch.setattr(model_module, "embed_labels", label_vectors_without_a_text_model)
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("dog\ncat\nbeach\nsky\ncar\ntree\nflower\nhouse\n")
+    inputs = [str(p) for p in write_photos(tmp_path / "photos", 24)]  # 12 batches
     rows = {}
     for switch in ("1", "0"):
         monkeypatch.setenv("ZSTAG_GPU_DECODE", switch)
         out = tmp_path / f"tags-{switch}.jsonl"
-        assert (
-            tag(
-                TagOptions(
-                    inputs=[str(p) for p in photos], labels=vocab, top_k=0, output=str(out), device="cuda", workers=0
-                )
-            )
-            == 0
+        options = TagOptions(
+            inputs=inputs, labels=vocab, top_k=0, output=str(out), device="cuda", workers=workers, batch_size=2
         )
+        assert tag(options) == 0
         rows[switch] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows["1"]) == len(rows["0"]) == len(inputs)
     for gpu, cpu in zip(rows["1"], rows["0"]):
         assert gpu["image"] == cpu["image"]
         assert gpu["tags"][0]["label"] == cpu["tags"][0]["label"]

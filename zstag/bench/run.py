@@ -132,12 +132,17 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             console.info(f"bench: {name} ...")
             report["sections"][name] = SECTION_FUNCTIONS[name](bench)
             render(name, report["sections"][name])
+            write_json(opts, report)  # after every section: a run stopped later keeps what it measured
     report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    write_json(opts, report)
+    return report
+
+
+def write_json(opts: BenchOptions, report: dict[str, Any]) -> None:
     if opts.json_path is not None and str(opts.json_path) != "-":
         from zstag.core.atomic import atomic_write_text
 
         atomic_write_text(Path(opts.json_path), json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -334,6 +339,7 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             zstag_images_per_s=zstag_ips,
             loop_images_per_s=loop_ips,
             loop_workers=loop_workers,
+            compiled=bench.engine.compiles(n),  # as `zstag tag` decided, by the same rule
             ratio=zstag_ips / loop_ips,
             target=TARGETS["end-to-end"],
             meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"],

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Issue #22's one GPU script: the CUDA tests, then `zstag bench` on the GPU, in under 8 minutes.
+#
+# On the GPU machine, through the device tool, after `bash tools/gpu-prepare.sh` here:
+#   run(command="bash tools/gpu-check.sh", carry=[".device"], timeout_s=540)
+# A dry run on a CPU, with tiny sizes (checks every command and flag, not speed; a few minutes):
+#   DEVICE=cpu bash tools/gpu-check.sh
+#
+# Writes into $OUT (what the device tool brings back; /tmp/zstag-gpu-check when unset):
+# gpu-check.log (all output); bench-224.json, bench-224-e2e.json, bench-methods.json,
+# bench-448.json and bench-224-compiled.json, each as `zstag bench --json` writes it; and
+# gpu-check.json, those reports in one with each step's exit status: the file to commit to
+# docs/results/. Each step runs under `timeout`; a failed or timed-out step is logged and the
+# script goes on. Steps run in order of value, and a step is skipped when less of the time budget
+# (BUDGET seconds: 450 on a GPU) is left than it needs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/zstag-gpu-check}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+TEE=$!
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export ZSTAG_CACHE=$ROOT/.device/cache  # the label vectors tools/gpu-prepare.sh computed
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+PY=python3
+START=$SECONDS
+STEPS=()
+
+# step NAME EXPECTED_S LIMIT_S COMMAND...: run COMMAND under `timeout LIMIT_S` (cut to what the
+# budget leaves), unless fewer than EXPECTED_S seconds of the budget are left.
+step() {
+    local name=$1 expected=$2 limit=$3 left rc began
+    shift 3
+    left=$((BUDGET - (SECONDS - START)))
+    if ((left < expected)); then
+        echo "=== $name: skipped, ${left}s of the budget left, it needs about ${expected}s"
+        STEPS+=("$name=skipped")
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "=== $name (at $((SECONDS - START))s, limit ${limit}s): $*"
+    began=$SECONDS
+    timeout -k 5 "$limit" "$@"
+    rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - began))s$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
+    STEPS+=("$name=$rc")
+}
+
+if [[ $DEVICE == cpu ]]; then
+    # Tiny sizes: every section and flag runs, in minutes on two cores; Dynamo's quick `eager`
+    # backend stands in for inductor (tests/test_engine.py checks inductor's scores).
+    SIZE_224=64 SIZE_448=96
+    E2E=(--images 4 --batch-size 2 --repeats 1)
+    E2E_SMALL=("${E2E[@]}")
+    METHODS=(--batch-size 2 --repeats 1 --image-size 64)
+    FORWARD=(--compile)  # on a CPU the forward section measures the compiled model only when asked
+    export ZSTAG_COMPILE_BACKEND=${ZSTAG_COMPILE_BACKEND:-eager}
+    PYTEST_MARK="not slow"
+    BUDGET=${BUDGET:-3600}  # a slow, shared CPU: run every step
+else
+    SIZE_224=224 SIZE_448=448
+    E2E=(--repeats 2)                   # 16,384 photos, batch 256 (the CUDA defaults)
+    E2E_SMALL=(--images 4096 --repeats 2)
+    METHODS=()                          # batch 256, VGG19 and ResNet-101 at 224 px
+    FORWARD=()                          # on CUDA it measures the compiled model by default
+    PYTEST_MARK="cuda or not slow"
+    BUDGET=${BUDGET:-450}
+fi
+
+echo "=== machine"
+nvidia-smi 2>&1 | head -15
+nproc
+$PY - <<'EOF'
+import platform, torch, torchvision
+print("python", platform.python_version(), "torch", torch.__version__, "torchvision", torchvision.__version__)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), p.name, f"{p.total_memory / 2**30:.0f} GiB")
+EOF
+
+if [[ $DEVICE != cpu ]]; then
+    # The GPU image has torch & co.; platformdirs travels as a wheel (no network there).
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/wheels/*.whl
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
+    $PY -m pip install -q --no-deps --no-build-isolation -e . || echo "editable install failed: PYTHONPATH serves instead"
+    if ! $PY -m zstag --help >/dev/null; then
+        echo "zstag does not start with the image's typer: installing the tested versions from .device/fallback"
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/fallback/*.whl
+    fi
+fi
+step start 5 60 $PY -m zstag --version
+
+step tests 60 150 $PY -m pytest -q -p no:cacheprovider -m "$PYTEST_MARK" tests/test_decode_path.py tests/test_engine.py
+
+bench() {
+    local name=$1 expected=$2 limit=$3
+    shift 3
+    step "$name" "$expected" "$limit" $PY -m zstag bench --device "$DEVICE" --json "$OUT/$name.json" "$@"
+}
+# VGG19 + LESA at 224 px: forward eager and compiled (compile cost apart), 100 vs 100,000 labels,
+# decoding; then end to end (eager: a run this short does not compile by default) against the
+# DataLoader loop. Two runs, so that a timeout in one cannot lose the other's report.
+bench bench-224 60 150 --backbone vgg19 --image-size $SIZE_224 --only forward,decode,vocab-scale \
+    "${E2E[@]}" "${FORWARD[@]}"
+bench bench-224-e2e 60 150 --backbone vgg19 --image-size $SIZE_224 --only end-to-end "${E2E[@]}"
+# Every method's inference and training, batch 256, VGG19 and ResNet-101.
+bench bench-methods 45 120 --only methods "${METHODS[@]}"
+# 448 px: forward (eager and compiled) and end to end.
+bench bench-448 90 150 --backbone vgg19 --image-size $SIZE_448 --only forward,end-to-end \
+    "${E2E_SMALL[@]}" "${FORWARD[@]}"
+# End to end with the model compiled (inductor's cache is warm from bench-224's forward section).
+bench bench-224-compiled 60 120 --backbone vgg19 --image-size $SIZE_224 --only end-to-end --compile "${E2E_SMALL[@]}"
+
+echo "=== steps: ${STEPS[*]} (${SECONDS}s in all)"
+$PY - "$OUT" "${STEPS[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, steps = Path(sys.argv[1]), dict(s.split("=", 1) for s in sys.argv[2:])
+reports = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("bench-*.json"))}
+(out / "gpu-check.json").write_text(json.dumps({"steps": steps, "reports": reports}, indent=2) + "\n")
+print(f"wrote {out / 'gpu-check.json'}: {', '.join(reports) or 'no reports'}")
+EOF
+exec >&- 2>&-
+wait "$TEE"  # the log is complete before the device tool collects $OUT
