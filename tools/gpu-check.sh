@@ -8,7 +8,8 @@
 #
 # Writes into $OUT (what the device tool brings back; /tmp/zstag-gpu-check when unset):
 # gpu-check.log (all output); bench-224.json, bench-224-e2e.json, bench-methods.json,
-# bench-448.json and bench-224-compiled.json, each as `zstag bench --json` writes it; and
+# bench-448.json, bench-224-compiled.json and bench-224-cudagraphs.json, each as `zstag bench
+# --json` writes it; and
 # gpu-check.json, those reports in one with each step's exit status: the file to commit to
 # docs/results/. Each step runs under `timeout`; a failed or timed-out step is logged and the
 # script goes on. Steps run in order of value, and a step is skipped when less of the time budget
@@ -112,6 +113,9 @@ bench bench-448 90 150 --backbone vgg19 --image-size $SIZE_448 --only forward,en
     "${E2E_SMALL[@]}" "${FORWARD[@]}"
 # End to end with the model compiled (inductor's cache is warm from bench-224's forward section).
 bench bench-224-compiled 60 120 --backbone vgg19 --image-size $SIZE_224 --only end-to-end --compile "${E2E_SMALL[@]}"
+# The compile mode, measured: CUDA graphs (the engine pads batches to one shape) against bench-224's default mode.
+ZSTAG_COMPILE_MODE=reduce-overhead bench bench-224-cudagraphs 45 90 --backbone vgg19 --image-size $SIZE_224 \
+    --only forward "${E2E_SMALL[@]}" "${FORWARD[@]}"
 
 echo "=== steps: ${STEPS[*]} (${SECONDS}s in all)"
 $PY - "$OUT" "${STEPS[@]}" <<'EOF'
