@@ -74,6 +74,11 @@ FLAGS = {
 def run(opts: TagOptions) -> int:
     """Tag images with the labels of a vocabulary (any labels, seen in training or not).
 
+    The default model is small and trained on a CPU on clip-art drawings (OpenClipart): it works
+    offline everywhere, but on photos its tags are rough. For photos, fetch a ready-made model
+    (zstag fetch clip-vit-b32, then --model clip-vit-b32) or train on your own tagged images
+    (zstag train --backbone resnet101 or clip-vit-b32).
+
     Examples:\n
       zstag tag ./photos --labels vocab.txt > tags.jsonl\n
       find . -name '*.jpg' | zstag tag - --labels vocab.txt --top-k 5 --format csv -o tags.csv\n
