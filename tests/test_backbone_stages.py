@@ -61,3 +61,27 @@ def test_bundled_backbone_follows_its_config_architecture(tmp_path, monkeypatch)
         (tmp_path / "config.json").write_text(json.dumps(bad))
         with pytest.raises(ModelError):
             bundled.load_bundled()
+
+
+def test_a_malformed_bundled_config_is_a_model_error(tmp_path, monkeypatch):
+    """Every shape of a broken config.json (not JSON, not an object, an architecture that is not
+    a string, no class names) is one ModelError line, not a TypeError or a traceback."""
+    from zstag.backbones import bundled
+    from zstag.core.errors import ModelError
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    names = ["cat", "dog"]
+    for text in (
+        "{not json",
+        '["small"]',
+        '{"architecture": ["small"], "class_names": ["cat", "dog"]}',
+        '{"architecture": {"small": 1}, "class_names": ["cat", "dog"]}',
+        '{"architecture": "small", "class_names": []}',
+        '{"architecture": "small", "class_names": ["cat", 3]}',
+    ):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ModelError, match="config.json"):
+            bundled.load_bundled(pretrained=False)
+    (tmp_path / "config.json").write_text('{"architecture": "small", "class_names": ["cat", "dog"]}')
+    assert bundled.load_bundled(pretrained=False).class_names == names

@@ -25,9 +25,22 @@ def load_bundled(pretrained: bool = True) -> Backbone:
             f"the bundled backbone is missing from {BUNDLED_DIR} (a broken install?); "
             "use --backbone small to train from scratch"
         )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    architecture, names = config.get("architecture"), config.get("class_names")
-    if architecture not in ARCHITECTURES or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    # Checked field by field before any tensor is allocated; a type check comes before the
+    # membership test, which a list or object from the JSON would turn into a TypeError.
+    architecture, names = (
+        (config.get("architecture"), config.get("class_names")) if isinstance(config, dict) else (None, None)
+    )
+    if (
+        not isinstance(architecture, str)
+        or architecture not in ARCHITECTURES
+        or not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+    ):
         raise ModelError(
             f"{config_path}: needs an architecture among {', '.join(ARCHITECTURES)} and a list of class names"
         )
