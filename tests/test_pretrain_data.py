@@ -152,6 +152,16 @@ def test_same_inputs_give_the_same_files(trees: dict[str, Path], tmp_path: Path)
     assert manifest(tmp_path / "a/val.jsonl")  # the val slice is not empty here
 
 
+def test_a_refused_out_keeps_every_file(trees: dict[str, Path], tmp_path: Path) -> None:
+    """Without --force, an --out whose images/ is not empty is refused before anything in it is
+    touched: not even the files at the names of drawings the build drops (a held-out drawing)."""
+    theirs = tmp_path / "out/images/openclipart/animals/cat_4.png"  # cat_4: a benchmark test drawing
+    save(theirs, picture(99))
+    with pytest.raises(UsageError, match="not empty"):
+        pd.build(options(trees, tmp_path / "out"))
+    assert theirs.is_file()
+
+
 def test_min_count_and_a_missing_source(trees: dict[str, Path], tmp_path: Path) -> None:
     roots = {k: v for k, v in trees.items() if k != "bench"} | {"pysiogame": tmp_path / "absent"}
     stats = pd.build(options(trees, tmp_path / "out", min_count=3, roots=roots))

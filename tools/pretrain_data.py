@@ -497,12 +497,17 @@ class _Build:
         self.log = log
         self.tallies = {name: _SourceTally() for name in options.sources}
         self.candidates: dict[str, Candidate] = {}
+        # Files this build wrote (`convert`): the only ones `drop` may delete. Drops before the
+        # conversion happen before --out is checked, where a file at that name is not ours.
+        self.written: set[str] = set()
 
     def drop(self, image: str, reason: str) -> None:
-        """Forget a candidate, count why, and delete its converted file if there is one."""
+        """Forget a candidate, count why, and delete the file this build converted it to, if any."""
         candidate = self.candidates.pop(image)
         self.tallies[candidate.source].images[reason] += 1
-        (self.options.out / image).unlink(missing_ok=True)
+        if image in self.written:
+            self.written.discard(image)
+            (self.options.out / image).unlink(missing_ok=True)
 
     def gather(self, benchmark: Benchmark) -> None:
         """Candidates of every available source, minus the benchmark's held-out drawings."""
@@ -548,6 +553,7 @@ class _Build:
             if isinstance(result, str):
                 self.drop(image, result)
             else:
+                self.written.add(image)
                 hashes[image] = result
         return hashes
 
