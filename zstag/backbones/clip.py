@@ -153,6 +153,13 @@ class ZeroShotHead(nn.Module):
         return self._vectors[device]
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if pooled.dim() != 2:
+            # `Backbone.class_logits` falls back to the last stage, a patch map, when the stages
+            # carry no `pooled` vector: say so rather than fail later on a matrix product.
+            raise ValueError(
+                f"CLIP's zero-shot classifier reads the pooled image vector (B, D), got shape {tuple(pooled.shape)}: "
+                "the stages passed to class_logits carry no Stages.pooled (a plain list of maps?)"
+            )
         image = F.normalize(pooled.float(), dim=-1)
         return self.scale * image @ self.vectors(pooled.device).T
 
