@@ -74,6 +74,11 @@ class Backbone(nn.Module, ABC):
     def region_channels(self) -> int:
         return self.channels[self.region_stage]
 
+    def prepare_classifier(self, device: torch.device) -> None:
+        """Do now, for `device`, the work `classifier` would otherwise do at its first call, which
+        may come inside `torch.compile` (CLIP embeds its class names). Default: nothing, a
+        classifier made of weights is ready."""
+
     def class_logits(self, stages: list[torch.Tensor]) -> torch.Tensor:
         """Pretraining-classifier logits from already computed stages (no second forward pass)."""
         if self.classifier is None:

@@ -143,6 +143,9 @@ class ZeroShotHead(nn.Module):
 
     def vectors(self, device: torch.device) -> torch.Tensor:
         """The unit text vectors of the class names, (K, D), on `device`."""
+        if device.type == "cuda" and device.index is None:
+            # One key per GPU: an engine's `cuda` and its tensors' `cuda:0` are the same vectors.
+            device = torch.device("cuda", torch.cuda.current_device())
         if device not in self._vectors:
             from zstag.semantics import embed_labels, get_semantics
 
@@ -190,7 +193,11 @@ class ClipBackbone(Backbone):
         from zstag.backbones.torchvision_nets import imagenet_classes
 
         self.class_names = imagenet_classes()
-        self.classifier = ZeroShotHead(name, self.class_names, logit_scale(folder))
+        self.classifier: ZeroShotHead = ZeroShotHead(name, self.class_names, logit_scale(folder))
+
+    def prepare_classifier(self, device: torch.device) -> None:
+        """Embed the class names now (a text-tower pass over 1,000 names), not at the first logits."""
+        self.classifier.vectors(device)
 
     def _encode(self, images: torch.Tensor):
         return self.tower.vision_model(

@@ -454,8 +454,10 @@ class Engine:
     def compiled(self, method: Method) -> Method:
         """`method` with its `encode` compiled for this engine's batch size (`PaddedEncoder`), in
         place; the first batch pays the compilation. Scoring stays eager: it is chunked over the
-        vocabulary, and the backbone is where the time goes."""
+        vocabulary, and the backbone is where the time goes. The method's lazy work is done first
+        (`Method.prepare`), outside the compiled graph."""
         if not isinstance(method.encode, PaddedEncoder):
+            method.prepare(self.device)
             method.encode = PaddedEncoder(method.encode, self.batch_size)  # type: ignore[method-assign]
         return method
 

@@ -124,6 +124,11 @@ class Method(nn.Module, ABC, Generic[CodeT]):
         `labels` may or may not have been through `prepare_labels`; the scores are the same.
         """
 
+    def prepare(self, device: torch.device) -> None:
+        """Do now, on `device`, the work `encode` would do lazily at its first call. The engine
+        calls it before it compiles `encode`, so that such work (CLIP's classifier embedding its
+        class names) is not traced. Default: nothing."""
+
     def prepare_labels(self, labels: LabelSet) -> LabelSet:
         """`labels` with whatever `score` needs from them alone, computed once per vocabulary
         (row-aligned tensors in `LabelSet.derived`). Only valid until the weights change. Default: nothing."""

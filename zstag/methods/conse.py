@@ -71,6 +71,10 @@ class ConSE(Method[torch.Tensor]):
             return self.backbone.class_logits(self.backbone.stages(images)).float()
         return self.classifier(global_feature(self.backbone, images)).float()
 
+    def prepare(self, device: torch.device) -> None:
+        if self.classifier is None:
+            self.backbone.prepare_classifier(device)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """f(x): the convex combination of the top-T seen vectors, unit length, (B, D)."""
         p = self.probabilities(self.logits(images))

@@ -343,6 +343,10 @@ class RGCNPosVAE(Method[dict[str, torch.Tensor]]):
 
     # -- the model --------------------------------------------------------------------------
 
+    def prepare(self, device: torch.device) -> None:
+        if self.variant != "rgcn":
+            self.backbone.prepare_classifier(device)
+
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pooled image feature and, for the variants with external nodes, the classifier's p^a."""
         stages = self.backbone.stages(images)
