@@ -115,7 +115,12 @@ class Method(nn.Module, ABC, Generic[CodeT]):
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> CodeT:
-        """Label-independent code of normalised images (B, 3, H, W)."""
+        """Label-independent code of normalised images (B, 3, H, W).
+
+        Every tensor of the code is batch-first, one row per image, each image's row independent
+        of the others in eval mode: the engine's compiled encoder pads a short batch with zeros and
+        cuts each tensor back to its first rows (`PaddedEncoder`).
+        """
 
     @abstractmethod
     def score(self, code: CodeT, labels: LabelSet) -> torch.Tensor:
