@@ -268,7 +268,14 @@ def test_a_ready_made_calibration_is_kept_for_its_pinned_weights_only(ready_clip
 
 @pytest.mark.parametrize(
     "content",
-    ['{"format": "zstag ready-made calibration 1", "identity": {}, "calibration": {"scale": -1, "bias": 0}}', "hi"],
+    [
+        '{"format": "zstag ready-made calibration 1", "identity": {}, "calibration": {"scale": -1, "bias": 0}}',
+        # the bounds of a model's config hold here too: one validator (store.config.check_calibration)
+        '{"format": "zstag ready-made calibration 1", "identity": {}, "calibration": {"scale": 1e300, "bias": 0}}',
+        '{"format": "zstag ready-made calibration 1", "identity": {}, "calibration": {"scale": 1, "bias": 0, '
+        '"pairs": "10"}}',
+        "hi",
+    ],
 )
 def test_a_calibration_file_zstag_did_not_write_is_neither_used_nor_replaced(ready_clip, content, capsys):
     from zstag.store.catalog import calibration_file, read_calibration, write_calibration

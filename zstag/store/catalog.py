@@ -13,7 +13,6 @@ becomes a row with `error` set: one bad model must not hide the others.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -26,7 +25,7 @@ from zstag.core.atomic import atomic_write_text
 from zstag.core.errors import UsageError, ZstagError
 from zstag.core.paths import WEIGHTS_DIR, cache_root
 from zstag.store import CONFIG, hub
-from zstag.store.config import epochs_run, looks_like_model, read_config, weight_names
+from zstag.store.config import check_calibration, epochs_run, looks_like_model, read_config, weight_names
 
 DEFAULT = "default"
 
@@ -136,17 +135,19 @@ def write_calibration(made: ReadyMade, fitted: dict[str, Any], cache_dir: str | 
 
 
 def _calibration_record(path: Path) -> dict[str, Any] | None:
-    """The stored record if it is what `write_calibration` writes (finite scale > 0 and bias), else None."""
+    """The stored record if it is what `write_calibration` writes (a calibration `check_calibration`
+    accepts, as in a model's config), else None."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("format") != _CALIBRATION_FORMAT:
         return None
-    fitted, identity = record.get("calibration"), record.get("identity")
-    values = [fitted.get(k) for k in ("scale", "bias")] if isinstance(fitted, dict) else []
-    numbers = [float(x) for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
-    if not isinstance(identity, dict) or len(numbers) != 2 or not all(map(math.isfinite, numbers)) or numbers[0] <= 0:
+    if not isinstance(record.get("identity"), dict):
+        return None
+    try:
+        check_calibration(record.get("calibration"))
+    except ValueError:
         return None
     return record
 

@@ -90,7 +90,7 @@ def _check_fields(config: dict[str, Any], folder: Path) -> None:
     if not isinstance(config.get("backbone_in_weights", True), bool):
         raise _Bad("backbone_in_weights", "must be true or false")
     if config.get("calibration") is not None:
-        _calibration(config["calibration"])
+        check_calibration(config["calibration"])
     _semantics_path(config, folder)
 
 
@@ -111,7 +111,11 @@ def _labels(config: dict[str, Any], field: str, minimum: int) -> None:
             )
 
 
-def _calibration(value: Any) -> None:
+def check_calibration(value: Any) -> None:
+    """Refuse a calibration that is not what `zstag.eval.calibration.fit` writes: finite numbers of
+    bounded size, scale and bias present and the scale positive (a non-positive one would reverse
+    the method's ranking, which `fit` refuses to produce). Raises ValueError naming the field; one
+    rule for a model's config and for a ready-made model's stored calibration (`store.catalog`)."""
     if not isinstance(value, dict) or not {"scale", "bias"} <= value.keys():
         raise _Bad("calibration", "must be an object with numbers scale and bias")
     for key in _CALIBRATION_NUMBERS:
@@ -123,6 +127,8 @@ def _calibration(value: Any) -> None:
             or abs(number) > 1e6
         ):
             raise _Bad(f"calibration.{key}", f"must be a finite number, got {_short(number)}")
+    if not value["scale"] > 0:
+        raise _Bad("calibration.scale", f"must be positive (at 0 or below it breaks the ranking), got {value['scale']}")
 
 
 def _short(value: Any) -> str:
