@@ -70,8 +70,8 @@ def test_a_malformed_bundled_config_is_a_model_error(tmp_path, monkeypatch):
     from zstag.core.errors import ModelError
 
     monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"")
     names = ["cat", "dog"]
+    save_weights(tmp_path, SmallBackbone(num_classes=2, class_names=names))
     for text in (
         "{not json",
         '["small"]',
@@ -85,3 +85,30 @@ def test_a_malformed_bundled_config_is_a_model_error(tmp_path, monkeypatch):
             bundled.load_bundled(pretrained=False)
     (tmp_path / "config.json").write_text('{"architecture": "small", "class_names": ["cat", "dog"]}')
     assert bundled.load_bundled(pretrained=False).class_names == names
+
+
+def save_weights(folder, net: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_bundled_class_names_must_match_the_shipped_classifier(tmp_path, monkeypatch, pretrained):
+    """The head is sized by config.json's class names: a count the weights' classifier does not
+    have (read from the safetensors header) is one ModelError line, before any tensor is allocated."""
+    import json
+
+    from zstag.backbones import bundled
+    from zstag.core.errors import ModelError
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
+    save_weights(tmp_path, SmallBackbone(num_classes=2, class_names=["cat", "dog"]))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "small", "class_names": ["cat"] * 3}))
+    monkeypatch.setattr(bundled, "build_scratch", lambda *a, **k: pytest.fail("built before the check"))
+    with pytest.raises(ModelError, match=r"lists 3 class names, but .*model.safetensors has a classifier over 2$"):
+        bundled.load_bundled(pretrained)
+    save_weights(tmp_path, SmallBackbone())  # no classifier at all
+    with pytest.raises(ModelError, match="no readable classifier.2.weight tensor") as info:
+        bundled.load_bundled(pretrained)
+    assert "\n" not in str(info.value)

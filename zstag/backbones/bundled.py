@@ -6,8 +6,9 @@ names (RGCN-PosVAE's external knowledge for this backbone, as ImageNet-1k is for
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from zstag.backbones.base import Backbone
@@ -16,6 +17,18 @@ from zstag.core.errors import MissingWeightsError, ModelError
 from zstag.core.paths import WEIGHTS_DIR
 
 BUNDLED_DIR = WEIGHTS_DIR / "bundled"
+CLASSIFIER_WEIGHT = "classifier.2.weight"  # the head's Linear(512, classes) in `_ScratchTrunk`
+
+
+def _classifier_rows(weights_path: Path) -> int | None:
+    """How many classes the shipped classifier has, from the safetensors header alone (no tensor
+    is read), or None when the file holds no (classes, 512) classifier weight."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            shape = f.get_slice(CLASSIFIER_WEIGHT).get_shape() if CLASSIFIER_WEIGHT in f.keys() else None
+    except (SafetensorError, OSError):
+        return None
+    return shape[0] if shape is not None and len(shape) == 2 else None
 
 
 def load_bundled(pretrained: bool = True) -> Backbone:
@@ -43,6 +56,14 @@ def load_bundled(pretrained: bool = True) -> Backbone:
     ):
         raise ModelError(
             f"{config_path}: needs an architecture among {', '.join(ARCHITECTURES)} and a list of class names"
+        )
+    # The head is sized by the names: they must be the weights' classes before it is allocated,
+    # also without `pretrained` (a model's own weights then fill a head shaped as the shipped one).
+    rows = _classifier_rows(weights_path)
+    if rows != len(names):
+        raise ModelError(
+            f"{config_path}: lists {len(names)} class names, but {weights_path} has "
+            + (f"a classifier over {rows}" if rows is not None else f"no readable {CLASSIFIER_WEIGHT} tensor")
         )
     backbone = build_scratch(architecture, num_classes=len(names), class_names=names)
     backbone.name = "bundled"
