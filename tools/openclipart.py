@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
@@ -655,16 +655,57 @@ def _stats(
 # --------------------------------------------------------------------------- command line
 
 
+class BuildDefaults(Protocol):
+    """The defaults both builders' `Options` give the options they share."""
+
+    size: int
+    min_count: int
+    max_per_tagset: int
+    max_pixels: int
+    workers: int
+
+
+def add_build_arguments(p: argparse.ArgumentParser, d: BuildDefaults, out: str) -> None:
+    """The options this builder shares with `tools.pretrain_data`; `out` says what --out receives."""
+    p.add_argument("--out", type=Path, required=True, help=f"output folder ({out})")
+    p.add_argument("--size", type=int, default=d.size, help="longer side of stored images in px (default: %(default)s)")
+    p.add_argument("--min-count", type=int, default=d.min_count, help="images a label needs (default: %(default)s)")
+    p.add_argument(
+        "--max-per-tagset",
+        type=int,
+        default=d.max_per_tagset,
+        help="most images sharing one exact tag set, 0 for no cap (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=d.max_pixels, help="larger images are skipped (default: %(default)s)"
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="processes (default: the CPU count, %(default)s)")
+    p.add_argument("--force", action="store_true", help="rebuild into an --out whose images/ is not empty")
+
+
+def run_build(
+    build: Callable[[Callable[[str], None]], dict[str, Any]], summary: Callable[[dict[str, Any]], str]
+) -> int:
+    """A builder's command line around `build(log)`: timed progress lines on stderr, then
+    `summary(stats)` and the time taken on stdout; a UsageError is one `error:` line and its exit code."""
+    started = time.perf_counter()
+    try:
+        stats = build(lambda m: print(f"[{time.perf_counter() - started:6.1f} s] {m}", file=sys.stderr))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{summary(stats)} [{time.perf_counter() - started:.1f} s]")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.openclipart",
         description="Build the OpenClipart zero-shot tagging benchmark (docs/benchmarks.md).",
     )
     d = Options(out=Path("."))
-    p.add_argument("--out", type=Path, required=True, help="output folder (images/, *.jsonl, *.txt, stats.json)")
+    add_build_arguments(p, d, out="images/, *.jsonl, *.txt, stats.json")
     p.add_argument("--root", type=Path, default=d.root, help="folder holding svg/ and png/ (default: %(default)s)")
-    p.add_argument("--size", type=int, default=d.size, help="longer side of stored images in px (default: %(default)s)")
-    p.add_argument("--min-count", type=int, default=d.min_count, help="images a label needs (default: %(default)s)")
     p.add_argument(
         "--unseen-fraction",
         type=float,
@@ -679,41 +720,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default: %(default)s)")
     p.add_argument(
-        "--max-per-tagset",
-        type=int,
-        default=d.max_per_tagset,
-        help="most images sharing one exact tag set, 0 for no cap (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=d.max_pixels, help="larger PNGs are skipped (default: %(default)s)"
-    )
-    p.add_argument(
         "--folder-tags",
         action=argparse.BooleanOptionalAction,
         default=d.folder_tags,
         help="also use folder names (animals, birds) as keywords (default: off)",
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="processes (default: the CPU count, %(default)s)")
-    p.add_argument("--force", action="store_true", help="rebuild into an --out whose images/ is not empty")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    options = Options(**vars(args))
-    started = time.perf_counter()
-    try:
-        stats = build(options, log=lambda m: print(f"[{time.perf_counter() - started:6.1f} s] {m}", file=sys.stderr))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    images, labels = stats["images"], stats["labels"]
-    print(
-        f"{images['total']} images (train {images['train']}, val {images['val']}, test {images['test']}), "
-        f"{labels['kept']} labels ({labels['seen']} seen, {labels['unseen']} unseen) in {options.out} "
-        f"[{time.perf_counter() - started:.1f} s]"
-    )
-    return 0
+    options = Options(**vars(_parser().parse_args(argv)))
+
+    def summary(stats: dict[str, Any]) -> str:
+        images, labels = stats["images"], stats["labels"]
+        return (
+            f"{images['total']} images (train {images['train']}, val {images['val']}, test {images['test']}), "
+            f"{labels['kept']} labels ({labels['seen']} seen, {labels['unseen']} unseen) in {options.out}"
+        )
+
+    return run_build(lambda log: build(options, log=log), summary)
 
 
 if __name__ == "__main__":

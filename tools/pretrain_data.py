@@ -51,12 +51,12 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops
@@ -679,9 +679,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     d = Options(out=Path("."), benchmark=Path("."))
     p.add_argument("--benchmark", type=Path, required=True, help="the OpenClipart benchmark folder (tools.openclipart)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (images/, *.jsonl, classes.txt, stats.json)")
-    p.add_argument("--size", type=int, default=d.size, help="longer side of stored images in px (default: %(default)s)")
-    p.add_argument("--min-count", type=int, default=d.min_count, help="images a label needs (default: %(default)s)")
+    oc.add_build_arguments(p, d, out="images/, *.jsonl, classes.txt, stats.json")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the val slice (default: %(default)s)")
     p.add_argument(
@@ -693,10 +691,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--root", type=_root, action="append", default=[], metavar="NAME=PATH", help="read a source from PATH"
     )
-    p.add_argument(
-        "--max-per-tagset", type=int, default=d.max_per_tagset, help="most images per exact tag set (default: 100)"
-    )
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images are skipped")
     p.add_argument(
         "--max-hash-bits",
         type=int,
@@ -715,8 +709,6 @@ def _parser() -> argparse.ArgumentParser:
         default=d.max_ink_difference,
         help="same picture: thumbnails of the drawings cropped to their ink this close (default: %(default)s)",
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="processes (default: the CPU count, %(default)s)")
-    p.add_argument("--force", action="store_true", help="rebuild into an --out whose images/ is not empty")
     return p
 
 
@@ -724,18 +716,15 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     args["roots"] = dict(args.pop("root"))
     options = Options(**args)
-    started = time.perf_counter()
-    try:
-        stats = build(options, log=lambda m: print(f"[{time.perf_counter() - started:6.1f} s] {m}", file=sys.stderr))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    per_source = ", ".join(f"{name} {s['images']}" for name, s in stats["sources"].items())
-    print(
-        f"{stats['images']['total']} images (train {stats['images']['train']}, val {stats['images']['val']}; "
-        f"{per_source}), {stats['classes']} classes in {options.out} [{time.perf_counter() - started:.1f} s]"
-    )
-    return 0
+
+    def summary(stats: dict[str, Any]) -> str:
+        per_source = ", ".join(f"{name} {s['images']}" for name, s in stats["sources"].items())
+        return (
+            f"{stats['images']['total']} images (train {stats['images']['train']}, val {stats['images']['val']}; "
+            f"{per_source}), {stats['classes']} classes in {options.out}"
+        )
+
+    return oc.run_build(lambda log: build(options, log=log), summary)
 
 
 if __name__ == "__main__":
