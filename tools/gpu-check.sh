@@ -5,15 +5,17 @@
 #   run(command="bash tools/gpu-check.sh", carry=[".device"], timeout_s=540)
 # A dry run on a CPU, with tiny sizes (checks every command and flag, not speed; a few minutes):
 #   DEVICE=cpu bash tools/gpu-check.sh
+# Some steps only: STEPS="WORD ..." (spaces or commas between) runs the steps named WORD or
+# WORD-... (and `start`), e.g. `DEVICE=cpu STEPS=clip bash tools/gpu-check.sh` (about a minute).
 #
-# Writes into $OUT (what the device tool brings back; /tmp/zstag-gpu-check when unset):
-# gpu-check.log (all output); bench-224.json, bench-224-e2e.json, bench-methods.json,
-# bench-448.json, bench-224-compiled.json and bench-224-cudagraphs.json, each as `zstag bench
-# --json` writes it; and
-# gpu-check.json, those reports in one with each step's exit status: the file to commit to
-# docs/results/. Each step runs under `timeout`; a failed or timed-out step is logged and the
-# script goes on. Steps run in order of value, and a step is skipped when less of the time budget
-# (BUDGET seconds: 450 on a GPU) is left than it needs.
+# Writes two files into $OUT (what the device tool brings back: at most 8 files; /tmp/zstag-gpu-check
+# when unset): gpu-check.log (all output) and gpu-check.json, the file to commit to docs/results/:
+# {"steps": each step's exit status, "reports": {step: its `zstag bench --json` report},
+# "random_weights": what tools/random_clip.py generated}, written again after every step, so that a
+# run cut short keeps what it measured. The per-step reports and generated weights stay in a scratch
+# folder, removed at the end. Each step runs under `timeout`; a failed or timed-out step is logged
+# and the script goes on. Steps run in order of value, and a step is skipped when less of the time
+# budget (BUDGET seconds: 450 on a GPU) is left than it needs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,17 +29,60 @@ export ZSTAG_CACHE=$ROOT/.device/cache  # the label vectors tools/gpu-prepare.sh
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 PY=python3
 START=$SECONDS
-STEPS=()
+ONLY=${STEPS:-}
+RESULTS=()  # NAME=exit status, or NAME=skipped
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/zstag-gpu-check.XXXXXX")  # per-step reports, generated weights
+REPORTS=$WORK/reports
+mkdir -p "$REPORTS"
+trap 'rm -rf "$WORK"' EXIT
+
+# selected NAME: whether STEPS (unset: every step) asks for step NAME.
+selected() {
+    local word
+    [[ -z $ONLY || $1 == start ]] && return 0
+    for word in ${ONLY//,/ }; do
+        [[ $1 == "$word" || $1 == "$word"-* ]] && return 0
+    done
+    return 1
+}
+
+# merge: write $OUT/gpu-check.json from the reports so far (the clip steps' marked as random weights).
+merge() {
+    $PY - "$OUT" "$REPORTS" "$WORK/random/random-weights.json" "${RESULTS[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, reports_dir, made = map(Path, sys.argv[1:4])
+steps = dict(s.split("=", 1) for s in sys.argv[4:])
+reports = {}
+for path in sorted(reports_dir.glob("*.json")):
+    try:
+        reports[path.stem] = json.loads(path.read_text())
+    except ValueError as exc:  # a step killed while writing it
+        reports[path.stem] = {"error": f"unreadable report: {exc}"}
+merged = {"steps": steps, "reports": reports}
+if made.is_file():
+    merged["random_weights"] = json.loads(made.read_text())
+    for name, report in reports.items():
+        if name.startswith("clip-"):
+            report["weights_source"] = {model: m["weights"] for model, m in merged["random_weights"].items()}
+(out / "gpu-check.json").write_text(json.dumps(merged, indent=2) + "\n")
+EOF
+}
 
 # step NAME EXPECTED_S LIMIT_S COMMAND...: run COMMAND under `timeout LIMIT_S` (cut to what the
-# budget leaves), unless fewer than EXPECTED_S seconds of the budget are left.
+# budget leaves), unless STEPS leaves it out or fewer than EXPECTED_S seconds of the budget are
+# left, then rewrite gpu-check.json. LAST: its exit status, else "skipped".
 step() {
     local name=$1 expected=$2 limit=$3 left rc began
     shift 3
+    LAST=skipped
+    selected "$name" || return 0
     left=$((BUDGET - (SECONDS - START)))
     if ((left < expected)); then
         echo "=== $name: skipped, ${left}s of the budget left, it needs about ${expected}s"
-        STEPS+=("$name=skipped")
+        RESULTS+=("$name=skipped")
+        merge
         return
     fi
     ((limit > left)) && limit=$left
@@ -46,7 +91,9 @@ step() {
     timeout -k 5 "$limit" "$@"
     rc=$?
     echo "=== $name: exit $rc after $((SECONDS - began))s$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
-    STEPS+=("$name=$rc")
+    RESULTS+=("$name=$rc")
+    LAST=$rc
+    merge
 }
 
 if [[ $DEVICE == cpu ]]; then
@@ -54,6 +101,7 @@ if [[ $DEVICE == cpu ]]; then
     # backend stands in for inductor (tests/test_engine.py checks inductor's scores).
     SIZE_224=64 SIZE_448=96
     E2E=(--images 4 --batch-size 2 --repeats 1)
+    RANDOM_CLIP=(--tiny)  # the tests' tiny CLIP (seconds) instead of a 600 MB ViT-B/32
     E2E_SMALL=("${E2E[@]}")
     METHODS=(--batch-size 2 --repeats 1 --image-size 64)
     FORWARD=(--compile)  # on a CPU the forward section measures the compiled model only when asked
@@ -64,6 +112,7 @@ else
     SIZE_224=224 SIZE_448=448
     E2E=(--repeats 2)                   # 16,384 photos, batch 256 (the CUDA defaults)
     E2E_SMALL=(--images 4096 --repeats 2)
+    RANDOM_CLIP=()                      # ViT-B/32's shapes
     METHODS=()                          # batch 256, VGG19 and ResNet-101 at 224 px
     FORWARD=()                          # on CUDA it measures the compiled model by default
     PYTEST_MARK="cuda or not slow"
@@ -98,7 +147,7 @@ step tests 60 150 $PY -m pytest -q -p no:cacheprovider -m "$PYTEST_MARK" tests/t
 bench() {
     local name=$1 expected=$2 limit=$3
     shift 3
-    step "$name" "$expected" "$limit" $PY -m zstag bench --device "$DEVICE" --json "$OUT/$name.json" "$@"
+    step "$name" "$expected" "$limit" $PY -m zstag bench --device "$DEVICE" --json "$REPORTS/$name.json" "$@"
 }
 # VGG19 + LESA at 224 px: forward eager and compiled (compile cost apart), 100 vs 100,000 labels,
 # decoding; then end to end (eager: a run this short does not compile by default) against the
@@ -108,6 +157,26 @@ bench bench-224 60 150 --backbone vgg19 --image-size $SIZE_224 --only forward,de
 bench bench-224-e2e 60 150 --backbone vgg19 --image-size $SIZE_224 --only end-to-end "${E2E[@]}"
 # Every method's inference and training, batch 256, VGG19 and ResNet-101.
 bench bench-methods 45 120 --only methods "${METHODS[@]}"
+# Issue #21's GPU column: the ready-made models (docs/usage.md, "Photos, no training"), with RANDOM
+# WEIGHTS OF THE REAL SHAPES (no network here; speed does not depend on the values; their reports
+# say so in `weights_source`): tools/random_clip.py generates CLIP ViT-B/32 and ResNet-101 and
+# fetches them through the tests' fake hub into a copy of the cache (whose MiniLM vectors of the
+# ImageNet names `imagenet` reads; .device/cache stays as prepared), pinned by its own registry.
+# Then the CLIP tower as a backbone (LESA's head, forward eager and compiled), and `--model
+# clip-vit-b32` and `--model imagenet` (ConSE on ResNet-101), forward and end to end, eager.
+if selected clip-prepare; then
+    cp -r "$ZSTAG_CACHE" "$WORK/cache"
+fi
+step clip-prepare 30 120 env ZSTAG_CACHE="$WORK/cache" $PY -m tools.random_clip "$WORK/random" "${RANDOM_CLIP[@]}"
+if [[ $LAST == 0 ]]; then
+    export ZSTAG_CACHE=$WORK/cache ZSTAG_REGISTRY=$WORK/random/registry.json
+    bench clip-backbone 60 120 --backbone clip-vit-b32 --image-size $SIZE_224 --only forward \
+        "${E2E_SMALL[@]}" "${FORWARD[@]}"
+    bench clip-model 60 120 --model clip-vit-b32 --only forward,end-to-end --no-compile "${E2E_SMALL[@]}"
+    bench clip-imagenet 45 90 --model imagenet --only forward,end-to-end --no-compile "${E2E_SMALL[@]}"
+    export ZSTAG_CACHE=$ROOT/.device/cache
+    unset ZSTAG_REGISTRY
+fi
 # 448 px: forward (eager and compiled) and end to end.
 bench bench-448 90 150 --backbone vgg19 --image-size $SIZE_448 --only forward,end-to-end \
     "${E2E_SMALL[@]}" "${FORWARD[@]}"
@@ -117,15 +186,7 @@ bench bench-224-compiled 60 120 --backbone vgg19 --image-size $SIZE_224 --only e
 ZSTAG_COMPILE_MODE=reduce-overhead bench bench-224-cudagraphs 45 90 --backbone vgg19 --image-size $SIZE_224 \
     --only forward "${E2E_SMALL[@]}" "${FORWARD[@]}"
 
-echo "=== steps: ${STEPS[*]} (${SECONDS}s in all)"
-$PY - "$OUT" "${STEPS[@]}" <<'EOF'
-import json, sys
-from pathlib import Path
-
-out, steps = Path(sys.argv[1]), dict(s.split("=", 1) for s in sys.argv[2:])
-reports = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("bench-*.json"))}
-(out / "gpu-check.json").write_text(json.dumps({"steps": steps, "reports": reports}, indent=2) + "\n")
-print(f"wrote {out / 'gpu-check.json'}: {', '.join(reports) or 'no reports'}")
-EOF
+echo "=== steps: ${RESULTS[*]} (${SECONDS}s in all)"
+merge && echo "wrote $OUT/gpu-check.json"
 exec >&- 2>&-
 wait "$TEE"  # the log is complete before the device tool collects $OUT

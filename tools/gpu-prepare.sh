@@ -6,8 +6,9 @@
 #   bash tools/gpu-prepare.sh
 #
 # .device/cache   zstag's cache root (ZSTAG_CACHE there) holding the label vectors of every label
-#                 the check embeds: the default model's seen labels and `zstag bench`'s vocabulary,
-#                 computed here with MiniLM, so that the 90 MB text model stays behind.
+#                 the check embeds: the default model's seen labels, `zstag bench`'s vocabulary and
+#                 the 1,000 ImageNet names (`--model imagenet`), computed here with MiniLM, so that
+#                 the 90 MB text model stays behind.
 #                 Backbone weights are left out on purpose: the bench uses random weights of the
 #                 same shape (speed does not depend on them) and says so in its `weights` field.
 # .device/wheels  platformdirs, which zstag imports at start-up and the GPU image lacks.
@@ -21,12 +22,15 @@ mkdir -p "$dev/cache" "$dev/wheels" "$dev/fallback"
 
 echo "label vectors -> $dev/cache/embeddings"
 ZSTAG_CACHE="$PWD/$dev/cache" HF_HUB_OFFLINE=1 python3 - <<'EOF'
+from zstag.backbones.torchvision_nets import imagenet_classes
 from zstag.bench.run import VOCABULARY
 from zstag.store.model import load_model
 
 model = load_model("default")  # embeds (and caches) its seen labels
 model.embed(list(VOCABULARY))
-print(f"  {len(model.config['seen_labels'])} seen labels + {len(VOCABULARY)} bench labels, {model.config['semantics']}")
+model.embed(imagenet_classes())  # what `--model imagenet` (ConSE) scores with
+labels = f"{len(model.config['seen_labels'])} seen labels + {len(VOCABULARY)} bench labels + 1,000 ImageNet names"
+print(f"  {labels}, {model.config['semantics']}")
 EOF
 
 # The GPU image runs CPython 3.12 on x86-64 (/work/.library/device/KINDS.md).
