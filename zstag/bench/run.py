@@ -414,36 +414,32 @@ def forward(bench: Bench) -> dict[str, Any]:
         bench.synchronize()
         first["compiled"] = time.perf_counter() - start
     seconds = bench.timed(calls)
-    rows = [
-        bench.row(
+
+    def row(kind: str, **extra: Any) -> dict[str, Any]:
+        """The row of the eager or compiled calls: what both share, then `extra`."""
+        return bench.row(
             batch,
             model.image_size,
             labels=len(labels),
-            images_per_s=batch / seconds["eager"],
-            ms_per_batch=1e3 * seconds["eager"],
+            images_per_s=batch / seconds[kind],
+            ms_per_batch=1e3 * seconds[kind],
             precision=precision(engine),
-            compiled=False,
+            compiled=kind == "compiled",
+            **extra,
             **bench.describe_model(),
         )
-    ]
+
+    rows = [row("eager")]
     if "compiled" in seconds:
         gain = seconds["eager"] / batch - seconds["compiled"] / batch  # seconds saved per image
         compile_s = max(0.0, first["compiled"] - seconds["compiled"])
-        difference = (calls["eager"]() - calls["compiled"]()).abs().max().item()
         rows.append(
-            bench.row(
-                batch,
-                model.image_size,
-                labels=len(labels),
-                images_per_s=batch / seconds["compiled"],
-                ms_per_batch=1e3 * seconds["compiled"],
-                precision=precision(engine),
-                compiled=True,
+            row(
+                "compiled",
                 compile_s=compile_s,
                 break_even_images=compile_s / gain if gain > 0 else None,
-                max_abs_difference=difference,
+                max_abs_difference=(calls["eager"]() - calls["compiled"]()).abs().max().item(),
                 speedup=seconds["eager"] / seconds["compiled"],
-                **bench.describe_model(),
             )
         )
     return {
