@@ -507,36 +507,26 @@ class Engine:
         an unreadable file is reported exactly as on the CPU path.
         """
         with self.side.work():
-            indices, merged, failures = self._merged(dataset, indices, batch, failures, encoded)
-        return indices, None if merged is None else self.side.hand_over(merged), failures
-
-    def _merged(
-        self,
-        dataset: ImageFiles,
-        indices: list[int],
-        batch: torch.Tensor | None,
-        failures: list[tuple[int, str]],
-        encoded: list[tuple[int, torch.Tensor]],
-    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-        parts = [] if batch is None else [(indices, batch.to(self.device, non_blocking=True))]
-        try:
-            parts.append(([i for i, _ in encoded], self.decode_jpegs([data for _, data in encoded], dataset.size)))
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError:
-            failures = list(failures)
-            for i, _ in encoded:
-                decoded = dataset.decode(i)
-                if decoded[0] is None:  # indexed, so the type checker pairs a missing image with its reason
-                    failures.append((i, decoded[1]))
-                else:
-                    parts.append(([i], decoded[0].unsqueeze(0).to(self.device)))
-            failures.sort()
-        if not parts:
-            return [], None, failures
-        merged = [i for part, _ in parts for i in part]
-        order = sorted(range(len(merged)), key=merged.__getitem__)
-        return [merged[k] for k in order], torch.cat([t for _, t in parts])[order], failures
+            parts = [] if batch is None else [(indices, batch.to(self.device, non_blocking=True))]
+            try:
+                parts.append(([i for i, _ in encoded], self.decode_jpegs([data for _, data in encoded], dataset.size)))
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                failures = list(failures)
+                for i, _ in encoded:
+                    decoded = dataset.decode(i)
+                    if decoded[0] is None:  # indexed, so the type checker pairs a missing image with its reason
+                        failures.append((i, decoded[1]))
+                    else:
+                        parts.append(([i], decoded[0].unsqueeze(0).to(self.device)))
+                failures.sort()
+            if not parts:
+                return [], None, failures
+            merged = [i for part, _ in parts for i in part]
+            order = sorted(range(len(merged)), key=merged.__getitem__)
+            images = torch.cat([t for _, t in parts])[order]
+        return [merged[k] for k in order], self.side.hand_over(images), failures
 
     @torch.inference_mode()
     def forward(self, method: Method, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
