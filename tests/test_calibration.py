@@ -99,26 +99,31 @@ def test_select_with_per_label_thresholds():
     ]
 
 
-def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
+def train_fast0tag(dataset, word_vectors, out, val_fraction: float):
+    """A small fast0tag model trained in-process on the synthetic set (calibrated from its validation
+    split unless `val_fraction` is 0)."""
     from zstag.training.options import TrainOptions
     from zstag.training.trainer import train
 
-    out = tmp_path / "m"
-    train(
-        TrainOptions(
-            data=dataset["manifest"],
-            method="fast0tag",
-            out=out,
-            unseen=dataset["unseen"],
-            backbone="small",
-            semantics=str(word_vectors),
-            epochs=4,
-            image_size=64,
-            device="cpu",
-            workers=0,
-            val_fraction=0.3,
-        )
+    options = TrainOptions(
+        data=dataset["manifest"],
+        method="fast0tag",
+        out=out,
+        unseen=dataset["unseen"],
+        backbone="small",
+        semantics=str(word_vectors),
+        epochs=4,
+        image_size=64,
+        device="cpu",
+        workers=0,
+        val_fraction=val_fraction,
     )
+    train(options)
+    return out
+
+
+def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
+    out = train_fast0tag(dataset, word_vectors, tmp_path / "m", val_fraction=0.3)
     calibration = json.loads((out / "config.json").read_text())["calibration"]
     assert calibration["fitted_on"] == "validation split" and calibration["pairs"] > 0
     assert math.isfinite(calibration["scale"]) and math.isfinite(calibration["bias"])
@@ -189,25 +194,7 @@ def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_un
 @pytest.fixture
 def trained_uncalibrated(dataset, word_vectors, tmp_path):
     """A model directory without calibration, as made by older versions or with --val-fraction 0."""
-    from zstag.training.options import TrainOptions
-    from zstag.training.trainer import train
-
-    out = tmp_path / "old"
-    train(
-        TrainOptions(
-            data=dataset["manifest"],
-            method="fast0tag",
-            out=out,
-            unseen=dataset["unseen"],
-            backbone="small",
-            semantics=str(word_vectors),
-            epochs=4,
-            image_size=64,
-            device="cpu",
-            workers=0,
-            val_fraction=0.0,
-        )
-    )
+    out = train_fast0tag(dataset, word_vectors, tmp_path / "old", val_fraction=0.0)
     return out
 
 
