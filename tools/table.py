@@ -10,7 +10,9 @@ same seeds; `--epochs` caps each method's own recipe so the whole table fits a t
 cap is recorded in the output). A "random scores" row gives the floor every method must clear.
 With several seeds a row reports the mean and, in brackets, the spread (max - min) over its runs.
 Runs already in RESULTS_DIR/results.json are kept, so an interrupted run continues and a later call
-with more seeds or rows adds to the same table.
+with more seeds or rows adds to the same table. Rows can run in parallel processes, each with its own
+--out; `--merge A/results.json B/results.json` then combines their runs (and commands) into
+RESULTS_DIR without training anything.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("lesa without L_rel", "lesa", {"use_rel": False}),
     ("lesa without L_dist", "lesa", {"use_dist": False}),
     ("lesa L_rank only", "lesa", {"use_div": False, "use_rel": False, "use_dist": False}),
+    # The default model's head with the backbone trained end to end (issue 20): what freezing costs.
+    ("lesa M=1 fine-tuned", "lesa", {"attentions": 1, "finetune_backbone": True}),
 ]
 
 
@@ -133,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated row names to run")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each row runs once per seed")
     parser.add_argument("--finetune", action="store_true", help="keep each method's own fine-tuning recipe")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=[], help="results.json files of other runs to combine; trains nothing"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -153,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = results.setdefault("runs", {})
     if "random scores" not in runs:
         runs["random scores"] = {"0": {"metrics": summarise(random_row(args.data, 0)), "train_seconds": 0}}
+    for other in map(json.loads, (p.read_text() for p in args.merge)):
+        for name, by_seed in other["runs"].items():
+            for seed, run in by_seed.items():
+                runs.setdefault(name, {}).setdefault(seed, run)
+        results["commands"] += [c for c in other.get("commands", []) if c not in results["commands"]]
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
     features = FeatureCache()
-    for seed in seeds:
+    for seed in [] if args.merge else seeds:
         for name, method, sets in ROWS:
             if (wanted and name not in wanted) or str(seed) in runs.get(name, {}):
                 continue
@@ -165,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.setdefault(name, {})[str(seed)] = run
             path.write_text(json.dumps(results, indent=2) + "\n")
     path.write_text(json.dumps(results, indent=2) + "\n")
-    table = {"rows": {name: aggregate(r) for name, r in runs.items() if r}}
+    order = ["random scores"] + [name for name, _, _ in ROWS]
+    names = sorted((n for n in runs if runs[n]), key=lambda n: order.index(n) if n in order else len(order))
+    table = {"rows": {name: aggregate(runs[name]) for name in names}}
     (args.out / "table.md").write_text(markdown(table))
     print(markdown(table))
     return 0
