@@ -66,7 +66,12 @@ def test_bench_tensor_sections(cli, tmp_path, monkeypatch):
     assert [r["method"] for r in rows] == list(METHODS)
     assert all(r["backbone"] == "bundled" and r["weights"] == "pretrained" and r["image_size"] == 64 for r in rows)
     assert sections["forward"]["rows"][0]["image_size"] == 64  # the default model, rebuilt at that size
-    assert all(r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in rows)
+    assert all(
+        r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 and r["finetune_images_per_s"] > 0 for r in rows
+    )
+    # The trainer's cached-maps regime for every method but the one that reads the images (SGMA's crops).
+    assert [r["method"] for r in rows if r["train_cached_images_per_s"] is None] == ["sgma"]
+    assert all(r["train_cached_images_per_s"] > 0 for r in rows if r["method"] != "sgma")
     assert {r["path"].split()[0] for r in sections["decode"]["rows"]} == {"Pillow", "torchvision"}
     eager, compiled = sections["forward"]["rows"]
     assert eager["images_per_s"] == pytest.approx(2 / (eager["ms_per_batch"] / 1e3))

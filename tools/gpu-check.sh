@@ -156,7 +156,7 @@ bench bench-224 60 150 --backbone vgg19 --image-size $SIZE_224 --only forward,de
     "${E2E[@]}" "${FORWARD[@]}"
 bench bench-224-e2e 60 150 --backbone vgg19 --image-size $SIZE_224 --only end-to-end "${E2E[@]}"
 # Every method's inference and training, batch 256, VGG19 and ResNet-101.
-bench bench-methods 45 120 --only methods "${METHODS[@]}"
+bench bench-methods 60 150 --only methods "${METHODS[@]}"
 # Issue #21's GPU column: the ready-made models (docs/usage.md, "Photos, no training"), with RANDOM
 # WEIGHTS OF THE REAL SHAPES (no network here; speed does not depend on the values; their reports
 # say so in `weights_source`): tools/random_clip.py generates CLIP ViT-B/32 and ResNet-101 and

@@ -557,9 +557,10 @@ def methods(bench: Bench) -> dict[str, Any]:
         "rows": rows,
         "notes": [
             f"inference: Engine.forward against {SCORED_LABELS} random labels ({precision(engine)}); training: "
-            f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels, "
-            "backbone frozen and run "
-            f"every step (no feature cache); best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up; "
+            f"method.loss + backward + the recipe's optimizer step on {SEEN_LABELS} seen labels: train = backbone "
+            "frozen and run every step; train_cached = the frozen backbone's maps cached in fp16 on the device "
+            "as `zstag train` caches them (none for methods that read the images); finetune = the backbone "
+            f"trained too; best of {bench.plan.repeats} / {bench.plan.train_steps} after a warm-up; "
             "batch norms are not folded here (Engine.prepare, as for training), as they are for tagging",
             f"batch {batch}" + ("" if engine.device.type == "cuda" else " (on a GPU the default is 256)"),
             "peak memory: " + PeakMemory.WHAT[engine.device.type],
@@ -569,36 +570,63 @@ def methods(bench: Bench) -> dict[str, Any]:
 
 def head_speed(
     bench: Bench, method: Method, x: torch.Tensor, targets: torch.Tensor, seen: LabelSet, vocab: LabelSet
-) -> dict[str, float]:
-    """Inference and training images/s of one prepared method, with the peak memory of each.
-
-    Training runs the method's loss, backward and its recipe's optimizer step with the backbone
-    frozen, as the default recipe trains; the head's modules are in training mode.
-    """
-    from zstag.training.trainer import make_optimizer
-
+) -> dict[str, float | None]:
+    """Inference images/s of one prepared method and its training images/s in the trainer's three
+    regimes, with the peak memory of each: the backbone frozen and run every step (`train`), the
+    frozen backbone's maps cached as the trainer caches them (`train_cached`; None for a method
+    that reads the images themselves) and the backbone fine-tuned end to end (`finetune`)."""
     engine, batch = bench.engine, x.shape[0]
     with PeakMemory(engine.device) as inference:
         infer_s = bench.timed({"infer": lambda: engine.forward(method, x, vocab)})["infer"]
+    speeds: dict[str, float | None] = {"infer_images_per_s": batch / infer_s, "infer_peak_mib": inference.mib}
+    speeds.update(train_speed(bench, method, x, targets, seen, "train", finetune=False))
+    speeds.update({"train_cached_images_per_s": None, "train_cached_peak_mib": None})
+    if not type(method).reads_images:
+        from zstag.backbones.base import Stages
+        from zstag.training.features import StageCache
+
+        backbone = method.backbone
+        with torch.inference_mode(), engine.autocast():
+            maps = backbone.stages(x)
+        # As the trainer keeps them: fp16, on the GPU (compute_features), rows served by index.
+        pooled = getattr(maps, "pooled", None)
+        half = Stages((m.half() for m in maps), None if pooled is None else pooled.half())
+        method.backbone = StageCache(backbone, half)
+        try:
+            rows = torch.arange(batch, device=engine.device)
+            speeds.update(train_speed(bench, method, rows, targets, seen, "train_cached", finetune=False))
+        finally:
+            method.backbone = backbone
+    speeds.update(train_speed(bench, method, x, targets, seen, "finetune", finetune=True))
+    method.backbone.requires_grad_(False)
+    return speeds
+
+
+def train_speed(
+    bench: Bench, method: Method, inputs: torch.Tensor, targets: torch.Tensor, seen: LabelSet, key: str, finetune: bool
+) -> dict[str, float]:
+    """`{key}_images_per_s` and `{key}_peak_mib` of the trainer's step: the method's loss, backward
+    and its recipe's optimizer step over the trainable parameters (the backbone's too when
+    `finetune`; otherwise it stays in eval mode, its batch-norm statistics frozen, as in training)."""
+    from zstag.training.trainer import make_optimizer
+
+    engine = bench.engine
     method.train()
-    method.backbone.eval()  # frozen batch-norm statistics
+    method.backbone.requires_grad_(finetune)
+    if not finetune:
+        method.backbone.eval()
     optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], method.hp)
 
     def step() -> None:
         with engine.autocast():
-            loss, _ = method.loss(x, targets, seen)
+            loss, _ = method.loss(inputs, targets, seen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     with PeakMemory(engine.device) as training:
-        train_s = bench.timed({"train": step}, repeats=bench.plan.train_steps)["train"]
-    return {
-        "infer_images_per_s": batch / infer_s,
-        "infer_peak_mib": inference.mib,
-        "train_images_per_s": batch / train_s,
-        "train_peak_mib": training.mib,
-    }
+        seconds = bench.timed({key: step}, repeats=bench.plan.train_steps)[key]
+    return {f"{key}_images_per_s": inputs.shape[0] / seconds, f"{key}_peak_mib": training.mib}
 
 
 def decode(bench: Bench) -> dict[str, Any]:
