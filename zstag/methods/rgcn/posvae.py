@@ -49,6 +49,9 @@ Deviations from the paper, and why:
   annealed from 0 to 1 over 200 steps 0.210 (collapses once the weight reaches 1); free bits
   (0.1 nats per dimension) 0.865; KL averaged over dimensions 0.878. The average wins and adds no
   setting (free bits needs its threshold). The logged `vae_kl` is this per-dimension average.
+  On the OpenClipart benchmark, whose bundled classifier gives a nearly flat p^a, the posterior
+  collapses all the same (vae_kl ~1e-8 by epoch 8; free bits and sigmoid p^a measured, neither
+  helped: docs/methods.md).
 - p^a is the softmax over all the classifier's classes, then restricted to the kept external
   classes (the authors' code renormalises over the kept classes; the softmax over all of them is a
   property of the image alone, so `encode` can compute it without knowing the vocabulary). It is
