@@ -112,3 +112,50 @@ def test_bundled_class_names_must_match_the_shipped_classifier(tmp_path, monkeyp
     with pytest.raises(ModelError, match="no readable classifier.2.weight tensor") as info:
         bundled.load_bundled(pretrained)
     assert "\n" not in str(info.value)
+
+
+def test_small_resnet_is_torchvision_resnet18_layout_without_importing_torchvision():
+    """`small-resnet` has its own residual blocks: the same parameter names and the same maps as
+    torchvision's ResNet-18 layers (so weights from either load in the other), and building or
+    loading the bundled backbone never imports torchvision (a second of every fresh process)."""
+    import subprocess
+    import sys
+
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from zstag.backbones.small import SmallResNet
+
+    torch.manual_seed(0)
+    reference = ResNet(BasicBlock, [2, 2, 2, 2], zero_init_residual=True)
+    for bn in (m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # not the identity
+        torch.nn.init.normal_(bn.weight)
+        torch.nn.init.normal_(bn.bias)
+    ours = SmallResNet()
+    renamed = {"stem.0": "conv1", "stem.1": "bn1", "stem.4": "layer1", "stage3": "layer2", "stage4": "layer3"}
+    renamed["stage5"] = "layer4"
+    theirs = reference.state_dict()
+    state = {}
+    for key in ours.state_dict():
+        prefix = next(p for p in renamed if key.startswith(p + "."))
+        state[key] = theirs[renamed[prefix] + key[len(prefix) :]]
+    ours.load_state_dict(state, strict=True)
+    assert len(state) == len([k for k in theirs if not k.startswith("fc.")])
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        c3, c4, c5 = ours.stages(x)
+        r = reference
+        r2 = r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))
+        r3 = r.layer3(r2)
+        expected = [r2, r3, r.layer4(r3)]
+    for got, want in zip((c3, c4, c5), expected):
+        torch.testing.assert_close(got, want)
+    # Fresh weights start each block as the identity, as torchvision's zero_init_residual does.
+    assert all(float(b.bn2.weight.abs().sum()) == 0 for b in SmallResNet().modules() if hasattr(b, "bn2"))
+
+    code = (
+        "import sys; from zstag.backbones.bundled import load_bundled; load_bundled(); "
+        "print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
