@@ -5,6 +5,6 @@ Every module names its command (`NAME`) and offers `command`, the function typer
 never import this one.
 """
 
-from zstag.commands import bench, calibrate, eval, explain, fetch, models, push, report, tag, train
+from zstag.commands import bench, calibrate, ensemble, eval, explain, fetch, models, push, report, tag, train
 
-COMMANDS = (tag, train, eval, calibrate, explain, fetch, models, push, bench, report)
+COMMANDS = (tag, train, eval, calibrate, ensemble, explain, fetch, models, push, bench, report)

@@ -24,6 +24,11 @@ FLAGS = {
     "batch_size": params.batch_size(),
     "device": params.device(),
     "workers": params.workers(),
+    "score_norm": params.score_norm(
+        "Store with the fit how the model scores from now on: raw (none), or each image's scores "
+        "standardised against its scores for the seen labels (seen; better ranking of images per "
+        "label when some images score high for every label). Default: keep the model's setting."
+    ),
 }
 
 
@@ -39,6 +44,7 @@ def run(opts: EvalOptions) -> None:
 
     Example:\n
       zstag calibrate models/lesa --data data/val.jsonl\n
+      zstag calibrate models/lesa --data data/val.jsonl --score-norm seen\n
       zstag calibrate clip-vit-b32 --data my-tagged-photos/ --labels vocab.txt
     """
     from zstag.jobs.evaluate import run_calibrate

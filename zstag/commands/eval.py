@@ -49,6 +49,10 @@ FLAGS = {
     "device": params.device(),
     "workers": params.workers(" With --model."),
     "compile": params.compile_flag(),
+    "score_norm": params.score_norm(
+        "With --model: score raw (none) or standardise each image's scores against its scores for the "
+        "model's seen labels (seen). Default: the model's own setting."
+    ),
 }
 EXTRAS = {
     "as_json": Extra(typer.Option("--json", help="Print the report as one JSON object."), bool, False),

@@ -68,3 +68,12 @@ def compile_flag() -> Any:
 
 def batch_size(help: str = "Images per batch.") -> Any:
     return typer.Option("--batch-size", min=1, help=help)
+
+
+def score_norm(help: str) -> Any:
+    """`--score-norm none|seen`: raw scores, or each image's scores standardised against its
+    scores for the model's seen labels (`Method.standardised`)."""
+    from zstag.commands.build import choice
+    from zstag.store.config import SCORE_NORMS
+
+    return typer.Option("--score-norm", help=help, **choice(*SCORE_NORMS))

@@ -37,7 +37,9 @@ FLAGS = {
         "--thresholds", help="Per-label thresholds: 'label<TAB>threshold' per line (others use --threshold)."
     ),
     "raw_scores": typer.Option(
-        "--raw-scores", help="Write the method's raw scores instead of calibrated probabilities."
+        "--raw-scores",
+        help="Write the scores before calibration instead of probabilities (standardised per image if the "
+        "model's config says score_norm: seen).",
     ),
     "fmt": typer.Option(
         "--format", "-f", help="jsonl, csv, tsv, txt (x.txt sidecars) or xmp (x.jpg.xmp sidecars).", **choice(*FORMATS)

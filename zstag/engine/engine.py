@@ -437,8 +437,12 @@ class Engine:
         return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
     def prepare(self, method: Method) -> Method:
-        """The method on this device in eval mode, its convolution weights channels last (see `normalise`)."""
-        return method.to(self.device).eval().to(memory_format=torch.channels_last)
+        """The method on this device in eval mode, its convolution weights channels last (see
+        `normalise`), and its score cohort (`Method.standardised`), if any, on this device too."""
+        method = method.to(self.device).eval().to(memory_format=torch.channels_last)
+        if method.cohort is not None:
+            method.cohort = self.vocabulary(method, method.cohort)
+        return method
 
     def for_inference(self, method: Method) -> Method:
         """`prepare`d, with its batch norms folded into the convolutions (`fold_batch_norms`); changed
@@ -469,15 +473,19 @@ class Engine:
 
     @torch.inference_mode()
     def score(self, method: Method, code: ImageCode, labels: LabelSet) -> torch.Tensor:
-        """(B, L) float32 scores, the vocabulary in chunks when the method allows it."""
+        """(B, L) float32 scores, the vocabulary in chunks when the method allows it, standardised
+        per image when the model has a score cohort (`Method.standardised`)."""
         if not method.chunkable or len(labels) <= LABEL_CHUNK:
             with self.autocast():
-                return method.score(code, labels).float()
-        parts = []
-        for start in range(0, len(labels), LABEL_CHUNK):
-            with self.autocast():
-                parts.append(method.score(code, labels.subset(slice(start, start + LABEL_CHUNK))).float())
-        return torch.cat(parts, dim=1)
+                scores = method.score(code, labels).float()
+        else:
+            parts = []
+            for start in range(0, len(labels), LABEL_CHUNK):
+                with self.autocast():
+                    parts.append(method.score(code, labels.subset(slice(start, start + LABEL_CHUNK))).float())
+            scores = torch.cat(parts, dim=1)
+        with self.autocast():
+            return method.standardised(code, scores)
 
     def decode_jpegs(self, files: list[torch.Tensor], size: int) -> torch.Tensor:
         """uint8 (N, 3, size, size) on this device from JPEG files' bytes, decoded in one batched

@@ -26,7 +26,7 @@ def required_model(opts: EvalOptions) -> str:
 def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:
     """Scores of `labels` for the truth images, computed by the engine; unreadable images are left out."""
     from zstag.engine.engine import Engine
-    from zstag.store.model import load_model
+    from zstag.store.model import load_model, use_score_norm
 
     if opts.inputs:
         from zstag.data.inputs import iter_inputs
@@ -36,6 +36,8 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
         if not samples:
             raise UsageError("none of the given images is in the truth")
     model = load_model(required_model(opts))
+    if opts.score_norm is not None:
+        use_score_norm(model, opts.score_norm)
     vocab = model.embed(labels)
     engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers, compile=opts.compile)
     scores = np.zeros((len(samples), len(labels)), dtype=np.float32)
@@ -77,7 +79,8 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     """Fit the model's score calibration on a tagged set and store it in the model's config.
 
     The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
-    (zstag/eval/calibration.py); only config.json changes, through a rename. A model zstag does not
+    (zstag/eval/calibration.py); only config.json changes, through a rename. `opts.score_norm`, when
+    given, is stored with the fit (the scores it was fitted on were standardised so, or not). A model zstag does not
     own (the shipped `default`, a download in zstag's or the Hugging Face cache) is refused before
     any work, with the fix: calibrate a copy. A ready-made model (`imagenet`, `clip-vit-b32`), which
     has no directory, gets its calibration stored in zstag's cache root (`store.catalog`).
@@ -96,6 +99,8 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
             f"{opts.model} is in {place}, which calibrate never rewrites: copy it "
             f"(`cp -rL {folder} my-model`) and calibrate the copy"
         )
+    if made is not None and opts.score_norm not in (None, "none"):
+        raise UsageError(f"{made.key} is a ready-made model, which scores raw: --score-norm is for trained models")
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
     scores, samples = model_scores(opts, samples, labels)
@@ -106,6 +111,8 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     assert folder is not None  # not ready-made: resolved above
     config = read_config(folder)
     config["calibration"] = fitted
+    if opts.score_norm is not None:  # the calibration was fitted on scores standardised so
+        config["score_norm"] = opts.score_norm
     write_config(folder, config)
     return fitted
 

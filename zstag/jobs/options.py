@@ -49,6 +49,7 @@ class EvalOptions:
     device: str = "auto"
     workers: int | None = None
     compile: bool | None = None  # as TagOptions.compile
+    score_norm: str | None = None  # "none" or "seen" (`Method.standardised`); None: the model's own setting
 
 
 @dataclass

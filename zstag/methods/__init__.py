@@ -15,11 +15,13 @@ METHODS: dict[str, str] = {
     "fast0tag": "zstag.methods.fast0tag:Fast0Tag",
     "conse": "zstag.methods.conse:ConSE",
 }
+# Models assembled from trained ones, never trained themselves (`zstag ensemble`).
+ASSEMBLED: dict[str, str] = {"ensemble": "zstag.methods.ensemble:Ensemble"}
 
 
 def method_class(name: str):
     """The class of method `name`; a UsageError listing the choices when it is unknown."""
-    target = METHODS.get(name)
+    target = METHODS.get(name) or ASSEMBLED.get(name)
     if target is None:
         raise UsageError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     module, cls = target.split(":")

@@ -42,6 +42,13 @@ Embedder = Callable[[list[str]], LabelSet]
 CodeT = TypeVar("CodeT", bound=ImageCode)
 
 
+def t_norm(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`scores` (B, L) minus the mean, over the standard deviation, of each image's `reference`
+    scores (B, C): what `Method.standardised` and an ensemble's members do."""
+    spread = reference.std(dim=1, unbiased=False, keepdim=True).clamp_min(1e-6)
+    return (scores - reference.mean(dim=1, keepdim=True)) / spread
+
+
 @dataclass
 class Explanation:
     """Where a method looked, for `zstag explain`: per-label maps, or boxes on the image."""
@@ -84,6 +91,10 @@ class Method(nn.Module, ABC, Generic[CodeT]):
     # True when the method reads the images themselves, not only the backbone's maps of them
     # (SGMA crops parts): the trainer then never substitutes cached feature maps for images.
     reads_images: ClassVar[bool] = False
+    # Reference labels for the per-image standardisation of scores (`standardised`): the model's
+    # seen labels when its config says `"score_norm": "seen"` (set by `store.model.use_score_norm`),
+    # else None and scores stay as the method computes them.
+    cohort: LabelSet | None = None
 
     def __init__(self, backbone: Backbone, seen: LabelSet, hp: Hyperparameters, embed: Embedder) -> None:
         super().__init__()
@@ -149,7 +160,25 @@ class Method(nn.Module, ABC, Generic[CodeT]):
         """
 
     def forward(self, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
-        return self.score(self.encode(images), labels)
+        code = self.encode(images)
+        return self.standardised(code, self.score(code, labels))
+
+    def standardised(self, code: CodeT, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` (B, L) of the encoded images standardised per image against the cohort: minus
+        the mean, over the standard deviation, of the image's scores for the cohort's labels.
+
+        This is T-norm from speaker verification (Auckenthaler et al. 2000; a test sample's score
+        is normalised by its scores against a cohort of other models), with the seen labels as the
+        cohort. Why: an embedding model gives some images high scores for every label (hubs) and
+        others low ones; ranking the images for one label (its AP, mAP over labels) then follows
+        that offset as much as the label. Not in any of the papers; a model uses it only when its
+        config asks (`zstag calibrate --score-norm seen`). Within one image the order of its tags
+        is unchanged (a positive affine map), so only comparisons across images move. The
+        cohort's scores depend on the image alone, never on the vocabulary asked for.
+        """
+        if self.cohort is None:
+            return scores
+        return t_norm(scores, self.score(code, self.cohort).float())
 
     def explain(self, images: torch.Tensor, labels: LabelSet) -> Explanation:
         """Where the method looked for each of `labels` in normalised `images`, for `zstag explain`.

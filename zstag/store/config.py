@@ -16,7 +16,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from zstag.core.errors import ModelError
-from zstag.methods import METHODS
+from zstag.methods import ASSEMBLED, METHODS
 from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
 
 _REQUIRED = ("method", "backbone", "seen_labels", "hp", "image_size")
@@ -27,6 +27,7 @@ MAX_LABELS = 100_000  # per list (seen, unseen): far above any vocabulary traine
 MAX_LABEL_CHARS = 1000
 MAX_CONFIG_BYTES = 64 << 20  # a config with MAX_LABELS long labels stays well below this
 _CALIBRATION_NUMBERS = ("scale", "bias", "base_rate", "log_loss", "pairs", "positives")
+SCORE_NORMS = ("none", "seen")  # `Method.standardised`: raw scores, or standardised against the seen labels
 
 
 class _Bad(ValueError):
@@ -62,7 +63,7 @@ def read_config(folder: Path) -> dict[str, Any]:
             raise KeyError(", ".join(missing))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ModelError(f"{config_path}: unreadable model config ({exc})") from None
-    if not isinstance(config["method"], str) or config["method"] not in METHODS:
+    if not isinstance(config["method"], str) or config["method"] not in {**METHODS, **ASSEMBLED}:
         raise ModelError(f"{config_path}: unknown method {_short(config['method'])} (made by a newer zstag?)")
     try:
         _check_fields(config, folder)
@@ -91,6 +92,8 @@ def _check_fields(config: dict[str, Any], folder: Path) -> None:
         raise _Bad("backbone_in_weights", "must be true or false")
     if config.get("calibration") is not None:
         check_calibration(config["calibration"])
+    if config.get("score_norm", "none") not in SCORE_NORMS:
+        raise _Bad("score_norm", f"must be one of {', '.join(SCORE_NORMS)}, got {_short(config['score_norm'])}")
     _semantics_path(config, folder)
 
 

@@ -9,11 +9,12 @@ tensors stay in the fetch cache or `weights/`, and the config says so (`backbone
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -246,4 +247,80 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
     model.method.eval()
     model.config = {**model.config, **config}
     model.path = folder
+    use_score_norm(model, config.get("score_norm", "none"))
     return model
+
+
+def use_score_norm(model: Model, norm: str) -> None:
+    """Score `model`'s images raw (`none`) or standardised against its seen labels (`seen`,
+    `Method.standardised`), from now on; the config is left as it is."""
+    if norm == "none":
+        model.method.cohort = None
+        return
+    if model.seen is None or len(model.seen) < 2:
+        raise UsageError(f"--score-norm {norm} needs a model trained on at least two labels; this one has none")
+    model.method.cohort = model.seen
+
+
+def assemble_ensemble(refs: list[str], out: Path) -> Model:
+    """An ensemble model directory at `out` from trained models (`zstag.methods.ensemble`).
+
+    The members must share a frozen backbone (their directories do not hold it), the semantics, the
+    image size and the seen labels; ready-made models and ensembles are not members. `out` must be
+    new or empty: nothing zstag did not write is overwritten. The ensemble has no calibration yet
+    (`zstag calibrate`).
+    """
+    from zstag.methods.ensemble import Ensemble
+
+    if len(refs) < 2:
+        raise UsageError("an ensemble needs two models or more")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder; choose another")
+    members = [load_model(ref) for ref in refs]
+    first = members[0]
+    for ref, member in zip(refs, members, strict=True):
+        if "ready_made" in member.config or member.config["method"] == "ensemble":
+            raise UsageError(f"{ref}: a ready-made model or an ensemble cannot be a member; give trained models")
+        if member.config.get("backbone_in_weights", True):
+            raise UsageError(
+                f"{ref}: its backbone was trained with it (it is in its weights), so it cannot share one "
+                "backbone pass: an ensemble's members are trained with the backbone frozen"
+            )
+        for key in ("backbone", "image_size", "seen_labels"):
+            if member.config[key] != first.config[key]:
+                raise UsageError(f"{ref}: {key} differs from {refs[0]}'s; an ensemble's members share it")
+        if not _same_semantics(member.semantics, first.semantics):
+            raise UsageError(f"{ref}: semantics differ from {refs[0]}'s; an ensemble's members share them")
+    source = first.semantics.source
+    hp = {"members": [{"method": m.config["method"], "hp": m.config["hp"]} for m in members]}
+    model = build_model(
+        "ensemble",
+        first.config["backbone"],
+        first.config["semantics"] if source is None else str(source),
+        first.config["seen_labels"],
+        hp,
+        first.image_size,
+    )
+    for index, member in enumerate(members):
+        state = {k: v for k, v in member.method.state_dict().items() if not k.startswith("backbone.")}
+        cast(Ensemble, model.method).heads[index].load_state_dict(state)
+    unseen = {tuple(m.config.get("unseen_labels", [])) for m in members}
+    if len(unseen) == 1:
+        model.config["unseen_labels"] = list(unseen.pop())
+    model.config["members"] = [str(ref) for ref in refs]
+    save_model(model, out)
+    return model
+
+
+def _same_semantics(a: Semantics, b: Semantics) -> bool:
+    """The same registry source, or local copies (each model directory holds its own) with the same bytes."""
+    if a.source is None or b.source is None:
+        return a.key == b.key
+    if a.source.is_file() and b.source.is_file():
+        return filecmp.cmp(a.source, b.source, shallow=False)
+    if a.source.is_dir() and b.source.is_dir():
+        files = sorted(str(f.relative_to(a.source)) for f in a.source.rglob("*") if f.is_file())
+        others = sorted(str(f.relative_to(b.source)) for f in b.source.rglob("*") if f.is_file())
+        _, differ, unreadable = filecmp.cmpfiles(a.source, b.source, files, shallow=False)
+        return files == others and not differ and not unreadable
+    return False

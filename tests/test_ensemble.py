@@ -1,0 +1,160 @@
+"""`zstag ensemble`: trained models sharing a frozen backbone, scored as one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from synth import ON_CPU
+from test_console_script import ZSTAG, zstag
+
+from zstag.core.errors import ModelError, UsageError
+from zstag.data.manifest import read_dataset
+from zstag.engine.engine import Engine
+from zstag.methods.base import t_norm
+from zstag.store.config import read_config
+from zstag.store.model import assemble_ensemble, load_model
+
+needs_console_script = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
+
+
+def train(dataset, word_vectors, out, method: str, seed: int, backbone: str = "bundled", **extra):
+    from zstag.training.options import TrainOptions
+    from zstag.training.trainer import train as run
+
+    overrides = {"attentions": 1} if method == "lesa" else {}
+    run(
+        TrainOptions(
+            data=dataset["manifest"],
+            method=method,
+            out=out,
+            unseen=dataset["unseen"],
+            backbone=backbone,
+            semantics=str(word_vectors),
+            epochs=2,
+            image_size=64,
+            device="cpu",
+            workers=0,
+            seed=seed,
+            overrides={**overrides, **extra},
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def members(dataset, word_vectors, tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    return [
+        train(dataset, word_vectors, root / "lesa-0", "lesa", 0),
+        train(dataset, word_vectors, root / "lesa-1", "lesa", 1),
+        train(dataset, word_vectors, root / "fast0tag", "fast0tag", 0),
+    ]
+
+
+def scores_of(model, images, labels, engine: Engine | None = None) -> torch.Tensor:
+    engine = engine or Engine("cpu", batch_size=4, workers=0)
+    rows = torch.zeros(len(images), len(labels))
+    for batch in engine.run(model.method, images, model.embed(labels), model.image_size):
+        rows[batch.indices] = batch.scores
+    return rows
+
+
+def test_the_ensemble_scores_the_mean_of_its_members_standardised_scores(members, dataset, tmp_path, monkeypatch):
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(m) for m in members], out)
+    config = read_config(out)
+    assert config["method"] == "ensemble" and config["backbone_in_weights"] is False
+    assert [m["method"] for m in config["hp"]["members"]] == ["lesa", "lesa", "fast0tag"]
+
+    images = [s.image for s in read_dataset(dataset["manifest"])][:10]
+    labels = [line for line in dataset["unseen"].read_text().split("\n") if line] + ["red circle"]
+    seen = config["seen_labels"]
+    expected = torch.zeros(len(images), len(labels))
+    for member in members:
+        model = load_model(member)
+        expected += t_norm(scores_of(model, images, labels), scores_of(model, images, seen))
+    expected /= len(members)
+
+    ensemble = load_model(out)
+    shared = type(ensemble.method.backbone)
+    passes = []
+    original = shared.feature_maps
+
+    def counted(self, images):
+        passes.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(shared, "feature_maps", counted)
+    got = scores_of(ensemble, images, labels)
+    assert torch.allclose(got, expected, atol=1e-4)
+    # One backbone pass per batch of 4, shared by the three heads (the LESA heads read its middle
+    # stage, fast0tag its last: the same pass goes on for it).
+    assert passes == [4, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"image_size": 96}, "image_size differs"),
+        ({"seen_labels": ["red circle", "blue square"]}, "seen_labels differs"),
+    ],
+)
+def test_members_that_cannot_share_a_backbone_pass_are_refused(members, tmp_path, change, message):
+    odd = tmp_path / "odd"
+    shutil.copytree(members[1], odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, **change}))
+    out = tmp_path / "ensemble"
+    with pytest.raises(UsageError, match=message):
+        assemble_ensemble([str(members[0]), str(odd)], out)
+    assert not out.exists()
+
+
+def test_a_member_with_its_own_trained_backbone_is_refused(members, dataset, word_vectors, tmp_path):
+    own = train(dataset, word_vectors, tmp_path / "small", "fast0tag", 0, backbone="small")
+    with pytest.raises(UsageError, match="backbone was trained"):
+        assemble_ensemble([str(members[0]), str(own)], tmp_path / "ensemble")
+
+
+@pytest.mark.parametrize(
+    "hp, message",
+    [
+        ({"members": [{"method": "lesa", "hp": {}}]}, "2 to 64"),
+        ({"members": [{"method": "lesa", "hp": {}}, {"method": "sgma", "hp": {}}]}, "crops"),
+        ({"members": [{"method": "lesa", "hp": {}}, {"method": "ensemble", "hp": {}}]}, "unknown method"),
+        ({"members": [{"method": "lesa", "hp": {}}, {"method": "lesa", "hp": {"attentions": -1}}]}, "member 1"),
+        ({"members": [{"method": "lesa", "hp": {}}] * 2, "lr": 0.1}, "unknown hyperparameter"),
+    ],
+)
+def test_a_hostile_ensemble_config_is_a_model_error(members, tmp_path, hp, message):
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(members[0]), str(members[1])], out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "hp": hp}))
+    with pytest.raises(ModelError, match=message):
+        load_model(out)
+
+
+@needs_console_script
+def test_the_command_line_assembles_tags_and_refuses(members, dataset, tmp_path):
+    out = tmp_path / "ensemble"
+    made = zstag("ensemble", *map(str, members[:2]), "--out", str(out), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    image = str(sorted(dataset["images"].iterdir())[0])
+    tagged = zstag(
+        "tag", image, "--labels", str(dataset["vocab"]), "--model", str(out), "--raw-scores", *ON_CPU, cwd=tmp_path
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    assert json.loads(tagged.stdout)["tags"]
+
+    again = zstag("ensemble", *map(str, members[:2]), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 2 and "not an empty folder" in again.stderr
+    one = zstag("ensemble", str(members[0]), "--out", str(tmp_path / "one"), cwd=tmp_path)
+    assert one.returncode == 2 and "two models or more" in one.stderr and not (tmp_path / "one").exists()
+    trained = zstag(
+        "train", str(dataset["manifest"]), "--method", "ensemble", "--out", str(tmp_path / "t"), cwd=tmp_path
+    )
+    assert trained.returncode == 2 and "unknown method 'ensemble'" in trained.stderr
