@@ -27,5 +27,6 @@ def test_bundled_backbone_carries_its_classifier_and_class_names():
     assert backbone.class_names == config["class_names"] and len(backbone.class_names) > 100
     assert backbone.classifier[-1].out_features == len(backbone.class_names)
     default = json.loads((WEIGHTS_DIR / "default" / "config.json").read_text())
-    assert default["backbone"] == "bundled" and default["method"] == "lesa"
+    assert default["backbone"] == "bundled" and default["method"] == "ensemble"
+    assert {m["method"] for m in default["hp"]["members"]} == {"lesa"} and default["score_norm"] == "seen"
     assert not set(default["seen_labels"]) & set(default["unseen_labels"])

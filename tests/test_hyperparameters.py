@@ -23,13 +23,16 @@ def test_defaults_are_valid_and_round_trip_through_the_flat_hp(name):
 
 
 def test_the_bundled_models_hp_is_read_unchanged():
-    hp = json.loads((WEIGHTS_DIR / "default" / "config.json").read_text())["hp"]
-    flat = method_class("lesa").hyperparameters(hp).flat()
-    assert {key: flat[key] for key in hp} == hp
-    # Keys added after a model was written (issue 19's plateau settings, for one) take their defaults.
-    added = flat.keys() - hp.keys()
-    defaults = method_class("lesa").hyperparameters({}).flat()
-    assert {key: flat[key] for key in added} == {key: defaults[key] for key in added}
+    ensemble = json.loads((WEIGHTS_DIR / "default" / "config.json").read_text())["hp"]
+    assert method_class("ensemble").hyperparameters(ensemble).flat()["members"][0]["method"] == "lesa"
+    for member in ensemble["members"]:
+        hp = member["hp"]
+        flat = method_class(member["method"]).hyperparameters(hp).flat()
+        assert {key: flat[key] for key in hp} == hp
+        # Keys added after a model was written (issue 19's plateau settings, for one) take their defaults.
+        added = flat.keys() - hp.keys()
+        defaults = method_class(member["method"]).hyperparameters({}).flat()
+        assert {key: flat[key] for key in added} == {key: defaults[key] for key in added}
 
 
 @pytest.mark.parametrize(
@@ -67,7 +70,7 @@ def test_a_method_overrides_recipe_defaults_and_the_user_overrides_both():
 def test_a_config_asking_for_absurd_sizes_is_refused_before_loading(tmp_path):
     shutil.copytree(WEIGHTS_DIR / "default", tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["hp"]["attentions"] = 1e9
+    config["hp"]["members"][3]["hp"]["attentions"] = 1e9
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match=r"config.json: hyperparameter 'attentions' must be an integer"):
+    with pytest.raises(ModelError, match=r"config.json: ensemble member 3: hyperparameter 'attentions' must be an int"):
         load_model(tmp_path / "m")
