@@ -20,7 +20,7 @@ from zstag.store.model import assemble_ensemble, load_model
 needs_console_script = pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
 
 
-def train(dataset, word_vectors, out, method: str, seed: int, backbone: str = "bundled", **extra):
+def train(dataset, semantics, out, method: str, seed: int, backbone: str = "bundled", **extra):
     from zstag.training.options import TrainOptions
     from zstag.training.trainer import train as run
 
@@ -32,7 +32,7 @@ def train(dataset, word_vectors, out, method: str, seed: int, backbone: str = "b
             out=out,
             unseen=dataset["unseen"],
             backbone=backbone,
-            semantics=str(word_vectors),
+            semantics=str(semantics),
             epochs=2,
             image_size=64,
             device="cpu",
@@ -158,3 +158,55 @@ def test_the_command_line_assembles_tags_and_refuses(members, dataset, tmp_path)
         "train", str(dataset["manifest"]), "--method", "ensemble", "--out", str(tmp_path / "t"), cwd=tmp_path
     )
     assert trained.returncode == 2 and "unknown method 'ensemble'" in trained.stderr
+
+
+def test_rgcn_posvae_reads_the_shared_backbones_classifier_as_a_member(dataset, tmp_path):
+    """RGCN-PosVAE's external nodes are the backbone classifier's classes (named in clip-art words:
+    MiniLM, not the tiny test vectors): a member must see the shared backbone's classifier."""
+    posvae = train(dataset, "minilm", tmp_path / "posvae", "rgcn-posvae", 0)
+    lesa = train(dataset, "minilm", tmp_path / "lesa", "lesa", 0)
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(lesa), str(posvae)], out)
+    images = [s.image for s in read_dataset(dataset["manifest"])][:4]
+    assert torch.isfinite(scores_of(load_model(out), images, ["red circle", "purple square"])).all()
+
+
+def test_out_and_member_count_are_checked_before_any_member_loads(tmp_path):
+    missing = [str(tmp_path / f"nothing-{i}") for i in range(65)]
+    with pytest.raises(UsageError, match="at most 64"):
+        assemble_ensemble(missing, tmp_path / "e")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(UsageError, match="link to nothing"):
+        assemble_ensemble(missing[:2], tmp_path / "link")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not a writable folder"):
+        assemble_ensemble(missing[:2], tmp_path / "file" / "sub")
+
+
+@needs_console_script
+def test_members_too_large_for_their_weights_are_refused_before_allocating(members, dataset, tmp_path):
+    """64 members of 8192-wide heads would allocate about 17 GB; the file holds two small heads.
+    Under a 6 GB address-space limit the load must end in the one-line model error, not in an
+    allocation failure."""
+    import resource
+    import subprocess
+
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(members[0]), str(members[1])], out)
+    config = json.loads((out / "config.json").read_text())
+    big = {**config["hp"]["members"][0]["hp"], "feature_dim": 8192, "attention_dim": 8192}
+    config["hp"] = {"members": [{"method": "lesa", "hp": big}] * 64}
+    (out / "config.json").write_text(json.dumps(config))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    result = subprocess.run(
+        [ZSTAG, "eval", "--model", str(out), "--truth", str(dataset["manifest"]), *ON_CPU],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "tensors do not match the ensemble model" in result.stderr or "shape" in result.stderr

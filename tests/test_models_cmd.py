@@ -78,7 +78,7 @@ def test_lists_the_bundled_default_as_tsv(cli):
     assert lines[0].split("\t") == list(catalog.COLUMNS)
     rows = [dict(zip(catalog.COLUMNS, line.split("\t"))) for line in lines[1:]]
     default = next(r for r in rows if r["name"] == "default")
-    assert default["where"] == "bundled" and default["method"] == "lesa" and default["backbone"] == "bundled"
+    assert default["where"] == "bundled" and default["method"] == "ensemble" and default["backbone"] == "bundled"
     assert int(default["seen"]) > 0 and int(default["unseen"]) > 0 and int(default["size"]) > 0
     assert default["error"] == ""
     assert not any(r["path"].endswith("bundled") for r in rows)  # the bundled backbone is no tagging model
@@ -346,3 +346,10 @@ def test_push_refuses_a_destination_that_is_not_an_hf_url(cli, server, model_dir
     result = cli("push", model_dir, url)
     assert result.code == 2 and "expected hf://OWNER/REPO" in result.err and result.err.count("\n") == 1
     assert server.requests == [] and server.repos == {}  # `someone/repo` used to be pushed to `ne/repo`
+
+
+def test_a_deeply_nested_config_found_while_searching_is_listed_not_a_crash(tmp_path):
+    from zstag.store.config import looks_like_model
+
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert looks_like_model(tmp_path)  # unreadable counts: listed with its error, not hidden

@@ -97,3 +97,19 @@ def test_calibrate_stores_the_score_norm_and_eval_follows_it(model_dir, dataset,
     made = zstag("calibrate", "clip-vit-b32", "--data", str(dataset["manifest"]), "--score-norm", "seen", cwd=tmp_path)
     assert made.returncode == 2 and "ready-made" in made.stderr
     assert np.isfinite(config["calibration"]["scale"])
+
+
+def test_seen_needs_two_seen_labels_and_predictions_take_no_score_norm(model_dir, dataset, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "score_norm": "seen", "seen_labels": ["red circle"]}))
+    with pytest.raises(ModelError, match="score_norm"):
+        read_config(copy)
+    if ZSTAG is not None:
+        predictions = tmp_path / "p.jsonl"
+        predictions.write_text("")
+        result = zstag(
+            "eval", "-p", str(predictions), "--truth", str(dataset["manifest"]), "--score-norm", "seen", cwd=tmp_path
+        )
+        assert result.returncode == 2 and "--score-norm needs --model" in result.stderr

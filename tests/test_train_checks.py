@@ -160,3 +160,14 @@ def test_training_names_unreadable_images_warns_on_captions_and_exits_3(tmp_path
     assert f"1 training image(s) could not be read and were skipped: '{folder / 'broken.png'}'" in result.stderr
     assert "look like sentences" in result.stderr and "'A red circle.'" in result.stderr
     assert "overflow" not in result.stderr
+
+
+def test_an_out_folder_with_files_zstag_did_not_write_is_refused_untouched(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "tags": ["cat"]}) + "\n")
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": true}\n')
+    code, lines = without_torch("train", "m.jsonl", "--method", "lesa", "--out", "notes", cwd=tmp_path)
+    assert code == 2 and any("--out notes holds files but no model zstag wrote" in line for line in lines)
+    assert (foreign / "config.json").read_text() == '{"mine": true}\n'

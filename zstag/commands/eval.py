@@ -72,6 +72,8 @@ def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
     """
     if (opts.predictions is None) == (opts.model is None):
         raise UsageError("give exactly one of --predictions FILE or --model MODEL")
+    if opts.predictions is not None and opts.score_norm is not None:
+        raise UsageError("--score-norm needs --model: predictions from a file are scored already")
     from zstag.eval.report import evaluate, label_curves
     from zstag.jobs.evaluate import eval_matrices, render_report
 

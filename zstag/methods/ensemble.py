@@ -81,7 +81,10 @@ class MemberView(Backbone):
         super().__init__()
         self.name, self.channels, self.region_stage = backbone.name, backbone.channels, backbone.region_stage
         self.class_names = backbone.class_names
+        # Referenced, not registered (nn.Module would register a module assigned the usual way):
+        # methods test `classifier` (RGCN-PosVAE's external nodes) and call `class_logits`.
         object.__setattr__(self, "shared", backbone)
+        object.__setattr__(self, "classifier", backbone.classifier)
 
     def feature_maps(self, maps: SharedMaps) -> Iterator[torch.Tensor]:  # type: ignore[override]
         return maps.feature_maps()

@@ -94,6 +94,8 @@ def _check_fields(config: dict[str, Any], folder: Path) -> None:
         check_calibration(config["calibration"])
     if config.get("score_norm", "none") not in SCORE_NORMS:
         raise _Bad("score_norm", f"must be one of {', '.join(SCORE_NORMS)}, got {_short(config['score_norm'])}")
+    if config.get("score_norm") == "seen" and len(config["seen_labels"]) < 2:
+        raise _Bad("score_norm", "is seen, which standardises against the seen labels: it needs two or more")
     _semantics_path(config, folder)
 
 
@@ -236,7 +238,7 @@ def looks_like_model(folder: Path) -> bool:
         return False
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return True
     return isinstance(config, dict) and ("method" in config or "zstag_version" in config)
 

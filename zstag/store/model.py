@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -31,7 +33,7 @@ from zstag.semantics import PICKLES, embed_labels, get_semantics
 from zstag.semantics.base import Semantics
 from zstag.store import CONFIG, WEIGHTS
 from zstag.store.catalog import ReadyMade, read_calibration, ready_made
-from zstag.store.config import read_config, semantics_source
+from zstag.store.config import read_config, semantics_source, weight_header
 
 
 @dataclass
@@ -52,6 +54,30 @@ class Model:
         return embed_labels(self.semantics, labels)
 
 
+@dataclass
+class TensorCheck:
+    """A weights file's tensor names and shapes (from its header), held against a model's."""
+
+    path: Path
+    method: str
+    shapes: dict[str, tuple[int, ...]]
+    with_backbone: bool  # whether the file holds the backbone's tensors too
+
+    def check(self, own: dict[str, tuple[int, ...]]) -> None:
+        """ModelError unless the file has exactly the model's tensors (the backbone's only when
+        `with_backbone`), each of the model's shape."""
+        expected = {k for k in own if self.with_backbone or not k.startswith("backbone.")}
+        missing, unexpected = sorted(expected - self.shapes.keys()), sorted(self.shapes.keys() - own.keys())
+        if missing or unexpected:
+            raise ModelError(
+                f"{self.path}: tensors do not match the {self.method} model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        for name, shape in self.shapes.items():
+            if own[name] != shape:
+                raise ModelError(f"{self.path}: tensor {name} has shape {shape}, expected {own[name]}")
+
+
 def build_model(
     method: str,
     backbone: str,
@@ -60,9 +86,12 @@ def build_model(
     hp: dict[str, Any],
     image_size: int,
     pretrained: bool = True,
+    weights: TensorCheck | None = None,
 ) -> Model:
     """A fresh (or to-be-loaded) model; `hp` holds the overrides of the method's defaults (a saved
-    model's whole `hp` object). They are validated before anything is loaded or allocated.
+    model's whole `hp` object). They are validated before anything is loaded or allocated, and with
+    `weights` (a weights file's header) the head's tensor shapes are checked against it before they
+    are allocated (`_assemble`).
 
     A CLIP backbone is frozen unless `hp` says otherwise, whatever the method's recipe: SGMA's and
     (ML)^2P's recipes fine-tune the ImageNet CNNs of their papers, while CLIP's value is the
@@ -71,7 +100,7 @@ def build_model(
     """
     if backbone in CLIP_MODELS and "finetune_backbone" not in hp:
         hp = {**hp, "finetune_backbone": False}
-    return _assemble(method_class(method), backbone, semantics, seen_labels, hp, image_size, pretrained)
+    return _assemble(method_class(method), backbone, semantics, seen_labels, hp, image_size, pretrained, weights)
 
 
 def _assemble(
@@ -82,12 +111,29 @@ def _assemble(
     hp: dict[str, Any],
     image_size: int,
     pretrained: bool,
+    weights: TensorCheck | None = None,
 ) -> Model:
     settings = cls.hyperparameters(hp)
     sem = get_semantics(semantics)
     net = build_backbone(backbone, pretrained=pretrained)
     seen = embed_labels(sem, seen_labels)
-    module = cls(net, seen, settings, lambda names: embed_labels(sem, names))
+
+    def embed(names: list[str]) -> LabelSet:
+        return embed_labels(sem, names)
+
+    if weights is not None:
+        # Settings within their bounds can still ask for gigabytes (64 ensemble members of
+        # 8192-wide heads): build the head on the meta device first, which allocates nothing,
+        # and hold its shapes against the file's. A constructor that computes from data (which
+        # meta tensors do not hold) is skipped here and checked after the real build.
+        try:
+            with torch.device("meta"):
+                dry = cls(net, seen, settings, embed)
+        except Exception:  # noqa: BLE001 - any failure only means the early check cannot run
+            dry = None
+        if dry is not None:
+            weights.check({k: tuple(v.shape) for k, v in dry.state_dict().items()})
+    module = cls(net, seen, settings, embed)
     config = {
         "format": 1,
         "zstag_version": __version__,
@@ -214,6 +260,9 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
         method_class(method).hyperparameters(hp)  # checked before any backbone or text model loads
     except UsageError as exc:
         raise ModelError(f"{folder / CONFIG}: {exc}") from None
+    header = TensorCheck(
+        weights_path, method, {k: shape for k, (_, shape) in weight_header(folder).items()}, in_weights
+    )
     model = build_model(
         method,
         backbone,
@@ -222,6 +271,7 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
         hp,
         image_size,
         pretrained=not in_weights,
+        weights=header,
     )
     if model.seen is not None and model.seen.dim != config.get("semantic_dim", model.seen.dim):
         raise ModelError(
@@ -232,17 +282,7 @@ def load_model(ref: str | Path, semantics: str | None = None) -> Model:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"{weights_path}: not a readable safetensors file ({exc})") from None
-    own = model.method.state_dict()
-    expected = {k for k in own if in_weights or not k.startswith("backbone.")}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        raise ModelError(
-            f"{weights_path}: tensors do not match the {method} model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise ModelError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    header.check({k: tuple(v.shape) for k, v in model.method.state_dict().items()})
     model.method.load_state_dict(state, strict=False)
     model.method.eval()
     model.config = {**model.config, **config}
@@ -258,7 +298,10 @@ def use_score_norm(model: Model, norm: str) -> None:
         model.method.cohort = None
         return
     if model.seen is None or len(model.seen) < 2:
-        raise UsageError(f"--score-norm {norm} needs a model trained on at least two labels; this one has none")
+        count = 0 if model.seen is None else len(model.seen)
+        raise UsageError(
+            f"score norm {norm} standardises against the model's seen labels: it has {count}, not 2 or more"
+        )
     model.method.cohort = model.seen
 
 
@@ -270,12 +313,11 @@ def assemble_ensemble(refs: list[str], out: Path) -> Model:
     new or empty: nothing zstag did not write is overwritten. The ensemble has no calibration yet
     (`zstag calibrate`).
     """
-    from zstag.methods.ensemble import Ensemble
+    from zstag.methods.ensemble import MAX_MEMBERS, Ensemble
 
-    if len(refs) < 2:
-        raise UsageError("an ensemble needs two models or more")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out} exists and is not an empty folder; choose another")
+    if not 2 <= len(refs) <= MAX_MEMBERS:
+        raise UsageError(f"an ensemble needs two models or more, at most {MAX_MEMBERS}")
+    check_new_folder(out)
     members = [load_model(ref) for ref in refs]
     first = members[0]
     for ref, member in zip(refs, members, strict=True):
@@ -308,7 +350,10 @@ def assemble_ensemble(refs: list[str], out: Path) -> Model:
     if len(unseen) == 1:
         model.config["unseen_labels"] = list(unseen.pop())
     model.config["members"] = [str(ref) for ref in refs]
-    save_model(model, out)
+    try:
+        save_model(model, out)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write the model there ({exc.strerror or exc})") from None
     return model
 
 
@@ -324,3 +369,15 @@ def _same_semantics(a: Semantics, b: Semantics) -> bool:
         _, differ, unreadable = filecmp.cmpfiles(a.source, b.source, files, shallow=False)
         return files == others and not differ and not unreadable
     return False
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse an output folder that is not new or empty, or cannot be made (a file or a dangling
+    link on the way, no permission), before any work: nothing is written there."""
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out} is a link to nothing; choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder; choose another")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise UsageError(f"--out {out}: cannot make a folder there ({existing} is not a writable folder)")

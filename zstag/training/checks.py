@@ -10,6 +10,7 @@ declared beside the method's modules, which do.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +46,16 @@ def _vocabulary(path: Path | None, what: str, found: list[str]) -> list[str]:
         return []
 
 
+def _zstag_model_dir(folder: Path) -> bool:
+    """Whether `folder` holds a config.json that zstag wrote (a model to train again, or a run to
+    resume): the only non-empty --out training may write into."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and "zstag_version" in config
+
+
 def _settings(opts: TrainOptions, found: list[str]) -> None:
     """`--set` values: the recipe's keys without torch; a method's own keys with its class."""
     try:
@@ -73,6 +84,8 @@ def problems(opts: TrainOptions) -> list[str]:
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         found.append(f"--out {out} is a file; give a folder for the model")
+    elif out.is_dir() and any(out.iterdir()) and not _zstag_model_dir(out):
+        found.append(f"--out {out} holds files but no model zstag wrote; choose a new or empty folder")
     labels = _vocabulary(opts.labels, "--labels", found)
     unseen = _vocabulary(opts.unseen, "--unseen", found)
     try:
