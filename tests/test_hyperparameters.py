@@ -74,3 +74,13 @@ def test_a_config_asking_for_absurd_sizes_is_refused_before_loading(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"config.json: ensemble member 3: hyperparameter 'attentions' must be an int"):
         load_model(tmp_path / "m")
+
+
+def test_a_huge_or_deep_value_is_not_echoed_in_full():
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    for overrides in ({"attentions": "x" * 1_000_000}, {"attentions": deep}, {"y" * 1_000_000: 1}):
+        with pytest.raises(UsageError) as info:
+            method_class("lesa").hyperparameters(overrides)
+        assert len(str(info.value)) < 600

@@ -113,3 +113,20 @@ def test_seen_needs_two_seen_labels_and_predictions_take_no_score_norm(model_dir
             "eval", "-p", str(predictions), "--truth", str(dataset["manifest"]), "--score-norm", "seen", cwd=tmp_path
         )
         assert result.returncode == 2 and "--score-norm needs --model" in result.stderr
+
+
+@pytest.mark.skipif(ZSTAG is None, reason="the zstag console script is not installed")
+def test_a_model_with_broken_weights_is_named_by_eval_and_calibrate(model_dir, dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "m"
+    shutil.copytree(model_dir, broken)
+    state = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in load_file(broken / "model.safetensors").items()
+    }
+    save_file(state, broken / "model.safetensors")
+    for command in (["eval", "--model", str(broken), "--truth"], ["calibrate", str(broken), "--data"]):
+        result = zstag(*command, str(dataset["manifest"]), *ON_CPU, cwd=tmp_path)
+        assert result.returncode == 2 and "non-finite scores" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from zstag.core import console
-from zstag.core.errors import UsageError
+from zstag.core.errors import ModelError, UsageError
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.vocab import read_vocabulary
 from zstag.eval.report import evaluate, evaluation_labels, load_predictions, match_predictions, truth_matrix
@@ -49,6 +49,10 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
             scores[batch.indices] = batch.scores.numpy()
             kept[batch.indices] = True
             bar.update(len(batch.indices) + len(batch.failures))
+    broken = int((~np.isfinite(scores[kept])).any(axis=1).sum())
+    if broken:
+        total = int(kept.sum())
+        raise ModelError(f"{opts.model}: non-finite scores for {broken} of {total} image(s) (broken weights?)")
     return scores[kept], [s for s, k in zip(samples, kept) if k]
 
 

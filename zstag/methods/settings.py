@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from functools import cache
@@ -60,9 +61,10 @@ def _check(key: str, value: Any, kind: Any, bounds: dict[str, Any]) -> None:
         float: (_is_int(value) or isinstance(value, float)) and math.isfinite(value),
     }.get(kind, isinstance(value, list) and all(_is_int(v) for v in value))
     if not ok:
-        raise UsageError(f"hyperparameter {key!r} must be {_describe(kind)}, not {value!r}")
+        raise UsageError(f"hyperparameter {key!r} must be {_describe(kind)}, not {reprlib.repr(value)}")
     if bounds["choices"] is not None and value not in bounds["choices"]:
-        raise UsageError(f"hyperparameter {key!r} must be one of {', '.join(bounds['choices'])}, not {value!r}")
+        choices = ", ".join(bounds["choices"])
+        raise UsageError(f"hyperparameter {key!r} must be one of {choices}, not {reprlib.repr(value)}")
     for item in value if isinstance(value, list) else [value]:
         low, high, above = bounds["low"], bounds["high"], bounds["above"]
         if (
@@ -79,7 +81,7 @@ def _check(key: str, value: Any, kind: Any, bounds: dict[str, Any]) -> None:
                 )
                 if part
             )
-            raise UsageError(f"hyperparameter {key!r} must be {allowed}, not {value!r}")
+            raise UsageError(f"hyperparameter {key!r} must be {allowed}, not {reprlib.repr(value)}")
 
 
 @cache
@@ -178,7 +180,7 @@ class Hyperparameters(Generic[C]):
                     if close
                     else f"; known: {', '.join(sorted(recipe_keys | config_keys))}"
                 )
-                raise UsageError(f"unknown hyperparameter {key!r} for {method}{hint}")
+                raise UsageError(f"unknown hyperparameter {reprlib.repr(key)} for {method}{hint}")
         return cls(
             dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if k in recipe_keys}),
             dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in config_keys}),
