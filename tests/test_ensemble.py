@@ -94,6 +94,28 @@ def test_the_ensemble_scores_the_mean_of_its_members_standardised_scores(members
     # stage, fast0tag its last: the same pass goes on for it).
     assert passes == [4, 4, 2]
 
+    # LESA M = 1 and Fast0Tag score linearly in the label vectors: the ensemble took its one-product
+    # path; the member-by-member path gives the same scores.
+    assert ensemble.method.linear_members
+    monkeypatch.setattr(type(ensemble.method), "linear_members", property(lambda self: False))
+    assert torch.allclose(scores_of(load_model(out), images, labels), got, atol=1e-4)
+
+
+def test_a_member_that_does_not_score_linearly_takes_the_member_by_member_path(
+    members, dataset, word_vectors, tmp_path
+):
+    conse = train(dataset, word_vectors, tmp_path / "conse", "conse", 0)
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(members[0]), str(conse)], out)
+    ensemble = load_model(out)
+    assert not ensemble.method.linear_members
+    images = [s.image for s in read_dataset(dataset["manifest"])][:6]
+    labels, seen = ["purple square", "red circle"], read_config(out)["seen_labels"]
+    expected = sum(
+        t_norm(scores_of(m, images, labels), scores_of(m, images, seen)) for m in map(load_model, (members[0], conse))
+    )
+    assert torch.allclose(scores_of(ensemble, images, labels), expected / 2, atol=1e-4)
+
 
 @pytest.mark.parametrize(
     "change, message",

@@ -140,6 +140,17 @@ class Method(nn.Module, ABC, Generic[CodeT]):
         `labels` may or may not have been through `prepare_labels`; the scores are the same.
         """
 
+    @property
+    def linear_in_labels(self) -> bool:
+        """Whether `score(code, labels)` equals `labels.vectors @ label_directions(code).T` for any
+        labels: one image vector per image in the semantic space. An ensemble of such members
+        scores a vocabulary with one product instead of one per member. Default: False."""
+        return False
+
+    def label_directions(self, code: CodeT) -> torch.Tensor:
+        """(B, D) image vectors u with score = labels.vectors @ u.T; only when `linear_in_labels`."""
+        raise NotImplementedError(f"{self.name} does not score linearly in the label vectors")
+
     def prepare(self, device: torch.device) -> None:
         """Do now, on `device`, the work `encode` would do lazily at its first call. The engine
         calls it before it compiles `encode`, so that such work (CLIP's classifier embedding its

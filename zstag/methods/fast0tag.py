@@ -59,6 +59,14 @@ class Fast0Tag(Method[torch.Tensor]):
     def score(self, code: torch.Tensor, labels: LabelSet) -> torch.Tensor:
         return code @ labels.vectors.to(code.dtype).T
 
+    @property
+    def linear_in_labels(self) -> bool:
+        return True
+
+    def label_directions(self, code: torch.Tensor) -> torch.Tensor:
+        """The principal direction w itself."""
+        return code.float()
+
     def loss(
         self, images: torch.Tensor, targets: torch.Tensor, seen: LabelSet
     ) -> tuple[torch.Tensor, dict[str, float]]:

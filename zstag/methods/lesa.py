@@ -239,6 +239,15 @@ class LESA(Method[torch.Tensor]):
         """The M attention features z (B, M, F); everything a vocabulary needs to be scored."""
         return self.attend(images).features
 
+    @property
+    def linear_in_labels(self) -> bool:
+        """One module and no clusters: s^c = <W3 v^c, z> = <v^c, W3^T z> (eq. 12 with M = 1)."""
+        return self.attentions == 1 and not self.cluster
+
+    def label_directions(self, code: torch.Tensor) -> torch.Tensor:
+        """W3^T z for the single module's feature z: (B, D)."""
+        return code[:, 0].float() @ self.project.weight.float()
+
     def prepare_labels(self, labels: LabelSet) -> LabelSet:
         """theta = W3 v for the whole vocabulary, once: for 100,000 labels that projection cost as
         much as the scoring itself when it was redone for every batch (docs/performance.md)."""
