@@ -149,7 +149,7 @@ class Method(nn.Module, ABC, Generic[CodeT]):
 
     def label_directions(self, code: CodeT) -> torch.Tensor:
         """(B, D) image vectors u with score = labels.vectors @ u.T; only when `linear_in_labels`."""
-        raise NotImplementedError(f"{self.name} does not score linearly in the label vectors")
+        raise TypeError(f"{self.name} does not score linearly in the label vectors")
 
     def prepare(self, device: torch.device) -> None:
         """Do now, on `device`, the work `encode` would do lazily at its first call. The engine
