@@ -206,9 +206,10 @@ class Bench:
 
     def model(self) -> Model:
         """The model the model sections measure: `--model`, or, when `--backbone` / `--image-size`
-        ask for another shape, its method rebuilt that way. Speed does not depend on weights, so a
-        GPU with no trained VGG19 model can still measure one: backbone weights come from the fetch
-        cache when they are there, else from a random initialisation (the `weights` field says which).
+        ask for another shape, its method rebuilt that way (an ensemble's first member's). Speed
+        does not depend on weights, so a GPU with no trained VGG19 model can still measure one:
+        backbone weights come from the fetch cache when they are there, else from a random
+        initialisation (the `weights` field says which).
         """
         if self._model is None:
             from zstag.store.model import build_model, load_model
@@ -218,8 +219,11 @@ class Bench:
             config, size = model.config, self.opts.image_size or model.image_size
             backbone = self.opts.backbone or config["backbone"]
             if (backbone, size) != (config["backbone"], model.image_size):
-                hp = {**config["hp"], "finetune_backbone": True}  # so the backbone's tensors are saved with it
-                args = (config["method"], backbone, config["semantics"], config["seen_labels"], hp, size)
+                method, hp = config["method"], config["hp"]
+                if method == "ensemble":  # the targets name one head on that backbone (VGG19 + LESA)
+                    method, hp = hp["members"][0]["method"], hp["members"][0]["hp"]
+                hp = {**hp, "finetune_backbone": True}  # so the backbone's tensors are saved with it
+                args = (method, backbone, config["semantics"], config["seen_labels"], hp, size)
                 try:
                     model = build_model(*args, pretrained=True)
                     model.config["weights"] = "pretrained backbone, random head"
