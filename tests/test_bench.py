@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
 
-from zstag.bench.memory import LargestTensor, PeakMemory
+from zstag.bench.memory import LargestTensor
 from zstag.bench.options import SECTIONS, BenchOptions
 from zstag.bench.photos import write_photos
 from zstag.bench.run import Plan
@@ -135,15 +134,29 @@ def test_largest_tensor_sees_intermediates_not_views():
     assert largest.numel == 20
 
 
+PEAK_PROBE = """
+import time, torch
+from zstag.bench.memory import PeakMemory
+with PeakMemory(torch.device("cpu")) as memory:
+    block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
+    block.sum()
+    time.sleep(0.1)
+    del block
+print(memory.mib)
+"""
+
+
 def test_peak_memory_sees_a_transient_allocation():
     """Freed before the block ends, the allocation is still seen. It is held for 100 ms, many
-    sampling periods: on a loaded machine the 2-ms sampler may not run during a shorter life."""
-    with PeakMemory(torch.device("cpu")) as memory:
-        block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
-        block.sum()
-        time.sleep(0.1)
-        del block
-    assert memory.mib >= 32
+    sampling periods: on a loaded machine the 2-ms sampler may not run during a shorter life.
+    In a fresh process: inside the suite, memory freed by earlier tests can stay resident and
+    be reused, so the resident set need not grow (it failed so, twice, only in the full suite)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) >= 32
 
 
 def test_head_flops_charge_the_backbone_only_for_the_stages_the_method_runs():
