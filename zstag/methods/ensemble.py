@@ -15,6 +15,7 @@ here: the members are trained as usual and assembled.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -125,7 +126,8 @@ class Ensemble(Method[dict[str, torch.Tensor]]):
         overrides = dict(overrides or {})
         members = overrides.pop("members", None)
         if overrides:
-            raise UsageError(f"unknown hyperparameter {sorted(overrides)[0]!r} for an ensemble (only 'members')")
+            key = reprlib.repr(sorted(overrides, key=str)[0])
+            raise UsageError(f"unknown hyperparameter {key} for an ensemble (only 'members')")
         if not isinstance(members, list) or not 2 <= len(members) <= MAX_MEMBERS:
             raise UsageError(f"an ensemble's 'members' must be a list of 2 to {MAX_MEMBERS} models")
         specs = []
