@@ -83,11 +83,12 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
     """Fit the model's score calibration on a tagged set and store it in the model's config.
 
     The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
-    (zstag/eval/calibration.py); only config.json changes, through a rename. `opts.score_norm`, when
-    given, is stored with the fit (the scores it was fitted on were standardised so, or not). A model zstag does not
-    own (the shipped `default`, a download in zstag's or the Hugging Face cache) is refused before
-    any work, with the fix: calibrate a copy. A ready-made model (`imagenet`, `clip-vit-b32`), which
-    has no directory, gets its calibration stored in zstag's cache root (`store.catalog`).
+    (zstag/eval/calibration.py); only config.json changes, through a rename. `opts.score_norm`,
+    when given, is stored with the fit (the scores it was fitted on were standardised so, or not).
+    A model zstag does not own (the shipped `default`, a download in zstag's or the Hugging Face
+    cache) is refused before any work, with the fix: calibrate a copy. A ready-made model
+    (`imagenet`, `clip-vit-b32`), which has no directory, gets its calibration stored in zstag's
+    cache root (`store.catalog`).
     """
     from zstag.eval.calibration import fit_platt
     from zstag.store.catalog import ready_made, write_calibration
