@@ -232,3 +232,34 @@ def test_members_too_large_for_their_weights_are_refused_before_allocating(membe
     )
     assert result.returncode == 2, result.stderr
     assert "tensors do not match the ensemble model" in result.stderr or "shape" in result.stderr
+
+
+def test_the_default_export_halves_the_weights_and_keeps_the_scores(members, dataset, tmp_path):
+    """`python -m tools.bundle default` (how weights/default is stored): fp16 tensors, the config as
+    it was, scores within fp16 rounding of the fp32 model's; a model carrying its backbone is refused."""
+    from safetensors import safe_open
+
+    from tools.bundle import export_default
+
+    ensemble = tmp_path / "ensemble"
+    assemble_ensemble([str(m) for m in members[:2]], ensemble)
+    export_default(ensemble, tmp_path / "default")
+    assert read_config(tmp_path / "default") == read_config(ensemble)
+    with safe_open(str(tmp_path / "default" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert "F32" not in dtypes and "F16" in dtypes
+    half = (tmp_path / "default" / "model.safetensors").stat().st_size
+    assert half < 0.55 * (ensemble / "model.safetensors").stat().st_size
+
+    images = [s.image for s in read_dataset(dataset["manifest"])][:6]
+    labels = ["red circle", "blue square", "green triangle"]
+    full = scores_of(load_model(ensemble), images, labels)
+    stored = scores_of(load_model(tmp_path / "default"), images, labels)
+    assert torch.allclose(stored, full, atol=2e-2) and not torch.equal(stored, full)
+
+    config = read_config(ensemble)
+    config["backbone_in_weights"] = True
+    (ensemble / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="bundled backbone"):
+        export_default(ensemble, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

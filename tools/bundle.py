@@ -13,12 +13,18 @@ over its training labels on pooled features), then exported:
     python -m tools.bundle manifest DATA_DIR          # writes DATA_DIR/pretrain.jsonl
     zstag train DATA_DIR/pretrain.jsonl --method conse --backbone small --out M ...
     python -m tools.bundle export M [--weights weights/bundled]   # M trained on small or small-resnet
+
+The default model (`weights/default`) is a trained model folder stored with fp16 weights, which
+halves its size (the engine computes in fp32 either way; docs/benchmarks.md measured the change):
+
+    python -m tools.bundle default M [--weights weights/default]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -77,6 +83,27 @@ def export(model_dir: Path, weights: Path) -> None:
     (weights / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def export_default(model_dir: Path, weights: Path) -> None:
+    """A trained model folder -> weights/default: floating tensors in fp16, every other file (the
+    config, a semantics file the config names) copied as it is.
+
+    Refuses a model that carries its backbone: the default reads the bundled one."""
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("backbone") != "bundled" or config.get("backbone_in_weights"):
+        raise SystemExit(f"{model_dir}: expected a model on the bundled backbone, without the backbone's weights")
+    state = load_file(str(model_dir / "model.safetensors"))
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    weights.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(weights / "model.safetensors"))
+    for item in model_dir.iterdir():
+        if item.name in ("model.safetensors", "checkpoint.safetensors"):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, weights / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(item, weights / item.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,11 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="export a conse model on a scratch trunk as the bundled backbone")
     e.add_argument("model_dir", type=Path)
     e.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "bundled")
+    d = sub.add_parser("default", help="store a trained model on the bundled backbone as the default, in fp16")
+    d.add_argument("model_dir", type=Path)
+    d.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "default")
     args = parser.parse_args(argv)
     if args.command == "manifest":
         print(pretrain_manifest(args.data_dir))
-    else:
+    elif args.command == "export":
         export(args.model_dir, args.weights)
+    else:
+        export_default(args.model_dir, args.weights)
     return 0
 
 
