@@ -67,6 +67,36 @@ def test_a_fit_on_outlying_scores_gives_no_overflow_warning():
     assert fitted["scale"] > 0 and np.isfinite(fitted["log_loss"]) and fitted["log_loss"] < np.log(2)
 
 
+def test_a_newton_step_that_overshoots_is_damped():
+    """13 pairs with one outlying negative: the undamped Newton step overshot here and stored a
+    scale of 7e7 with a log loss of 5e8 (a model that then could not be loaded). The fit must be
+    the minimum of the smoothed log loss, which a grid search brackets."""
+    s = np.array([2.927, -0.029, -0.037, 0.136, 0.461, 0.093, -0.02, 0.07, 0.502, 0.102, 0.49, 0.011, 0.626])
+    y = np.array([0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 1], dtype=bool)
+    fit = fit_platt(s, y)
+    target = np.where(y, 5 / 6, 1 / 11)
+
+    def loss(scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        x = scale[..., None] * s + bias[..., None]
+        return (target * np.logaddexp(0, -x) + (1 - target) * np.logaddexp(0, x)).mean(-1)
+
+    grid = np.meshgrid(np.linspace(0.01, 5, 300), np.linspace(-5, 5, 300))
+    best = float(loss(*grid).min())
+    assert 0 < fit["scale"] < 5 and fit["log_loss"] < 1
+    assert float(loss(np.array(fit["scale"]), np.array(fit["bias"]))) <= best + 1e-9
+
+
+def test_scores_that_barely_vary_are_not_calibrated():
+    """A fit whose scale a config could not hold (`CALIBRATION_LIMIT`) is refused, not stored."""
+    rng = np.random.default_rng(0)
+    y = np.arange(40) < 10
+    s = 0.5 + 1e-9 * (rng.normal(size=40) + 3 * y)
+    with pytest.raises(UsageError, match="vary too little"):
+        fit_platt(s, y)
+    with pytest.raises(UsageError, match="every score is the same"):
+        fit_platt(np.full(40, 0.25), y)
+
+
 def test_no_calibration_leaves_raw_scores():
     raw = torch.tensor([[-3.0, 5.0]])
     assert torch.equal(apply(raw, None), raw)

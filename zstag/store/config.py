@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from zstag.core.errors import ModelError
 from zstag.methods import ASSEMBLED, METHODS
-from zstag.store import CONFIG, SEMANTICS_NAMES, WEIGHTS
+from zstag.store import CALIBRATION_LIMIT, CONFIG, SEMANTICS_NAMES, WEIGHTS
 
 _REQUIRED = ("method", "backbone", "seen_labels", "hp", "image_size")
 FORMAT = 1  # the model-directory format this zstag writes and reads
@@ -129,9 +129,9 @@ def check_calibration(value: Any) -> None:
             isinstance(number, bool)
             or not isinstance(number, (int, float))
             or not math.isfinite(number)
-            or abs(number) > 1e6
+            or abs(number) > (CALIBRATION_LIMIT if key in ("scale", "bias") else 1e12)
         ):
-            raise _Bad(f"calibration.{key}", f"must be a finite number, got {_short(number)}")
+            raise _Bad(f"calibration.{key}", f"must be a finite number of moderate size, got {_short(number)}")
     if not value["scale"] > 0:
         raise _Bad("calibration.scale", f"must be positive (at 0 or below it breaks the ranking), got {value['scale']}")
 
