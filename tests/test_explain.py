@@ -188,6 +188,8 @@ def test_pictures_of_same_named_images_do_not_overwrite_and_foreign_files_are_ke
     refused = zstag(*args, cwd=tmp_path)
     assert refused.returncode == 2 and "x.png.explain.png" in refused.stderr and "did not write" in refused.stderr
     assert (out / "x.png.explain.png").read_bytes() == b"someone's picture"
+    a_file = zstag(*args[:-6], "--out", "one/x.png", *args[-4:], cwd=tmp_path)
+    assert a_file.returncode == 2 and a_file.stderr.strip() == "error: --out one/x.png is a file; give a folder"
 
 
 def test_occlusion_map_finds_the_cell_that_matters():

@@ -219,6 +219,20 @@ def test_eval_plots_draws_both_charts(photo_set):
         assert (pixels == colour).all(axis=1).any(), f"{name} lacks its data colour"
 
 
+def test_eval_plots_replaces_its_own_charts_only_and_refuses_a_file(photo_set):
+    folder = photo_set["folder"]
+    args = ("eval", "-p", "p.jsonl", "--truth", "truth.jsonl", "--plots")
+    assert zstag(*args, "charts", cwd=folder).returncode == 0
+    assert zstag(*args, "charts", cwd=folder).returncode == 0  # a rerun replaces its own charts
+    (folder / "charts" / "pr_curves.png").write_bytes(b"someone's chart")
+    refused = zstag(*args, "charts", cwd=folder)
+    assert refused.returncode == 2 and "pr_curves.png" in refused.stderr and "did not write" in refused.stderr
+    assert refused.stdout == ""  # refused before the evaluation, not after printing it
+    assert (folder / "charts" / "pr_curves.png").read_bytes() == b"someone's chart"
+    a_file = zstag(*args, "p.jsonl", cwd=folder)
+    assert a_file.returncode == 2 and a_file.stderr.strip() == "error: --plots p.jsonl is a file; give a folder"
+
+
 def test_a_100000_row_report_builds_quickly(tmp_path):
     labels = [f"label {i}" for i in range(300)]
     rng = np.random.default_rng(0)

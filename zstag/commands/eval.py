@@ -77,6 +77,11 @@ def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
     from zstag.eval.report import evaluate, label_curves
     from zstag.jobs.evaluate import eval_matrices, render_report
 
+    if plots is not None:
+        from zstag.eval.plots import check_plots_folder
+
+        check_plots_folder(plots)
+
     scores, truth, labels, unseen = eval_matrices(opts)
     report = evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
     if plots is not None:

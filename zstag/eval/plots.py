@@ -13,7 +13,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from zstag.core.atomic import atomic_write
+from zstag.core.atomic import make_output_folder
+from zstag.core.errors import UsageError
+from zstag.outputs.pictures import save_marked, written_by
 
 PR_FILE = "pr_curves.png"
 AP_FILE = "ap_per_label.png"
@@ -25,8 +27,7 @@ _UNSEEN_BAR = (214, 39, 40)
 _ROW = 16  # pixels per label in the AP chart
 
 
-def _save(image: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+SOFTWARE = "zstag eval"  # the charts' PNG mark: a rerun replaces them, nobody else's files
 
 
 def draw_pr_curves(curves: dict[str, list[list[float]]], report: dict[str, Any]) -> Image.Image:
@@ -85,9 +86,22 @@ def draw_ap_bars(labels: Sequence[str], ap: Sequence[float | None], unseen: Sequ
 def write_plots(
     folder: Path, report: dict[str, Any], curves: dict[str, Any], labels: Sequence[str], unseen: Sequence[str] | None
 ) -> list[Path]:
-    """Write PR_FILE and AP_FILE into `folder` (created; those two names replaced); returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write PR_FILE and AP_FILE into `folder` (created); returns their paths. Charts an earlier
+    `zstag eval --plots` wrote are replaced; any other file of those names is refused, untouched."""
+    check_plots_folder(folder)
     written = [folder / PR_FILE, folder / AP_FILE]
-    _save(draw_pr_curves(curves["pr"], report), written[0])
-    _save(draw_ap_bars(labels, curves["ap"], unseen), written[1])
+    save_marked(draw_pr_curves(curves["pr"], report), written[0], SOFTWARE)
+    save_marked(draw_ap_bars(labels, curves["ap"], unseen), written[1], SOFTWARE)
     return written
+
+
+def check_plots_folder(folder: Path) -> None:
+    """Make `folder` for the charts, or UsageError: not a folder, or charts' names taken by files
+    zstag did not write. Called before the evaluation too, so a bad --plots costs no work."""
+    make_output_folder(folder, "--plots")
+    taken = [name for name in (PR_FILE, AP_FILE) if (folder / name).exists()]
+    foreign = [name for name in taken if not written_by(folder / name, SOFTWARE)]
+    if foreign:
+        raise UsageError(
+            f"--plots {folder}: {', '.join(foreign)} exist(s) and zstag did not write them; choose another folder"
+        )

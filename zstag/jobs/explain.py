@@ -25,21 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw
 
 from zstag.core import console
+from zstag.core.atomic import make_output_folder
 from zstag.core.errors import UsageError
 from zstag.data.images import decode_image
 from zstag.data.vocab import read_vocabulary
 from zstag.engine.engine import Engine
 from zstag.eval.calibration import apply as apply_calibration
 from zstag.jobs.options import ExplainOptions
+from zstag.outputs.pictures import KEY, save_marked, written_by
 from zstag.store.model import load_model
 
 TILE = 224  # side of each panel's picture
 LINE = 18  # height of a line of text
 CHARS_PER_TILE = 36  # characters of the default font that fit a panel's width
-MARK = ("Software", "zstag explain")  # PNG text chunk telling zstag's pictures from others
+MARK = (KEY, "zstag explain")  # PNG text chunk telling zstag's pictures from others
 SAME_MAPS = "the model's map is the same for every tag: it shows where the model looked, not where each tag is"
 PART_COLOURS = ("red", "blue", "green", "orange")
 
@@ -139,15 +141,6 @@ def output_names(displays: list[str]) -> list[str]:
     return names
 
 
-def is_ours(path: Path) -> bool:
-    """Whether `path` is a PNG that `zstag explain` wrote (it carries zstag's text chunk)."""
-    try:
-        with Image.open(path) as existing:
-            return existing.format == "PNG" and existing.info.get(MARK[0]) == MARK[1]
-    except Exception:  # unreadable or not an image: not ours
-        return False
-
-
 def explain(opts: ExplainOptions) -> int:
     from zstag.data.inputs import iter_inputs
 
@@ -156,7 +149,7 @@ def explain(opts: ExplainOptions) -> int:
     if not items:
         raise UsageError("no input images found")
     targets = [opts.out / name for name in output_names([display for display, _ in items])]
-    foreign = [str(t) for t in targets if t.exists() and not is_ours(t)]
+    foreign = [str(t) for t in targets if t.exists() and not written_by(t, MARK[1])]
     if foreign:
         raise UsageError(
             f"{len(foreign)} file(s) in {opts.out} that zstag did not write would be overwritten "
@@ -167,9 +160,7 @@ def explain(opts: ExplainOptions) -> int:
     method = engine.prepare(model.method)
     labels = model.embed(vocab).to(engine.device)
     calibration = model.config.get("calibration")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    mark = PngImagePlugin.PngInfo()
-    mark.add_text(*MARK)
+    make_output_folder(opts.out, "--out")
     failures, noted = 0, False
     paths = [path for _, path in items]
     with console.progress("explaining", len(items)) as bar:
@@ -205,7 +196,7 @@ def explain(opts: ExplainOptions) -> int:
                     if not noted and maps is not None and same_maps(maps):
                         console.info(f"note: {SAME_MAPS}")
                         noted = True
-                    picture.save(targets[i], pnginfo=mark)
+                    save_marked(picture, targets[i], MARK[1])
                     print(targets[i])
                     bar.update(1)
     return 3 if failures else 0
