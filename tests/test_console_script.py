@@ -46,6 +46,10 @@ def zstag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproces
         (["tag", "x.jpg", "--labels", "v.txt", "--no-such-option"], ["No such option: --no-such-option"]),
         (["tag", str(EXAMPLES / "photos"), "--labels", "missing.txt"], ["missing.txt"]),
         (["eval", "--truth", "t.jsonl", "--k", "x"], ["--k"]),
+        (
+            ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "-f", "xmp", "-o", "t.xmp"],
+            ["--output does not apply to --format xmp"],
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_line_naming_the_option(args, names, tmp_path):
@@ -90,3 +94,13 @@ def test_shell_completion_offers_values(words, expected, tmp_path):
     result = zstag(cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert expected <= set(result.stdout.split()), result.stdout
+
+
+def test_a_threshold_nothing_reaches_says_so(tmp_path):
+    """Empty tags for every image, exit 0 and silence used to be all a new user saw."""
+    args = ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "0"]
+    result = zstag(*args, "--threshold", "0.999", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all('"tags": []' in line for line in result.stdout.splitlines())
+    assert "7 of 7 image(s) got no tag" in result.stderr and "the highest was 0." in result.stderr
+    assert "got no tag" not in zstag(*args, "--threshold", "0.0", cwd=tmp_path).stderr

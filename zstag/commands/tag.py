@@ -96,6 +96,10 @@ def run(opts: TagOptions) -> int:
             f"{opts.threshold} is not a probability in [0, 1] (add --raw-scores to threshold the method's raw scores)",
             param_hint="'--threshold'",
         )
+    if opts.output != "-" and opts.fmt not in STREAM_FORMATS:
+        raise UsageError(
+            f"--output does not apply to --format {opts.fmt}: each image gets its own sidecar file beside it"
+        )
     if opts.resume and opts.output == "-" and opts.fmt in STREAM_FORMATS:
         raise UsageError("--resume needs --output FILE (it reads what the file already holds)")
     from zstag.jobs.tag import tag

@@ -116,6 +116,7 @@ def tag(opts: TagOptions) -> int:
         console.warn(f"cannot tag {display}: {reason}")
 
     done, complete = 0, False
+    untagged, best = 0, -math.inf  # under thresholds: images left without a tag, and the best score seen
     try:
         with interrupt.remembered() as ctrl_c, console.progress("tagging", len(items)) as bar:
             for batch in engine.run(model.method, [p for _, p in items], labels, model.image_size):
@@ -123,11 +124,14 @@ def tag(opts: TagOptions) -> int:
                     fail(items[index][0], reason)
                 scores = apply_calibration(batch.scores, calibration)
                 finite = torch.isfinite(scores).all(dim=1).tolist()
+                if thresholds is not None and any(finite):
+                    best = max(best, float(scores[torch.tensor(finite)].max()))
                 for index, tags, ok in zip(batch.indices, select(scores, labels.names, opts.top_k, thresholds), finite):
                     display, path = items[index]
                     if not ok:
                         fail(display, "the model gave scores that are not numbers (NaN or infinite); no tags written")
                         continue
+                    untagged += thresholds is not None and not tags
                     if stream is not None:
                         stream.write(display, tags)
                         done += 1
@@ -158,6 +162,11 @@ def tag(opts: TagOptions) -> int:
                     escape_name(json.dumps({"image": d, "error": r}, ensure_ascii=False)) + "\n" for d, r in failures
                 )
     console.info(f"tagged {done} image(s)" + (f"; {len(failures)} unreadable" if failures else ""))
+    if untagged:
+        console.warn(
+            f"{untagged} of {done} image(s) got no tag: no score reached its threshold (the highest was {best:.3g}); "
+            "lower --threshold, or keep --top-k's tags without one"
+        )
     if share is None or not share.torchrun:
         return 3 if failures else 0
     return finish_torchrun(share, opts, joined, resumed=bool(done_before) or opts.resume, failures=len(failures))
