@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +145,10 @@ def test_load_predictions(tmp_path):
             load_predictions(path)
     with pytest.raises(UsageError, match="cannot read"):
         load_predictions(tmp_path / "absent.jsonl")
+    for header in ("image,tags,scores", "\ufeffimage\ttags\tscores"):
+        (tmp_path / "tags.csv").write_text(header + "\na.png,x,0.5\n", encoding="utf-8")
+        with pytest.raises(UsageError, match=r"looks like CSV/TSV; predictions are JSON lines"):
+            load_predictions(tmp_path / "tags.csv")
 
 
 @pytest.fixture()
@@ -195,8 +201,12 @@ def test_match_errors(tree):
     message = str(err.value)
     assert message.startswith("12 truth image(s) have no prediction")
     assert "m00.png" in message and "m09.png" in message and "m10.png" not in message and "and 2 more" in message
+    assert "no prediction matched" not in message  # a.png matched: the paths are not the problem
     with pytest.raises(UsageError, match="more than one prediction"):
         match_predictions(rows + [{"image": "./a.png", "tags": []}], truth[-1:], ["cat"])
+    elsewhere = [{"image": "other/a.png", "tags": []}]
+    with pytest.raises(UsageError, match=r"no prediction matched: .* other/a.png is .*other/a.png; truth paths"):
+        match_predictions(elsewhere, truth[-1:], ["cat"])
 
 
 def test_evaluation_labels():
@@ -227,3 +237,24 @@ def test_with_the_real_manifest_reader(tmp_path, monkeypatch):
     report = evaluate(scores, truth, labels)
     assert n_ignored == 0 and report["gzs"]["n_images"] == 6
     assert report["gzs"]["mAP"] == pytest.approx(1.0) and report["gzs"]["miAP"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(shutil.which("zstag") is None, reason="the zstag console script is not installed")
+def test_top_k_predictions_are_evaluated_with_a_warning(tmp_path):
+    """A `zstag tag` file keeps 10 labels per image by default; eval says the rest rank last, tied."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")
+    write_jsonl(tmp_path / "truth.jsonl", [{"image": "a.png", "tags": ["cat"]}, {"image": "b.png", "tags": ["dog"]}])
+    full = [{"label": "cat", "score": 0.9}, {"label": "dog", "score": 0.1}, {"label": "owl", "score": 0.0}]
+    write_jsonl(tmp_path / "all.jsonl", [{"image": n, "tags": full} for n in ("a.png", "b.png")])
+    write_jsonl(tmp_path / "top1.jsonl", [{"image": n, "tags": full[:1]} for n in ("a.png", "b.png")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(predictions: str) -> subprocess.CompletedProcess[str]:
+        args = ["zstag", "eval", "-p", predictions, "--truth", "truth.jsonl"]
+        return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+
+    cut, whole = run("top1.jsonl"), run("all.jsonl")
+    assert cut.returncode == whole.returncode == 0, cut.stderr + whole.stderr
+    assert "score at most 1 of the 2 labels per image" in cut.stderr and "--top-k 0" in cut.stderr
+    assert "score at most" not in whole.stderr

@@ -163,6 +163,10 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
         try:
             rows.append(_parse_row(json.loads(line)))
         except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+            if lineno == 1 and line.lstrip("\ufeff").startswith(("image,", "image\t")):
+                raise UsageError(
+                    f"{path} looks like CSV/TSV; predictions are JSON lines (`zstag tag -f jsonl`, the default)"
+                ) from None
             raise UsageError(f"{path}:{lineno}: malformed prediction: {err}") from None
     return rows
 
@@ -239,7 +243,13 @@ def match_predictions(
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED])
         more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise UsageError(f"{len(missing)} truth image(s) have no prediction: {shown}{more}")
+        hint = ""
+        if len(missing) == len(truth_samples) and rows:  # nothing matched: most likely the paths' base
+            hint = (
+                f" (no prediction matched: prediction paths resolve against the current directory, so"
+                f" {rows[0]['image']} is {same_file_key(rows[0]['image'])}; truth paths against the manifest's folder)"
+            )
+        raise UsageError(f"{len(missing)} truth image(s) have no prediction: {shown}{more}{hint}")
     scores = np.full((len(truth_samples), len(labels)), -np.inf)
     for i, key in enumerate(truth_keys):
         for tag in by_file[key]["tags"]:

@@ -72,6 +72,12 @@ def eval_matrices(opts: EvalOptions) -> tuple[np.ndarray, np.ndarray, list[str],
         scores, truth, ignored = match_predictions(rows, samples, labels)
         if ignored:
             console.info(f"{ignored} prediction(s) for images outside the truth ignored")
+        scored = int(np.isfinite(scores).sum(1).max(initial=0))
+        if scored < len(labels):
+            console.warn(
+                f"the predictions score at most {scored} of the {len(labels)} labels per image: the rest rank"
+                " last, tied, which changes mAP and P/R@K; tag with --top-k 0 to evaluate full rankings"
+            )
     else:
         labels = evaluation_labels([], samples, given, unseen)
         scores, samples = model_scores(opts, samples, labels)
