@@ -239,6 +239,17 @@ def test_resume_with_another_vocabulary_or_format_is_refused(work):
     assert (work / "o.jsonl").read_bytes() == written
 
 
+def test_a_rerun_without_resume_keeps_an_interrupted_runs_rows(work):
+    partial = work / "o.jsonl.partial"
+    partial.write_text(format_row("jsonl", "x.jpg", [("dog", 0.5)]))
+    refused = tag(work, "ok.jpg", "-o", "o.jsonl")
+    assert refused.returncode == 2 and "add --resume to continue it, or --force to start over" in err(refused)
+    assert jsonl(partial.read_bytes())[0]["image"] == "x.jpg"
+    forced = tag(work, "ok.jpg", "-o", "o.jsonl", "--force")
+    assert forced.returncode == 0, err(forced)
+    assert [row["image"] for row in jsonl((work / "o.jsonl").read_bytes())] == ["ok.jpg"]
+
+
 def test_resume_continues_an_orphan_partial_over_an_older_finished_file(work):
     target = work / "o.jsonl"
     target.write_text(format_row("jsonl", "stale.jpg", [("dog", 0.1)]))
@@ -257,6 +268,9 @@ def test_resume_continues_an_orphan_partial_over_an_older_finished_file(work):
         (["--labels", "/dev/zero"], "/dev/zero is larger than"),
         (["nothere.jpg"], "no such file or folder: 'nothere.jpg'"),  # issue 18 item 7
         (["nothere/*.jpg"], "no file matches 'nothere/*.jpg'"),
+        (["--errors", "ok.jpg"], "the errors file ok.jpg is one of the input images"),
+        (["-o", "t.jsonl", "--errors", "t.jsonl"], "--errors t.jsonl is the --output file"),
+        (["-o", "vocab.txt/t.jsonl"], "cannot write --output vocab.txt/t.jsonl"),
     ],
 )
 def test_bad_paths_exit_2_before_any_work(work, args, named):
@@ -318,6 +332,22 @@ def test_txt_sidecars_never_overwrite_a_file_zstag_did_not_write(work):
     again = tag(work, "d", "-f", "txt")  # zstag's own sidecar, unchanged since: replaced quietly
     assert again.returncode == 0, err(again)
     assert photo.exists()
+
+
+def test_a_sidecar_is_never_written_over_an_input_image_and_an_unwritable_one_is_named(work):
+    """`pic.txt` (a PNG) is its own txt sidecar: overwrite/append used to destroy the picture. A
+    sidecar that cannot be written names its image; the other images are still tagged (exit 3)."""
+    picture = image(work / "pic.txt")
+    before = picture.read_bytes()
+    for mode in ("overwrite", "append"):
+        result = tag(work, "pic.txt", "ok.jpg", "-f", "txt", "--sidecar-mode", mode)
+        assert result.returncode == 3 and "its sidecar pic.txt is an input image" in err(result)
+        assert picture.read_bytes() == before and (work / "ok.txt").is_file()
+    (work / "b.txt").mkdir()
+    image(work / "b.png")
+    blocked = tag(work, "b.png", "ok.jpg", "-f", "txt", "--sidecar-mode", "overwrite")
+    assert blocked.returncode == 3 and "cannot write b.txt" in err(blocked), err(blocked)
+    assert "Error" not in err(blocked)
 
 
 def test_sidecars_of_images_sharing_a_stem_never_clash(work):

@@ -65,7 +65,13 @@ FLAGS = {
         "every existing sidecar alone.",
         **choice(*SIDECAR_MODES),
     ),
-    "force": typer.Option("--force", help="Replace an existing --output file even if it is not a zstag output."),
+    "force": typer.Option(
+        "--force",
+        help=(
+            "Replace an existing --output file even if it is not a zstag output, or start over where an"
+            " interrupted run left OUTPUT.partial."
+        ),
+    ),
     "shard": typer.Option(
         "--shard",
         help="Tag only block I of N of the inputs (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.",

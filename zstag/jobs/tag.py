@@ -79,7 +79,7 @@ def tag(opts: TagOptions) -> int:
         console.info(f"share {share.index}/{share.count}: {len(items)} of {everything} input(s)")
     joined = share is not None and share.torchrun and not sidecar
     target = shard_name(opts.output, share) if joined and share is not None else opts.output
-    check_errors_file(opts.errors)
+    check_errors_file(opts.errors, None if sidecar else opts.output, items)
     if not sidecar:
         check_not_an_input(opts.output, items)
     done_before = read_done_images(Path(opts.output), opts.fmt) if joined and opts.resume else set()
@@ -107,7 +107,7 @@ def tag(opts: TagOptions) -> int:
             + ("" if opts.raw_scores else " (this model has no calibration: see `zstag calibrate`)")
         )
     engine = Engine(opts.device, batch_size=opts.batch_size, workers=opts.workers, compile=opts.compile)
-    sidecars = SidecarWriter(opts.fmt, opts.sidecar_mode) if sidecar else None
+    sidecars = SidecarWriter(opts.fmt, opts.sidecar_mode, [p for _, p in items]) if sidecar else None
     console.debug(f"model {model.path} ({model.config['method']}), {len(vocab)} labels, device {engine.device}")
     failures: list[tuple[str, str]] = []
 
@@ -172,17 +172,21 @@ def tag(opts: TagOptions) -> int:
     return finish_torchrun(share, opts, joined, resumed=bool(done_before) or opts.resume, failures=len(failures))
 
 
-def check_errors_file(errors: Path | None) -> None:
-    """Refuse an errors file that could not be written, before any work rather than after it."""
+def check_errors_file(errors: Path | None, output: str | None, items: list[tuple[str, str]]) -> None:
+    """Refuse an errors file that could not be written, or whose lines would land in an input image
+    or in the tags file (which `--resume`, `eval` and `report` then misread), before any work."""
     if errors is None:
         return
     if errors.is_dir():
         raise UsageError(f"the errors file {errors} is a folder; name a file in it")
     if not errors.parent.is_dir():
         raise UsageError(f"the folder of the errors file {errors} does not exist")
+    if output not in (None, "-") and os.path.realpath(errors) == os.path.realpath(output):
+        raise UsageError(f"--errors {errors} is the --output file; name another file for the errors")
+    check_not_an_input(str(errors), items, what="the errors file")
 
 
-def check_not_an_input(output: str, items: list[tuple[str, str]]) -> None:
+def check_not_an_input(output: str, items: list[tuple[str, str]], what: str = "the output") -> None:
     """Refuse an output file that is one of the inputs: writing it would destroy the image."""
     try:
         target = os.stat(output)
@@ -194,7 +198,7 @@ def check_not_an_input(output: str, items: list[tuple[str, str]]) -> None:
         except (OSError, ValueError):
             continue
         if same:
-            raise UsageError(f"the output {output} is one of the input images ({display}); choose another output file")
+            raise UsageError(f"{what} {output} is one of the input images ({display}); choose another file")
 
 
 def compact_inputs(inputs: Iterable[tuple[str, Path]]) -> list[tuple[str, str]]:

@@ -78,21 +78,29 @@ def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "safe") -> None:
 
 
 class SidecarWriter:
-    """Writes one run's sidecars, and names an image whose sidecar another image of the run took."""
+    """Writes one run's sidecars, and names an image whose sidecar another image of the run took,
+    would be one of the run's input images (`pic.txt` is its own txt sidecar), or cannot be written:
+    that image is not tagged, the others are."""
 
-    def __init__(self, fmt: str, mode: str) -> None:
+    def __init__(self, fmt: str, mode: str, inputs: list[str] | None = None) -> None:
         self.fmt, self.mode = fmt, mode
         self._owners: dict[Path, Path] = {}
+        self._inputs = {os.path.realpath(p) for p in inputs or ()}
 
     def write(self, image_path: Path, tags: Tags) -> None:
         """Write `image_path`'s sidecar; ImageError says why it was not written."""
         sidecar = sidecar_path(image_path, self.fmt)
+        if os.path.realpath(sidecar) in self._inputs:
+            raise ImageError(f"its sidecar {sidecar} is an input image: not written (rename the image)")
         owner = self._owners.setdefault(sidecar, image_path)
         if owner != image_path:
             raise ImageError(f"{sidecar} already holds the tags of {owner} (same name, other extension)")
-        if self.fmt == "txt":
-            write_txt_sidecar(image_path, tags, self.mode)
-        else:
-            from zstag.outputs.xmp import write_xmp_sidecar
+        try:
+            if self.fmt == "txt":
+                write_txt_sidecar(image_path, tags, self.mode)
+            else:
+                from zstag.outputs.xmp import write_xmp_sidecar
 
-            write_xmp_sidecar(image_path, tags, self.mode)
+                write_xmp_sidecar(image_path, tags, self.mode)
+        except OSError as exc:
+            raise ImageError(f"cannot write {sidecar}: {exc.strerror or exc}") from None

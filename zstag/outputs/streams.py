@@ -227,17 +227,26 @@ class StreamOutput:
             return
         path, partial = Path(target), Path(f"{target}.partial")
         check_target(path, force)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        in_place = resume and path.exists() and not partial.exists()
-        if path.exists() and not in_place:
-            fd = os.open(path, os.O_RDONLY)
-            _lock(fd, target)
-            self._fds.append(fd)
-        work = path if in_place else partial
-        fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            in_place = resume and path.exists() and not partial.exists()
+            if path.exists() and not in_place:
+                fd = os.open(path, os.O_RDONLY)
+                _lock(fd, target)
+                self._fds.append(fd)
+            work = path if in_place else partial
+            fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as exc:
+            self._release()
+            raise UsageError(f"cannot write --output {target}: {exc.strerror or exc}") from None
         _lock(fd, target)
         self._partial = None if in_place else str(partial)
         try:
+            if not resume and not force and os.fstat(fd).st_size > len(header(fmt)):
+                raise UsageError(
+                    f"{partial} holds the rows of an interrupted run: add --resume to continue it, or --force to"
+                    " start over"
+                )
             if resume:
                 self.done = read_done(work, fmt)
             else:
