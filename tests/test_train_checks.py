@@ -171,3 +171,33 @@ def test_an_out_folder_with_files_zstag_did_not_write_is_refused_untouched(tmp_p
     code, lines = without_torch("train", "m.jsonl", "--method", "lesa", "--out", "notes", cwd=tmp_path)
     assert code == 2 and any("--out notes holds files but no model zstag wrote" in line for line in lines)
     assert (foreign / "config.json").read_text() == '{"mine": true}\n'
+
+
+def test_a_trained_model_in_out_is_replaced_only_with_force_and_never_a_downloaded_one(tmp_path):
+    """A second `zstag train --out M` silently replaced the first model, even one in the download
+    cache that `hf://` names; now --force (or --resume) says what to do with it."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "tags": ["cat"]}) + "\n")
+    model = tmp_path / "m"
+    model.mkdir()
+    config = '{"zstag_version": "0.1.0", "method": "lesa"}\n'
+    (model / "config.json").write_text(config)
+    code, lines = without_torch("train", "m.jsonl", "--method", "lesa", "--out", "m", cwd=tmp_path)
+    assert code == 2 and any("add --force to replace it, or --resume" in line for line in lines), lines
+    assert (model / "config.json").read_text() == config
+    cached = tmp_path / "cache" / "hub" / "models--me--t" / "snapshots" / "abc"
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text(config)
+    result = zstag(
+        "train",
+        "m.jsonl",
+        "--method",
+        "lesa",
+        "--out",
+        str(cached),
+        "--force",
+        cwd=tmp_path,
+        env={"ZSTAG_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 2 and "which train never rewrites" in result.stderr, result.stderr
+    assert (cached / "config.json").read_text() == config

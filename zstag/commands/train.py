@@ -67,6 +67,7 @@ FLAGS = {
         "--resume",
         help="Continue an interrupted run from OUT's last epoch checkpoint (same options; --epochs may grow).",
     ),
+    "force": typer.Option("--force", help="Replace the model (or interrupted run) already in --out."),
 }
 
 

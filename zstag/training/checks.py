@@ -21,6 +21,7 @@ from zstag.data.splits import remove_unseen
 from zstag.data.vocab import read_vocabulary
 from zstag.methods import METHODS, method_class
 from zstag.methods.settings import Recipe
+from zstag.store.hub import shared_place
 from zstag.training.options import TrainOptions
 
 SEMANTICS = ("minilm", "glove-300", *CLIP_MODELS)  # registry names; anything else must be a file or folder
@@ -82,10 +83,18 @@ def problems(opts: TrainOptions) -> list[str]:
             "or a sentence-transformers folder"
         )
     out = Path(opts.out)
-    if out.exists() and not out.is_dir():
+    place = shared_place(out)
+    if place is not None:
+        found.append(f"--out {out} is in {place}, which train never rewrites; choose another folder")
+    elif out.exists() and not out.is_dir():
         found.append(f"--out {out} is a file; give a folder for the model")
     elif out.is_dir() and any(out.iterdir()) and not _zstag_model_dir(out):
         found.append(f"--out {out} holds files but no model zstag wrote; choose a new or empty folder")
+    elif _zstag_model_dir(out) and not (opts.resume or opts.force):
+        found.append(
+            f"--out {out} holds a model zstag trained (or an interrupted run): add --force to replace it, "
+            "or --resume to continue an interrupted run"
+        )
     labels = _vocabulary(opts.labels, "--labels", found)
     unseen = _vocabulary(opts.unseen, "--unseen", found)
     try:

@@ -31,6 +31,7 @@ class TrainOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
     resume: bool = False
+    force: bool = False  # replace a model already in `out` (checked by zstag/training/checks.py)
 
     def signature(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (epochs may grow, the device
