@@ -210,3 +210,22 @@ def test_naive_loop_with_workers_tags_as_without(tmp_path):
     for a, b in zip(*outputs):
         assert [t["label"] for t in a["tags"]] == [t["label"] for t in b["tags"]]
         assert [t["score"] for t in a["tags"]] == pytest.approx([t["score"] for t in b["tags"]], abs=1e-5)
+
+
+def test_json_never_replaces_a_file_that_is_not_a_bench_report(tmp_path):
+    """Checked before measuring: someone's file, a folder, a missing folder (exit 2, untouched)."""
+    from test_console_script import ZSTAG, zstag
+
+    if ZSTAG is None:
+        pytest.skip("the zstag console script is not installed")
+    (tmp_path / "notes.json").write_text('{"mine": 1}\n')
+    (tmp_path / "folder").mkdir()
+    for target, named in (
+        ("notes.json", "exists and is not a zstag bench report"),
+        ("folder", "is a folder"),
+        ("nodir/b.json", "the folder of --json nodir/b.json does not exist"),
+    ):
+        result = zstag("bench", "--quick", "--device", "cpu", "--only", "decode", "--json", target, cwd=tmp_path)
+        assert result.returncode == 2 and named in result.stderr, result.stderr
+        assert "bench:" not in result.stderr  # nothing was measured
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}\n'

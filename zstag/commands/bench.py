@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from zstag.bench.options import SECTIONS, BenchOptions
 from zstag.commands import params
 from zstag.commands.build import Flag, from_options, split_list
+from zstag.core.errors import UsageError
 
 NAME = "bench"
 
@@ -67,11 +69,29 @@ def run(opts: BenchOptions) -> None:
       zstag bench --device cuda --backbone vgg19 --image-size 224\n
       zstag bench --quick --only forward,vocab-scale
     """
+    if opts.json_path is not None and str(opts.json_path) != "-":
+        check_report_file(opts.json_path)
     from zstag.bench.run import run as run_bench
 
     report = run_bench(opts)
     if opts.json_path is not None and str(opts.json_path) == "-":
         print(json.dumps(report, indent=2))
+
+
+def check_report_file(path: Path) -> None:
+    """Refuse, before measuring, a --json file that could not be written or that is someone else's:
+    only a report an earlier `zstag bench` wrote (an object with "zstag" and "sections") is replaced."""
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"the folder of --json {path} does not exist")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            old = None
+        if not (isinstance(old, dict) and {"zstag", "sections"} <= old.keys()):
+            raise UsageError(f"--json {path} exists and is not a zstag bench report; choose another file")
 
 
 command = from_options(BenchOptions, FLAGS, run)
