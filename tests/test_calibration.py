@@ -221,6 +221,36 @@ def test_calibrate_command_fits_on_a_tagged_set_and_keeps_the_ranking(trained_un
     assert json.loads(cli(*evaluate).out) == report_before  # an increasing map: same metrics
 
 
+def test_eval_and_calibrate_exit_3_when_truth_images_cannot_be_read(trained_uncalibrated, dataset, tmp_path):
+    """Like tag: the metrics (and the fit) over the readable images, and exit 3 saying some were not."""
+    from test_console_script import ZSTAG, zstag
+
+    if ZSTAG is None:
+        pytest.skip("the zstag console script is not installed")
+    (tmp_path / "empty.png").write_bytes(b"")
+    rows = [json.loads(line) for line in dataset["manifest"].read_text().splitlines() if line.strip()]
+    rows = [{**r, "image": str((dataset["manifest"].parent / r["image"]).resolve())} for r in rows]
+    tag = rows[0]["tags"][0]
+    truth = tmp_path / "with-empty.jsonl"
+    truth.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"image": "empty.png", "tags": [tag]}]))
+    model = str(trained_uncalibrated)
+    evaluated = zstag("eval", "--model", model, "--truth", str(truth), "--json", *ON_CPU, cwd=tmp_path)
+    assert evaluated.returncode == 3, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["unreadable_images"] == 1 and report["gzs"]["n_images"] == len(rows)
+    assert "empty.png" in evaluated.stderr
+    fitted = zstag("calibrate", model, "--data", str(truth), *ON_CPU, cwd=tmp_path)
+    assert fitted.returncode == 3, fitted.stderr
+    assert json.loads((trained_uncalibrated / "config.json").read_text())["calibration"] == json.loads(fitted.stdout)
+
+
+def test_a_misspelt_unseen_label_is_named():
+    from zstag.training.checks import unseen_typos
+
+    said = unseen_typos(["triangel", "zebra", "circle"], ["circle", "square", "triangle"])
+    assert len(said) == 1 and "'triangel'" in said[0] and "'triangle'" in said[0]
+
+
 @pytest.fixture
 def trained_uncalibrated(dataset, word_vectors, tmp_path):
     """A model directory without calibration, as made by older versions or with --val-fraction 0."""

@@ -32,7 +32,7 @@ FLAGS = {
 }
 
 
-def run(opts: EvalOptions) -> None:
+def run(opts: EvalOptions) -> int:
     """Fit score calibration (Platt scaling) on tagged images, so thresholds are probabilities.
 
     Training already calibrates on its validation split; use this for older models, to
@@ -49,7 +49,9 @@ def run(opts: EvalOptions) -> None:
     """
     from zstag.jobs.evaluate import run_calibrate
 
-    print(json.dumps(run_calibrate(opts)))
+    fitted, unreadable = run_calibrate(opts)
+    print(json.dumps(fitted))
+    return 3 if unreadable else 0
 
 
 command = from_options(EvalOptions, FLAGS, run)

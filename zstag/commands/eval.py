@@ -62,7 +62,7 @@ EXTRAS = {
 }
 
 
-def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
+def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> int:
     """Evaluate predictions (or a model) against ground truth: mAP, miAP, P/R/F1@K, ZS and GZS.
 
     Examples:\n
@@ -82,14 +82,17 @@ def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> None:
 
         check_plots_folder(plots)
 
-    scores, truth, labels, unseen = eval_matrices(opts)
+    scores, truth, labels, unseen, unreadable = eval_matrices(opts)
     report = evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+    if unreadable:
+        report["unreadable_images"] = unreadable
     if plots is not None:
         from zstag.eval.plots import write_plots
 
         for path in write_plots(plots, report, label_curves(scores, truth, labels, unseen), labels, unseen):
             console.info(f"wrote {path}")
     print(json.dumps(report) if as_json else render_report(report))
+    return 3 if unreadable else 0
 
 
 command = from_options(EvalOptions, FLAGS, run, EXTRAS)

@@ -4,7 +4,7 @@ and turn them into the report of GUIDE §1, as JSON or as a readable table."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,16 +56,39 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
     return scores[kept], [s for s, k in zip(samples, kept) if k]
 
 
+class Matrices(NamedTuple):
+    """What `evaluate` reads (and `eval --plots` draws), and how many truth images could not be read
+    (left out of the matrices; the command exits 3 then, as `tag` does)."""
+
+    scores: np.ndarray
+    truth: np.ndarray
+    labels: list[str]
+    unseen: list[str] | None
+    unreadable: int = 0
+
+
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
-    scores, truth, labels, unseen = eval_matrices(opts)
-    return evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
+    """The metrics report; with "unreadable_images" when some truth images were left out."""
+    m = eval_matrices(opts)
+    report = evaluate(m.scores, m.truth, m.labels, m.unseen, ks=opts.ks, protocol=opts.protocol)
+    if m.unreadable:
+        report["unreadable_images"] = m.unreadable
+    return report
 
 
-def eval_matrices(opts: EvalOptions) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+def eval_matrices(opts: EvalOptions) -> Matrices:
     """Scores, truth, labels and unseen labels as `evaluate` reads them (also what `eval --plots` draws)."""
     samples = read_dataset(opts.truth)
     unseen = read_vocabulary(opts.unseen) if opts.unseen else None
     given = read_vocabulary(opts.labels) if opts.labels else None
+    if unseen:
+        tagged = {t for s in samples for t in s.tags}
+        absent = [u for u in unseen if u not in tagged]
+        if absent:
+            console.warn(
+                f"{len(absent)} unseen label(s) tag no truth image, so their AP is undefined: "
+                f"{', '.join(map(repr, absent[:5]))}{' ...' if len(absent) > 5 else ''} (a typo?)"
+            )
     if opts.predictions is not None:
         rows = load_predictions(opts.predictions)
         labels = evaluation_labels(rows, samples, given, unseen)
@@ -78,14 +101,23 @@ def eval_matrices(opts: EvalOptions) -> tuple[np.ndarray, np.ndarray, list[str],
                 f"the predictions score at most {scored} of the {len(labels)} labels per image: the rest rank"
                 " last, tied, which changes mAP and P/R@K; tag with --top-k 0 to evaluate full rankings"
             )
-    else:
-        labels = evaluation_labels([], samples, given, unseen)
-        scores, samples = model_scores(opts, samples, labels)
-        truth = truth_matrix(samples, labels)
-    return scores, truth, labels, unseen
+        return Matrices(scores, truth, labels, unseen)
+    labels = evaluation_labels([], samples, given, unseen)
+    scores, kept = model_scores(opts, samples, labels)
+    return Matrices(scores, truth_matrix(kept, labels), labels, unseen, unreadable=unreadable(opts, samples, kept))
 
 
-def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
+def unreadable(opts: EvalOptions, samples: list[Sample], kept: list[Sample]) -> int:
+    """Truth images `model_scores` could not read (those outside --images do not count)."""
+    if not opts.inputs:
+        return len(samples) - len(kept)
+    from zstag.data.inputs import iter_inputs
+
+    wanted = {Path(p).resolve() for _, p in iter_inputs(opts.inputs)}
+    return sum(s.image.resolve() in wanted for s in samples) - len(kept)
+
+
+def run_calibrate(opts: EvalOptions) -> tuple[dict[str, Any], int]:
     """Fit the model's score calibration on a tagged set and store it in the model's config.
 
     The model's raw scores of the set's labels (or `opts.labels`) are fitted with Platt scaling
@@ -114,18 +146,18 @@ def run_calibrate(opts: EvalOptions) -> dict[str, Any]:
         raise UsageError(f"{made.key} is a ready-made model, which scores raw: --score-norm is for trained models")
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
-    scores, samples = model_scores(opts, samples, labels)
-    fitted = {**fit_platt(scores, truth_matrix(samples, labels)), "fitted_on": str(opts.truth)}
+    scores, kept = model_scores(opts, samples, labels)
+    fitted = {**fit_platt(scores, truth_matrix(kept, labels)), "fitted_on": str(opts.truth)}
     if made is not None:
         console.info(f"calibration of {made.key} stored in {write_calibration(made, fitted)}")
-        return fitted
+        return fitted, unreadable(opts, samples, kept)
     assert folder is not None  # not ready-made: resolved above
     config = read_config(folder)
     config["calibration"] = fitted
     if opts.score_norm is not None:  # the calibration was fitted on scores standardised so
         config["score_norm"] = opts.score_norm
     write_config(folder, config)
-    return fitted
+    return fitted, unreadable(opts, samples, kept)
 
 
 def render_report(report: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ declared beside the method's modules, which do.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from pathlib import Path
@@ -142,4 +143,20 @@ def label_warnings(samples: list[Sample]) -> list[str]:
             f"{len(counts)} labels for {len(samples)} image(s), {len(single)} of them on one image only: "
             "a label needs several images to be learnt"
         )
+    return said
+
+
+def unseen_typos(unseen: list[str], labels: list[str]) -> list[str]:
+    """Unseen labels absent from the data but one letter or so from a label it has ('triangel'):
+    that label would be trained as seen. Absent labels without a near twin are what zero-shot
+    tagging is for, and pass silently."""
+    present = set(labels)
+    said = []
+    for label in unseen:
+        if label not in present:
+            near = difflib.get_close_matches(label, labels, n=1, cutoff=0.85)
+            if near:
+                said.append(
+                    f"unseen label {label!r} is not in the data, but {near[0]!r} is (a typo?): it is trained as seen"
+                )
     return said

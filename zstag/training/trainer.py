@@ -35,7 +35,7 @@ from zstag.methods.base import Method
 from zstag.store.model import Model, build_model, save_model
 from zstag.training.batches import CachedBatches, ImageBatches, ShuffledBatches, TaggedImages, collate_tagged
 from zstag.training.checkpoint import CHECKPOINT, TrainState, load_checkpoint, restore_rng, save_checkpoint
-from zstag.training.checks import label_warnings, shown
+from zstag.training.checks import label_warnings, shown, unseen_typos
 from zstag.training.features import FeatureCache, StageCache
 from zstag.training.optim import Schedule, make_optimizer
 from zstag.training.options import TrainOptions
@@ -60,6 +60,8 @@ def prepare_samples(opts: TrainOptions) -> tuple[list[Sample], list[str], list[s
     for warning in label_warnings(samples):
         console.warn(f"{opts.data}: {warning}")
     unseen = read_vocabulary(opts.unseen) if opts.unseen else []
+    for warning in unseen_typos(unseen, dataset_labels(samples)):
+        console.warn(f"{opts.unseen}: {warning}")
     samples, removed = remove_unseen(samples, unseen)
     if unseen:
         console.info(f"removed {removed} unseen tag(s) ({len(unseen)} unseen label(s)) from the training targets")
