@@ -104,3 +104,12 @@ def test_a_threshold_nothing_reaches_says_so(tmp_path):
     assert all('"tags": []' in line for line in result.stdout.splitlines())
     assert "7 of 7 image(s) got no tag" in result.stderr and "the highest was 0." in result.stderr
     assert "got no tag" not in zstag(*args, "--threshold", "0.0", cwd=tmp_path).stderr
+
+
+def test_a_per_label_threshold_outside_0_1_is_refused_for_a_calibrated_model(tmp_path):
+    (tmp_path / "strict.tsv").write_text("horse\t30\n")  # meant 30%
+    args = ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--thresholds", "strict.tsv"]
+    refused = zstag(*args, cwd=tmp_path)
+    assert refused.returncode == 2 and "'horse' has 30, not a probability in [0, 1]" in refused.stderr
+    assert refused.stdout == ""
+    assert zstag(*args, "--raw-scores", cwd=tmp_path).returncode == 0

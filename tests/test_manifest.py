@@ -273,3 +273,14 @@ def test_names_with_line_separators_stay_one_row(tmp_path):
         manifest.read_text(encoding="utf-8").replace('"tags": ["dog"]', '"tags": []'), encoding="utf-8"
     )
     assert [row["image"] for row in load_predictions(predictions)] == names
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [("m.csv", "image,tags\nimg/a.png,dog|beach\n"), ("m.jsonl", '{"image": "img/a.png", "tags": ["dog", "beach"]}\n')],
+)
+def test_a_byte_order_mark_from_a_spreadsheet_is_read_past(tmp_path, name, text):
+    """Excel's "CSV UTF-8" starts with U+FEFF; it was read as part of the header ('\\ufeffimage')."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    samples = read_dataset(tmp_path / name)
+    assert [(s.image, s.tags) for s in samples] == [(tmp_path / "img" / "a.png", ["dog", "beach"])]

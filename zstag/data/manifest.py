@@ -87,10 +87,11 @@ class _Problems:
 
 
 def _read_text(path: Path) -> str:
-    """The manifest as text; bytes that are not UTF-8 are a usage error naming their line."""
+    """The manifest as text, without the byte-order mark spreadsheets put first ("CSV UTF-8");
+    bytes that are not UTF-8 are a usage error naming their line."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise UsageError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None

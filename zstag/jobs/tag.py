@@ -98,9 +98,15 @@ def tag(opts: TagOptions) -> int:
     model = load_model(opts.model)
     labels = model.embed(vocab)
     calibration = None if opts.raw_scores else model.config.get("calibration")
-    thresholds = label_thresholds(
-        labels.names, opts.threshold, read_thresholds(opts.thresholds) if opts.thresholds else {}
-    )
+    per_label = read_thresholds(opts.thresholds) if opts.thresholds else {}
+    outside = [(label, v) for label, v in per_label.items() if not 0 <= v <= 1]
+    if calibration is not None and outside:
+        label, value = outside[0]
+        raise UsageError(
+            f"{opts.thresholds}: {label!r} has {value:g}, not a probability in [0, 1] (this model's scores are "
+            "calibrated; add --raw-scores to threshold raw scores)"
+        )
+    thresholds = label_thresholds(labels.names, opts.threshold, per_label)
     if thresholds is not None and calibration is None:
         console.warn(
             f"thresholds apply to raw {model.config['method']} scores"
