@@ -172,8 +172,11 @@ def test_the_command_line_assembles_tags_and_refuses(members, dataset, tmp_path)
     assert tagged.returncode == 0, tagged.stderr
     assert json.loads(tagged.stdout)["tags"]
 
+    assert "calibrations and score normalisation do not carry over" in made.stderr  # the members are calibrated
     again = zstag("ensemble", *map(str, members[:2]), "--out", str(out), cwd=tmp_path)
     assert again.returncode == 2 and "not an empty folder" in again.stderr
+    twice = zstag("ensemble", str(members[0]), str(members[0]) + "/", "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert twice.returncode == 2 and "is the same model as" in twice.stderr and not (tmp_path / "two").exists()
     one = zstag("ensemble", str(members[0]), "--out", str(tmp_path / "one"), cwd=tmp_path)
     assert one.returncode == 2 and "two models or more" in one.stderr and not (tmp_path / "one").exists()
     trained = zstag(

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from zstag import __version__
 from zstag.backbones import CLIP_MODELS, SCRATCH_BACKBONES, build_backbone
+from zstag.core import console
 from zstag.core.atomic import atomic_write
 from zstag.core.errors import ModelError, UsageError, ZstagError
 from zstag.core.paths import WEIGHTS_DIR
@@ -318,6 +319,15 @@ def assemble_ensemble(refs: list[str], out: Path) -> Model:
     if not 2 <= len(refs) <= MAX_MEMBERS:
         raise UsageError(f"an ensemble needs two models or more, at most {MAX_MEMBERS}")
     check_new_folder(out)
+    folders: dict[str, str] = {}
+    for ref in refs:
+        try:
+            real = os.path.realpath(resolve_model_dir(ref))
+        except ZstagError:
+            continue  # load_model names what is wrong with it
+        if real in folders:
+            raise UsageError(f"{ref} is the same model as {folders[real]}: give each member once")
+        folders[real] = str(ref)
     members = [load_model(ref) for ref in refs]
     first = members[0]
     for ref, member in zip(refs, members, strict=True):
@@ -354,6 +364,11 @@ def assemble_ensemble(refs: list[str], out: Path) -> Model:
         save_model(model, out)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write the model there ({exc.strerror or exc})") from None
+    if any(m.config.get("calibration") or m.config.get("score_norm", "none") != "none" for m in members):
+        console.info(
+            "the members' calibrations and score normalisation do not carry over to the ensemble: "
+            f"zstag calibrate {out} --data TAGGED --score-norm seen"
+        )
     return model
 
 
