@@ -113,3 +113,16 @@ def test_a_per_label_threshold_outside_0_1_is_refused_for_a_calibrated_model(tmp
     assert refused.returncode == 2 and "'horse' has 30, not a probability in [0, 1]" in refused.stderr
     assert refused.stdout == ""
     assert zstag(*args, "--raw-scores", cwd=tmp_path).returncode == 0
+
+
+def test_help_names_every_backbone_semantics_and_registry_entry(tmp_path):
+    """The help texts listed neither small-resnet nor the CLIP models the README recommends."""
+    import json
+
+    from zstag.backbones import BACKBONES
+    from zstag.store import SEMANTICS_NAMES
+
+    train_help = " ".join(zstag("train", "--help", cwd=tmp_path, env={"COLUMNS": "200"}).stdout.split())
+    assert all(name in train_help for name in (*BACKBONES, *SEMANTICS_NAMES))
+    fetch_help = " ".join(zstag("fetch", "--help", cwd=tmp_path, env={"COLUMNS": "200"}).stdout.split())
+    assert all(name in fetch_help for name in json.loads((ROOT / "weights" / "registry.json").read_text()))

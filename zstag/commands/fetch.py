@@ -24,7 +24,10 @@ def command(
     names: Annotated[
         Optional[list[str]],
         typer.Argument(
-            help="Registry names (vgg19, resnet101, resnet50, minilm, glove-300) or hf://OWNER/REPO[@REV].",
+            help=(
+                "Registry names (vgg19, resnet50, resnet101, clip-vit-b32, clip-vit-l14, minilm, glove-300; "
+                "--list shows them all) or hf://OWNER/REPO[@REV]."
+            ),
             autocompletion=_complete_names,
         ),
     ] = None,

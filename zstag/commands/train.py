@@ -7,9 +7,11 @@ from typing import Any, Optional
 
 import typer
 
+from zstag.backbones import CLIP_MODELS, SCRATCH_BACKBONES
 from zstag.commands import params
 from zstag.commands.build import Flag, from_options
 from zstag.core import console
+from zstag.store import SEMANTICS_NAMES
 from zstag.training.checks import problems
 from zstag.training.options import TrainOptions
 
@@ -43,11 +45,19 @@ FLAGS = {
     "labels": typer.Option("--labels", help="Train only on these labels (default: every tag in DATA)."),
     "backbone": typer.Option(
         "--backbone",
-        help="bundled (default), small (from scratch), vgg19, resnet101, resnet50.",
+        help=(
+            f"bundled (default: pretrained on clip art, shipped), {', '.join(SCRATCH_BACKBONES)} (trained from"
+            f" scratch), vgg19, resnet50, resnet101 (ImageNet) or {', '.join(CLIP_MODELS)} (photos; these"
+            " need `zstag fetch NAME` once)."
+        ),
         autocompletion=params.complete_backbones,
     ),
     "semantics": typer.Option(
-        "--semantics", help="minilm, glove-300, or a vector file / sentence-transformers folder."
+        "--semantics",
+        help=(
+            f"{', '.join(SEMANTICS_NAMES)} (CLIP's text tower, after `zstag fetch`), or a vector text file /"
+            " sentence-transformers folder."
+        ),
     ),
     "epochs": typer.Option("--epochs", min=1, help="Epochs (default: the method's recipe)."),
     "batch_size": params.batch_size("Batch size (default: the method's recipe)."),

@@ -15,17 +15,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from zstag.backbones import BACKBONES, CLIP_MODELS
+from zstag.backbones import BACKBONES
 from zstag.core.errors import UsageError
 from zstag.data.manifest import Sample, read_dataset
 from zstag.data.splits import remove_unseen
 from zstag.data.vocab import read_vocabulary
 from zstag.methods import METHODS, method_class
 from zstag.methods.settings import Recipe
+from zstag.store import SEMANTICS_NAMES
 from zstag.store.hub import shared_place
 from zstag.training.options import TrainOptions
 
-SEMANTICS = ("minilm", "glove-300", *CLIP_MODELS)  # registry names; anything else must be a file or folder
 MAX_LABEL_CHARS = 200  # no tag is this long; a longer "label" is a pasted text
 SHOWN = 5  # names shown per problem before "... and N more"
 # A label "looks like a sentence" when it ends in sentence punctuation or has more words than this.
@@ -78,9 +78,9 @@ def problems(opts: TrainOptions) -> list[str]:
         _settings(opts, found)
     if opts.backbone not in BACKBONES:
         found.append(f"unknown backbone {opts.backbone!r}; choose one of: {', '.join(BACKBONES)}")
-    if opts.semantics not in SEMANTICS and not Path(opts.semantics).exists():
+    if opts.semantics not in SEMANTICS_NAMES and not Path(opts.semantics).exists():
         found.append(
-            f"unknown semantics {opts.semantics!r}: use {' or '.join(SEMANTICS)}, a vector text file "
+            f"unknown semantics {opts.semantics!r}: use {' or '.join(SEMANTICS_NAMES)}, a vector text file "
             "or a sentence-transformers folder"
         )
     out = Path(opts.out)
