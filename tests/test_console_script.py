@@ -130,3 +130,23 @@ def test_help_names_every_backbone_semantics_and_registry_entry(tmp_path):
     assert all(name in train_help for name in (*BACKBONES, *SEMANTICS_NAMES))
     fetch_help = text("fetch")
     assert all(name in fetch_help for name in json.loads((ROOT / "weights" / "registry.json").read_text()))
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly_with_141(tmp_path):
+    """`zstag tag ... | head -1`: exit 141 (as SIGPIPE would end `cat`) and nothing on stderr; it was 1."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(96):
+        shutil.copy(EXAMPLES / "photos" / "car.jpg", photos / f"c{i:02d}.jpg")
+    run = subprocess.Popen(
+        [ZSTAG, "tag", str(photos), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "8"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.stdout is not None and run.stderr is not None
+    assert run.stdout.readline().startswith(b'{"image"')
+    run.stdout.close()
+    assert run.wait(timeout=120) == 141
+    assert run.stderr.read().decode() == ""

@@ -7,6 +7,7 @@ usage or bad input files (one line, no traceback); 3 finished but some inputs we
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -16,7 +17,7 @@ from zstag import __version__
 from zstag.commands import COMMANDS
 from zstag.commands.build import QUIET, VERBOSE
 from zstag.core import console
-from zstag.core.errors import ZstagError
+from zstag.core.errors import OutputClosed, ZstagError
 
 try:  # typer 0.2x parses with its own copy of click
     from typer._click import exceptions as click_errors
@@ -77,6 +78,10 @@ def main() -> None:
     try:
         code = app(prog_name="zstag", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
+    except OutputClosed as exc:
+        # Quiet, and with stdout pointed at nothing so the interpreter's last flush cannot complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(exc.exit_code)
     except ZstagError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)

@@ -23,3 +23,10 @@ class MissingWeightsError(ZstagError):
 
 class ImageError(Exception):
     """One input image could not be read; carries the reason. Never stops a run."""
+
+
+class OutputClosed(ZstagError):
+    """Whoever read standard output stopped (`zstag tag ... | head`): a quiet end, exit 141 as for a
+    process that SIGPIPE ended, the shell convention, rather than the 1 of a failure."""
+
+    exit_code = 141

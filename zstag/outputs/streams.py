@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from zstag.core.atomic import atomic_write
-from zstag.core.errors import UsageError
+from zstag.core.errors import OutputClosed, UsageError
 from zstag.outputs import STREAM_FORMATS, Tags
 
 try:
@@ -260,19 +260,29 @@ class StreamOutput:
             self.file.write(header(fmt))
 
     def write(self, image: str, tags: Tags) -> None:
-        self.file.write(format_row(self.fmt, image, tags))
+        try:
+            self.file.write(format_row(self.fmt, image, tags))
+        except BrokenPipeError:
+            raise OutputClosed() from None
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except BrokenPipeError:
+            raise OutputClosed() from None
         if self.target != "-":
             os.fsync(self.file.fileno())
 
     def close(self, complete: bool) -> None:
         """Finish. The output gets its final name only when complete; an interrupted run keeps its
         rows as `TARGET.partial`, which `--resume` continues. The locks go last."""
-        self.flush()
         if self.target == "-":
+            try:
+                self.file.flush()
+            except BrokenPipeError:
+                pass  # the reader has gone: OutputClosed ends the run already
             return
+        self.flush()
         if self._partial is not None and complete:
             os.replace(self._partial, self.target)
         self.file.close()
