@@ -181,7 +181,7 @@ def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors,
     # Per-label thresholds through the command line: one label made unreachable, the rest at 0.
     top = max(calibrated, key=calibrated.get)
     rules = tmp_path / "thresholds.tsv"
-    rules.write_text(f"{top}\t1.5\nno such label\t0.1\n")
+    rules.write_text(f"{top}\t1\nno such label\t0.1\n")  # every calibrated score here is below 1
     result = cli(*common, "--threshold", "0", "--thresholds", rules)
     assert result.code == 0, result.err
     kept = {t["label"] for t in json.loads(result.out)["tags"]}
