@@ -98,17 +98,23 @@ def test_shell_completion_offers_values(words, expected, tmp_path):
 
 def test_a_threshold_nothing_reaches_says_so(tmp_path):
     """Empty tags for every image, exit 0 and silence used to be all a new user saw."""
-    args = ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "0"]
+    args = ["tag", str(EXAMPLES / "photos" / "car.jpg"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "0"]
     result = zstag(*args, "--threshold", "0.999", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert all('"tags": []' in line for line in result.stdout.splitlines())
-    assert "7 of 7 image(s) got no tag" in result.stderr and "the highest was 0." in result.stderr
-    assert "got no tag" not in zstag(*args, "--threshold", "0.0", cwd=tmp_path).stderr
+    assert '"tags": []' in result.stdout
+    assert "1 of 1 image(s) got no tag" in result.stderr and "the highest was 0." in result.stderr
 
 
 def test_a_per_label_threshold_outside_0_1_is_refused_for_a_calibrated_model(tmp_path):
     (tmp_path / "strict.tsv").write_text("horse\t30\n")  # meant 30%
-    args = ["tag", str(EXAMPLES / "photos"), "--labels", str(EXAMPLES / "vocab.txt"), "--thresholds", "strict.tsv"]
+    args = [
+        "tag",
+        str(EXAMPLES / "photos" / "horse.jpg"),
+        "--labels",
+        str(EXAMPLES / "vocab.txt"),
+        "--thresholds",
+        "strict.tsv",
+    ]
     refused = zstag(*args, cwd=tmp_path)
     assert refused.returncode == 2 and "'horse' has 30, not a probability in [0, 1]" in refused.stderr
     assert refused.stdout == ""
@@ -136,10 +142,10 @@ def test_a_reader_that_stops_early_ends_the_run_quietly_with_141(tmp_path):
     """`zstag tag ... | head -1`: exit 141 (as SIGPIPE would end `cat`) and nothing on stderr; it was 1."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    for i in range(96):
+    for i in range(48):
         shutil.copy(EXAMPLES / "photos" / "car.jpg", photos / f"c{i:02d}.jpg")
     run = subprocess.Popen(
-        [ZSTAG, "tag", str(photos), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "8"],
+        [ZSTAG, "tag", str(photos), "--labels", str(EXAMPLES / "vocab.txt"), "--batch-size", "4"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
