@@ -85,12 +85,15 @@ class SidecarWriter:
     def __init__(self, fmt: str, mode: str, inputs: list[str] | None = None) -> None:
         self.fmt, self.mode = fmt, mode
         self._owners: dict[Path, Path] = {}
-        self._inputs = {os.path.realpath(p) for p in inputs or ()}
+        # Only inputs named like a sidecar can be one (an image named `pic.txt`): a short list, so
+        # a run over a million photos resolves no path for this check.
+        suffix = ".txt" if fmt == "txt" else ".xmp"
+        self._inputs = {os.path.realpath(p) for p in inputs or () if p.lower().endswith(suffix)}
 
     def write(self, image_path: Path, tags: Tags) -> None:
         """Write `image_path`'s sidecar; ImageError says why it was not written."""
         sidecar = sidecar_path(image_path, self.fmt)
-        if os.path.realpath(sidecar) in self._inputs:
+        if self._inputs and os.path.realpath(sidecar) in self._inputs:
             raise ImageError(f"its sidecar {sidecar} is an input image: not written (rename the image)")
         owner = self._owners.setdefault(sidecar, image_path)
         if owner != image_path:
