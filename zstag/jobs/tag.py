@@ -167,7 +167,7 @@ def tag(opts: TagOptions) -> int:
                 f.writelines(
                     escape_name(json.dumps({"image": d, "error": r}, ensure_ascii=False)) + "\n" for d, r in failures
                 )
-    console.info(f"tagged {done} image(s)" + (f"; {len(failures)} unreadable" if failures else ""))
+    console.info(f"tagged {done} image(s)" + (f"; {len(failures)} not tagged, each named above" if failures else ""))
     if untagged:
         console.warn(
             f"{untagged} of {done} image(s) got no tag: no score reached its threshold (the highest was {best:.3g}); "
