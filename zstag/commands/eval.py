@@ -74,25 +74,24 @@ def run(opts: EvalOptions, as_json: bool, plots: Path | None) -> int:
         raise UsageError("give exactly one of --predictions FILE or --model MODEL")
     if opts.predictions is not None and opts.score_norm is not None:
         raise UsageError("--score-norm needs --model: predictions from a file are scored already")
-    from zstag.eval.report import evaluate, label_curves
-    from zstag.jobs.evaluate import eval_matrices, render_report
+    from zstag.eval.report import label_curves
+    from zstag.jobs.evaluate import eval_matrices, render_report, report_of
 
     if plots is not None:
         from zstag.eval.plots import check_plots_folder
 
         check_plots_folder(plots)
 
-    scores, truth, labels, unseen, unreadable = eval_matrices(opts)
-    report = evaluate(scores, truth, labels, unseen, ks=opts.ks, protocol=opts.protocol)
-    if unreadable:
-        report["unreadable_images"] = unreadable
+    m = eval_matrices(opts)
+    report = report_of(m, opts)
     if plots is not None:
         from zstag.eval.plots import write_plots
 
-        for path in write_plots(plots, report, label_curves(scores, truth, labels, unseen), labels, unseen):
+        curves = label_curves(m.scores, m.truth, m.labels, m.unseen)
+        for path in write_plots(plots, report, curves, m.labels, m.unseen):
             console.info(f"wrote {path}")
     print(json.dumps(report) if as_json else render_report(report))
-    return 3 if unreadable else 0
+    return 3 if m.unreadable else 0
 
 
 command = from_options(EvalOptions, FLAGS, run, EXTRAS)

@@ -23,8 +23,9 @@ def required_model(opts: EvalOptions) -> str:
     return opts.model
 
 
-def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample]]:
-    """Scores of `labels` for the truth images, computed by the engine; unreadable images are left out."""
+def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) -> tuple[np.ndarray, list[Sample], int]:
+    """Scores of `labels` for the truth images (those in --images when given), computed by the
+    engine; unreadable images are left out and counted (the third value)."""
     from zstag.engine.engine import Engine
     from zstag.store.model import load_model, use_score_norm
 
@@ -53,7 +54,7 @@ def model_scores(opts: EvalOptions, samples: list[Sample], labels: list[str]) ->
     if broken:
         total = int(kept.sum())
         raise ModelError(f"{opts.model}: non-finite scores for {broken} of {total} image(s) (broken weights?)")
-    return scores[kept], [s for s, k in zip(samples, kept) if k]
+    return scores[kept], [s for s, k in zip(samples, kept) if k], int((~kept).sum())
 
 
 class Matrices(NamedTuple):
@@ -68,8 +69,11 @@ class Matrices(NamedTuple):
 
 
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
+    return report_of(eval_matrices(opts), opts)
+
+
+def report_of(m: Matrices, opts: EvalOptions) -> dict[str, Any]:
     """The metrics report; with "unreadable_images" when some truth images were left out."""
-    m = eval_matrices(opts)
     report = evaluate(m.scores, m.truth, m.labels, m.unseen, ks=opts.ks, protocol=opts.protocol)
     if m.unreadable:
         report["unreadable_images"] = m.unreadable
@@ -103,18 +107,8 @@ def eval_matrices(opts: EvalOptions) -> Matrices:
             )
         return Matrices(scores, truth, labels, unseen)
     labels = evaluation_labels([], samples, given, unseen)
-    scores, kept = model_scores(opts, samples, labels)
-    return Matrices(scores, truth_matrix(kept, labels), labels, unseen, unreadable=unreadable(opts, samples, kept))
-
-
-def unreadable(opts: EvalOptions, samples: list[Sample], kept: list[Sample]) -> int:
-    """Truth images `model_scores` could not read (those outside --images do not count)."""
-    if not opts.inputs:
-        return len(samples) - len(kept)
-    from zstag.data.inputs import iter_inputs
-
-    wanted = {Path(p).resolve() for _, p in iter_inputs(opts.inputs)}
-    return sum(s.image.resolve() in wanted for s in samples) - len(kept)
+    scores, kept, unreadable = model_scores(opts, samples, labels)
+    return Matrices(scores, truth_matrix(kept, labels), labels, unseen, unreadable)
 
 
 def run_calibrate(opts: EvalOptions) -> tuple[dict[str, Any], int]:
@@ -146,18 +140,18 @@ def run_calibrate(opts: EvalOptions) -> tuple[dict[str, Any], int]:
         raise UsageError(f"{made.key} is a ready-made model, which scores raw: --score-norm is for trained models")
     samples = read_dataset(opts.truth)
     labels = evaluation_labels([], samples, read_vocabulary(opts.labels) if opts.labels else None, None)
-    scores, kept = model_scores(opts, samples, labels)
+    scores, kept, unreadable = model_scores(opts, samples, labels)
     fitted = {**fit_platt(scores, truth_matrix(kept, labels)), "fitted_on": str(opts.truth)}
     if made is not None:
         console.info(f"calibration of {made.key} stored in {write_calibration(made, fitted)}")
-        return fitted, unreadable(opts, samples, kept)
+        return fitted, unreadable
     assert folder is not None  # not ready-made: resolved above
     config = read_config(folder)
     config["calibration"] = fitted
     if opts.score_norm is not None:  # the calibration was fitted on scores standardised so
         config["score_norm"] = opts.score_norm
     write_config(folder, config)
-    return fitted, unreadable(opts, samples, kept)
+    return fitted, unreadable
 
 
 def render_report(report: dict[str, Any]) -> str:
