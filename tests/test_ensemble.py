@@ -49,7 +49,7 @@ def members(dataset, word_vectors, tmp_path_factory):
     root = tmp_path_factory.mktemp("members")
     return [
         train(dataset, word_vectors, root / "lesa-0", "lesa", 0),
-        train(dataset, word_vectors, root / "lesa-1", "lesa", 1),
+        train(dataset, word_vectors, root / "lesa-1", "lesa", 1, stage="last"),
         train(dataset, word_vectors, root / "fast0tag", "fast0tag", 0),
     ]
 
@@ -90,8 +90,8 @@ def test_the_ensemble_scores_the_mean_of_its_members_standardised_scores(members
     monkeypatch.setattr(shared, "feature_maps", counted)
     got = scores_of(ensemble, images, labels)
     assert torch.allclose(got, expected, atol=1e-4)
-    # One backbone pass per batch of 4, shared by the three heads (the LESA heads read its middle
-    # stage, fast0tag its last: the same pass goes on for it).
+    # One backbone pass per batch of 4, shared by the three heads (one LESA head reads its middle
+    # stage, the other and fast0tag its last: the same pass goes on for them).
     assert passes == [4, 4, 2]
 
     # LESA M = 1 and Fast0Tag score linearly in the label vectors: the ensemble took its one-product

@@ -84,6 +84,21 @@ def test_explicit_dimensions(batch):
 # -- eq. 4-6, 12: attention and scores -------------------------------------------------------------
 
 
+def test_stage_last_attends_over_the_last_stage(batch):
+    """`stage=last` takes the regions from the stride-32 stage (on our trunks the region map is the
+    stride-16 middle one): the 2x2 conv reads that stage's channels and the grid is its size."""
+    images = batch[0][:2]
+    model = make({"stage": "last", "attentions": 2}).eval()
+    assert model.conv[1].in_channels == model.conv[1].out_channels == SmallBackbone.channels[2]
+    with torch.no_grad():
+        att = model.attend(images)
+        expected = model.conv(model.backbone.stages(images)[2]).flatten(2).transpose(1, 2)
+    assert att.grid == (2, 2)  # 64 px / stride 32
+    torch.testing.assert_close(att.regions, expected)
+    with pytest.raises(UsageError, match="stage"):
+        LESA.hyperparameters({"stage": "first"})
+
+
 def test_attention_matches_eq_4_5(batch):
     model = make({"attentions": 3})
     images = batch[0][:2]

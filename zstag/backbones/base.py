@@ -64,11 +64,11 @@ class Backbone(nn.Module, ABC):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.stages(images)
 
-    def regions(self, images: torch.Tensor) -> torch.Tensor:
-        """The region map that attention methods use, (B, C, h, w). The stages after it are not
-        computed: for the bundled backbone, whose region map is the middle stage, that is a fifth
-        of its multiply-adds (docs/performance.md)."""
-        return next(islice(self.feature_maps(images), self.region_stage, None))
+    def regions(self, images: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        """The map of `stage` (default: `region_stage`, the region map that attention methods
+        use), (B, C, h, w). The stages after it are not computed: for the bundled backbone, whose
+        region map is the middle stage, that is a fifth of its multiply-adds (docs/performance.md)."""
+        return next(islice(self.feature_maps(images), self.region_stage if stage is None else stage, None))
 
     @property
     def region_channels(self) -> int:

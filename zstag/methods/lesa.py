@@ -19,6 +19,11 @@ Variants (Sec. 5.1, Table 1-2), all hyperparameter switches:
   seen label that is its own cluster, for an unseen label at tag time the cluster it would join.
   Ranking + relevance only, as in the paper.
 - `use_div`, `use_rel`, `use_dist`: drop single terms of eq. 14 (the Table 2 ablation).
+- `stage=last`: attend over the backbone's last (stride-32) stage instead of its region map. On
+  VGG19 and ResNet the two are the same map; on our own trunks (`small`, `small-resnet`, the
+  bundled backbone) the region map is the stride-16 middle stage, shaped like VGG19's conv5_4, and
+  the last stage is the one their pretraining classifier read: more semantic, coarser (4x4 at
+  128 px). The default model mixes heads of both (docs/benchmarks.md measures why).
 
 Deviations from the paper, and why:
 - Normalisation. Every term is a per-image quantity averaged over the images of the batch (the
@@ -133,6 +138,9 @@ class LESAConfig(MethodConfig):
     use_dist: bool = setting(True)
     cluster: bool = setting(False)  # one attention per cluster of the seen labels (Table 1)
     clusters: int = setting(10, 1, 4096)
+    # The backbone map the regions come from: "region", the backbone's region map (VGG19 conv5_4,
+    # the paper's), or "last", its stride-32 last stage (the same map on VGG19; see the docstring).
+    stage: str = setting("region", choices=("region", "last"))
 
 
 class LESA(Method[torch.Tensor]):
@@ -166,7 +174,9 @@ class LESA(Method[torch.Tensor]):
             self.attentions = k
         else:
             self.attentions = config.attentions
-        feature_dim = config.feature_dim or backbone.region_channels
+        self.stage = backbone.region_stage if config.stage == "region" else len(backbone.channels) - 1
+        channels = backbone.channels[self.stage]
+        feature_dim = config.feature_dim or channels
         attention_dim = config.attention_dim or feature_dim
         multi = self.attentions > 1 and not self.cluster  # div and dist only make sense when modules compete
         self.use_div = config.use_div and multi
@@ -177,7 +187,7 @@ class LESA(Method[torch.Tensor]):
 
         self.conv = nn.Sequential(  # the extra 2x2 conv on top of the backbone (Sec. 5.1), grid kept
             nn.ZeroPad2d((0, 1, 0, 1)),
-            nn.Conv2d(backbone.region_channels, feature_dim, kernel_size=2, bias=False),
+            nn.Conv2d(channels, feature_dim, kernel_size=2, bias=False),
             nn.BatchNorm2d(feature_dim),
             nn.ReLU(inplace=True),
         )
@@ -189,7 +199,7 @@ class LESA(Method[torch.Tensor]):
 
     def attend(self, images: torch.Tensor) -> Attention:
         """Region features and the M shared attentions (eq. 3-5)."""
-        maps = self.conv(self.backbone.regions(images))
+        maps = self.conv(self.backbone.regions(images, self.stage))
         h, w = maps.shape[-2:]
         regions = maps.flatten(2).transpose(1, 2)  # (B, R, F)
         logits = self.heads(torch.tanh(self.hidden(regions))).transpose(1, 2)  # e^m = tanh(F^T W1) w2^m
