@@ -214,3 +214,21 @@ def test_a_carriage_return_in_a_name_is_quoted(fmt):
 def test_a_score_that_is_not_a_number_is_never_written(fmt):
     with pytest.raises(ValueError, match="finite"):
         format_row(fmt, "a.jpg", [("dog", float("nan"))])
+
+
+def test_labels_holding_a_formats_tag_separator_are_named_before_tagging(tmp_path):
+    """A label with '|' comes back from csv/tsv as two labels, one with ',' from txt sidecars: the
+    run says so up front (and still tags); jsonl and xmp keep every label whole."""
+    from test_console_script import EXAMPLES, zstag
+
+    from zstag.outputs import labels_holding_separator
+
+    vocab = ["rock|roll", "horse", "salt, pepper"]
+    assert labels_holding_separator(vocab, "csv") == labels_holding_separator(vocab, "tsv") == ["rock|roll"]
+    assert labels_holding_separator(vocab, "txt") == ["salt, pepper"]
+    assert labels_holding_separator(vocab, "jsonl") == labels_holding_separator(vocab, "xmp") == []
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    result = zstag("tag", str(EXAMPLES / "photos" / "horse.jpg"), "--labels", "vocab.txt", "-f", "csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 label(s) hold '|', which --format csv writes between tags" in result.stderr
+    assert "'rock|roll'" in result.stderr and "horse" in result.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,3 +148,10 @@ def choice(*values: str) -> dict[str, Any]:
         return value
 
     return {"callback": check, "autocompletion": lambda: list(values)}
+
+
+def hint_terminal_stdin(inputs: list[str]) -> None:
+    """Say so when '-' would read image paths from a terminal: without the hint the command
+    seems to hang, waiting for lines a user did not know it wants."""
+    if "-" in inputs and sys.stdin is not None and sys.stdin.isatty():
+        console.info("reading image paths from the terminal, one per line; end with Ctrl-D")

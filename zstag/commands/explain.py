@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import from_options
+from zstag.commands.build import from_options, hint_terminal_stdin
 from zstag.jobs.options import ExplainOptions
 
 NAME = "explain"
@@ -27,6 +27,7 @@ def run(opts: ExplainOptions) -> int:
       zstag explain photo.jpg --labels vocab.txt --out explained/\n
       zstag explain ./photos --labels vocab.txt --model models/sgma --top-k 5 -o explained/
     """
+    hint_terminal_stdin(opts.inputs)
     from zstag.jobs.explain import explain
 
     return explain(opts)

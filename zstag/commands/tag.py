@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from zstag.commands import params
-from zstag.commands.build import Flag, choice, from_options, split_list
+from zstag.commands.build import Flag, choice, from_options, hint_terminal_stdin, split_list
 from zstag.core.errors import UsageError
 from zstag.jobs.options import TagOptions
 from zstag.outputs import FORMATS, SIDECAR_MODES, STREAM_FORMATS
@@ -108,6 +108,7 @@ def run(opts: TagOptions) -> int:
         )
     if opts.resume and opts.output == "-" and opts.fmt in STREAM_FORMATS:
         raise UsageError("--resume needs --output FILE (it reads what the file already holds)")
+    hint_terminal_stdin(opts.inputs)
     from zstag.jobs.tag import tag
 
     return tag(opts)

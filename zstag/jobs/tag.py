@@ -22,7 +22,7 @@ from zstag.engine.distributed import Share, current_share
 from zstag.engine.engine import Engine
 from zstag.eval.calibration import apply as apply_calibration
 from zstag.jobs.options import TagOptions
-from zstag.outputs import SIDECAR_FORMATS, Tags
+from zstag.outputs import SIDECAR_FORMATS, TAG_SEPARATORS, Tags, labels_holding_separator
 from zstag.outputs.sidecars import SidecarWriter
 from zstag.outputs.streams import StreamOutput, escape_name, join_shards, read_done_images
 from zstag.store.model import load_model
@@ -64,6 +64,13 @@ def tag(opts: TagOptions) -> int:
     from zstag.data.inputs import iter_inputs
 
     vocab = read_vocabulary(opts.labels)
+    clashing = labels_holding_separator(vocab, opts.fmt)
+    if clashing:
+        console.warn(
+            f"{len(clashing)} label(s) hold {TAG_SEPARATORS[opts.fmt]!r}, which --format {opts.fmt} writes between "
+            f"tags, so they cannot be read back as one label ({', '.join(map(repr, clashing[:3]))}"
+            f"{' ...' if len(clashing) > 3 else ''}); --format jsonl keeps every label whole"
+        )
     sidecar = opts.fmt in SIDECAR_FORMATS
     share = current_share(opts.shard)
     if share is not None and share.torchrun:

@@ -8,6 +8,15 @@ STREAM_FORMATS = ("jsonl", "csv", "tsv")
 SIDECAR_FORMATS = ("txt", "xmp")
 FORMATS = STREAM_FORMATS + SIDECAR_FORMATS
 SIDECAR_MODES = ("safe", "overwrite", "append", "skip")  # what to do with an existing sidecar: sidecars.py
+# What a format writes between one image's tags (streams.py, sidecars.py); xmp and jsonl keep each
+# label whole.
+TAG_SEPARATORS = {"csv": "|", "tsv": "|", "txt": ","}
+
+
+def labels_holding_separator(labels: list[str], fmt: str) -> list[str]:
+    """The labels that `fmt` could not split back out of its tag lists (they hold its separator)."""
+    separator = TAG_SEPARATORS.get(fmt)
+    return [label for label in labels if separator is not None and separator in label]
 
 
 def sidecar_path(image_path: Path, fmt: str) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from zstag.core.atomic import atomic_write_text
 from zstag.core.errors import ImageError
-from zstag.outputs import Tags, sidecar_path
+from zstag.outputs import TAG_SEPARATORS, Tags, sidecar_path
 
 _MARK = "user.zstag.sha256"
 
@@ -70,9 +70,13 @@ def write_txt_sidecar(image_path: Path, tags: Tags, mode: str = "safe") -> None:
                 "(the sidecar modes overwrite and append change it)"
             )
         if mode == "append":
-            old = [t.strip() for t in sidecar.read_text(encoding="utf-8", errors="replace").split(",") if t.strip()]
+            old = [
+                t.strip()
+                for t in sidecar.read_text(encoding="utf-8", errors="replace").split(TAG_SEPARATORS["txt"])
+                if t.strip()
+            ]
             labels = old + [label for label in labels if label not in old]
-    text = ", ".join(labels) + "\n"
+    text = f"{TAG_SEPARATORS['txt']} ".join(labels) + "\n"
     atomic_write_text(sidecar, text)
     _mark(sidecar, text)
 

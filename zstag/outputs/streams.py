@@ -30,7 +30,7 @@ from typing import IO
 
 from zstag.core.atomic import atomic_write
 from zstag.core.errors import OutputClosed, UsageError
-from zstag.outputs import STREAM_FORMATS, Tags
+from zstag.outputs import STREAM_FORMATS, TAG_SEPARATORS, Tags
 
 try:
     import fcntl
@@ -69,7 +69,8 @@ def format_row(fmt: str, image: str, tags: Tags) -> str:
     # "\r\n" as the terminator makes csv quote fields holding '\r' as well as '\n' (it quotes the
     # terminator's characters); the row then ends in '\n' like every other line zstag writes.
     writer = csv.writer(buffer, delimiter="," if fmt == "csv" else "\t", lineterminator="\r\n")
-    writer.writerow([escape_name(image), "|".join(label for label, _ in tags), "|".join(f"{s:.6g}" for _, s in tags)])
+    bar = TAG_SEPARATORS[fmt]
+    writer.writerow([escape_name(image), bar.join(label for label, _ in tags), bar.join(f"{s:.6g}" for _, s in tags)])
     return buffer.getvalue()[:-2] + "\n"
 
 
@@ -141,7 +142,9 @@ def read_done(path: Path, fmt: str) -> Done:
         for row in rows:
             if row:
                 done.images.add(unescape_name(row[0]))
-                done.labels.update(label for label in (row[1] if len(row) > 1 else "").split("|") if label)
+                done.labels.update(
+                    label for label in (row[1] if len(row) > 1 else "").split(TAG_SEPARATORS[fmt]) if label
+                )
     return done
 
 
