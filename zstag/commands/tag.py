@@ -83,8 +83,8 @@ def run(opts: TagOptions) -> int:
     """Tag images with the labels of a vocabulary (any labels, seen in training or not).
 
     The default model is small and trained on a CPU on about 3,000 clip-art drawings and icons
-    (sixteen LESA heads on a small ResNet; on OpenClipart's test split, mAP 9.95 for labels it
-    never trained on, 32.9 over all labels): it works offline everywhere, but on photos its tags are
+    (sixteen LESA heads on a small ResNet; on OpenClipart's test split, mAP 10.5 for labels it
+    never trained on, 36.0 over all labels): it works offline everywhere, but on photos its tags are
     rough. For photos, fetch a ready-made model (zstag fetch clip-vit-b32, then --model
     clip-vit-b32) or train on your own tagged images (zstag train --backbone resnet101 or
     clip-vit-b32).
