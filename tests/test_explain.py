@@ -4,6 +4,7 @@ score units, with the image's shape kept and no picture saying more than the mod
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -70,8 +71,12 @@ def test_explain_writes_one_png_per_image(method, hp, model_dir, dataset, cli, t
 
 def test_a_map_shared_by_every_tag_is_drawn_once_with_a_note(model_dir, dataset, tmp_path):
     """LESA with one attention module looks at one place for every label: three identical panels
-    would read as three findings."""
+    would read as three findings. A name that is not UTF-8 and holds a line break is printed as one
+    escaped line (printing it raw ended the run with a UnicodeEncodeError)."""
     images = sorted(dataset["images"].iterdir())[:2]
+    odd = tmp_path / os.fsdecode(b"odd\xff\nname.png")
+    shutil.copy(images[0], odd)
+    images.append(odd)
     out = tmp_path / "explained"
     result = zstag(
         "explain",
@@ -90,7 +95,9 @@ def test_a_map_shared_by_every_tag_is_drawn_once_with_a_note(model_dir, dataset,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(SAME_MAPS) == 1
-    assert [picture_panels(out / f"{p.name}.explain.png") for p in images] == [2, 2]
+    assert [picture_panels(out / f"{p.name}.explain.png") for p in images] == [2, 2, 2]
+    printed = result.stdout.splitlines()
+    assert len(printed) == 3 and printed[2] == str(out / "odd\\udcff\\nname.png.explain.png")
 
 
 def test_panels_show_calibrated_probabilities_like_tag(model_dir, dataset, cli, tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ from zstag.engine.engine import Engine
 from zstag.eval.calibration import apply as apply_calibration
 from zstag.jobs.options import ExplainOptions
 from zstag.outputs.pictures import KEY, save_marked, written_by
+from zstag.outputs.streams import escape_name
 from zstag.store.model import load_model
 
 TILE = 224  # side of each panel's picture
@@ -197,6 +198,6 @@ def explain(opts: ExplainOptions) -> int:
                         console.info(f"note: {SAME_MAPS}")
                         noted = True
                     save_marked(picture, targets[i], MARK[1])
-                    print(targets[i])
+                    print(escape_name(str(targets[i])).replace("\n", "\\n").replace("\r", "\\r"))
                     bar.update(1)
     return 3 if failures else 0
