@@ -3,12 +3,21 @@ run the command line in-process (fast: torch is imported once per test session).
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import pytest
+# Before torch loads OpenMP (here and in every zstag process the tests start, which inherit it):
+# threads waiting at a barrier sleep instead of spinning. On a shared 2-core machine a spinning
+# thread holds the core its partner needs: a training step took several times longer (0.2 s per
+# step passive, up to 2 s spinning), and the suite's time swung by minutes with the machine's load.
+# Only how idle threads wait changes: the thread counts, and so the engine's streams, stay the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth  # noqa: E402
@@ -42,6 +51,15 @@ def word_vectors(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vectors") / "tiny-glove.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def calibrated_fast0tag(dataset, word_vectors, tmp_path_factory) -> Path:
+    """A small fast0tag model trained in-process on `dataset`, calibrated on its validation split
+    (`test_calibration.train_fast0tag` with --val-fraction 0.3). Shared: copy it before changing it."""
+    from test_calibration import train_fast0tag
+
+    return train_fast0tag(dataset, word_vectors, tmp_path_factory.mktemp("calibrated") / "m", val_fraction=0.3)
 
 
 @dataclass

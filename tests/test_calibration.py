@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,8 @@ def test_select_with_per_label_thresholds():
 
 def train_fast0tag(dataset, word_vectors, out, val_fraction: float):
     """A small fast0tag model trained in-process on the synthetic set (calibrated from its validation
-    split unless `val_fraction` is 0)."""
+    split unless `val_fraction` is 0). Tests share the two trainings through fixtures:
+    `calibrated_fast0tag` (conftest, session) and `trained_uncalibrated` (below, a fresh copy per test)."""
     from zstag.training.options import TrainOptions
     from zstag.training.trainer import train
 
@@ -152,8 +154,8 @@ def train_fast0tag(dataset, word_vectors, out, val_fraction: float):
     return out
 
 
-def test_training_stores_a_calibration_and_tag_applies_it(dataset, word_vectors, cli, tmp_path):
-    out = train_fast0tag(dataset, word_vectors, tmp_path / "m", val_fraction=0.3)
+def test_training_stores_a_calibration_and_tag_applies_it(calibrated_fast0tag, dataset, cli, tmp_path):
+    out = calibrated_fast0tag  # trained with --val-fraction 0.3; only read here
     calibration = json.loads((out / "config.json").read_text())["calibration"]
     assert calibration["fitted_on"] == "validation split" and calibration["pairs"] > 0
     assert math.isfinite(calibration["scale"]) and math.isfinite(calibration["bias"])
@@ -251,11 +253,16 @@ def test_a_misspelt_unseen_label_is_named():
     assert len(said) == 1 and "'triangel'" in said[0] and "'triangle'" in said[0]
 
 
+@pytest.fixture(scope="module")
+def _uncalibrated(dataset, word_vectors, tmp_path_factory):
+    return train_fast0tag(dataset, word_vectors, tmp_path_factory.mktemp("uncalibrated") / "old", val_fraction=0.0)
+
+
 @pytest.fixture
-def trained_uncalibrated(dataset, word_vectors, tmp_path):
-    """A model directory without calibration, as made by older versions or with --val-fraction 0."""
-    out = train_fast0tag(dataset, word_vectors, tmp_path / "old", val_fraction=0.0)
-    return out
+def trained_uncalibrated(_uncalibrated, tmp_path):
+    """A model directory without calibration, as made by older versions or with --val-fraction 0: a
+    fresh copy for each test (they calibrate it), of one training."""
+    return Path(shutil.copytree(_uncalibrated, tmp_path / "old"))
 
 
 def test_calibrate_never_rewrites_the_shipped_default(dataset, cli):

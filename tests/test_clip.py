@@ -124,7 +124,22 @@ def test_zero_shot_tag_eval_models_explain_bench(fetched, tmp_path):
     )
     assert explained.returncode == 0, explained.stderr
     assert list((tmp_path / "explained").glob("*.explain.png"))
-    benched = zstag("bench", "--model", "clip-vit-b32", "--quick", "--device", "cpu", "--json", "-", cwd=tmp_path)
+    # Every section on the ready-made model, with test_bench's small sizes: 4 photos in batches of 2.
+    benched = zstag(
+        "bench",
+        "--model",
+        "clip-vit-b32",
+        "--quick",
+        "--images",
+        "4",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        "-",
+        cwd=tmp_path,
+    )
     assert benched.returncode == 0, benched.stderr
 
 

@@ -70,9 +70,11 @@ def test_bare_zstag_prints_help_and_exits_0(tmp_path):
 
 
 def test_quiet_and_verbose_work_after_the_command(tmp_path):
+    # The session's cache (the label vectors of the examples' vocabulary are computed once for the
+    # tests here); the quiet run goes first, so that it is the one computing them when none are cached.
     args = ["tag", str(EXAMPLES / "photos" / "car.jpg"), "--labels", str(EXAMPLES / "vocab.txt"), "--top-k", "1"]
-    loud = zstag(*args, cwd=tmp_path, env={"ZSTAG_CACHE": str(tmp_path / "cache")})
-    quiet = zstag(*args, "-q", cwd=tmp_path, env={"ZSTAG_CACHE": str(tmp_path / "cache")})
+    quiet = zstag(*args, "-q", cwd=tmp_path)
+    loud = zstag(*args, cwd=tmp_path)
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     assert "tagged 1 image" in loud.stderr and quiet.stderr == ""
     assert quiet.stdout == loud.stdout and '"image"' in quiet.stdout

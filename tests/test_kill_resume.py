@@ -17,13 +17,14 @@ from zstag.store.model import build_model, save_model
 
 
 def start_run(dataset, word_vectors, tmp_path) -> tuple[subprocess.Popen, list[str], list[str], Path]:
-    """Start tagging the synthetic images from stdin; returns once at least 2 rows are written."""
-    # 448-px inputs one at a time keep the run seconds long on any machine: the signal lands mid-way.
+    """Start tagging 40 of the synthetic images from stdin; returns once at least 2 rows are written."""
+    # 448-px inputs one at a time keep the run seconds long on any machine: the signal lands mid-way
+    # (38 images after the second row; more would only lengthen the resumed run).
     model = build_model("fast0tag", "small", str(word_vectors), ["red circle", "blue square"], {}, image_size=448)
     model.config["training"] = {}
     save_model(model, tmp_path / "model")
     out = tmp_path / "tags.jsonl"
-    images = [str(p) for p in sorted(dataset["images"].iterdir())]
+    images = [str(p) for p in sorted(dataset["images"].iterdir())][:40]
     args = [
         sys.executable,
         "-m",

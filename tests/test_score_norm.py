@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from synth import ON_CPU
-from test_calibration import train_fast0tag
 from test_console_script import ZSTAG, zstag
 
 from zstag.core.errors import ModelError
@@ -21,8 +20,8 @@ from zstag.store.model import load_model, use_score_norm
 
 
 @pytest.fixture(scope="module")
-def model_dir(dataset, word_vectors, tmp_path_factory):
-    return train_fast0tag(dataset, word_vectors, tmp_path_factory.mktemp("norm") / "m", val_fraction=0.3)
+def model_dir(calibrated_fast0tag):
+    return calibrated_fast0tag  # shared with test_calibration: the tests here change copies of it
 
 
 def scores_of(model, images, labels) -> torch.Tensor:

@@ -136,6 +136,7 @@ def test_kill_9_during_training_then_resume(tiny, word_vectors, tmp_path):
     """SIGKILL at an arbitrary moment after the first checkpoint: the file is whole (written through
     a rename) and the resumed run finishes every epoch."""
     out = tmp_path / "m"
+    epochs = 12  # the kill lands about 0.3 s after the first checkpoint, well before the last epoch
     args = [
         sys.executable,
         "-m",
@@ -154,7 +155,7 @@ def test_kill_9_during_training_then_resume(tiny, word_vectors, tmp_path):
         "--semantics",
         str(word_vectors),
         "--epochs",
-        "40",
+        str(epochs),
         "--batch-size",
         "4",
         "--image-size",
@@ -173,9 +174,9 @@ def test_kill_9_during_training_then_resume(tiny, word_vectors, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = load_checkpoint(out / CHECKPOINT)["progress"]["epoch"]
-    assert 1 <= done < 40
+    assert 1 <= done < epochs
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     history = json.loads((out / "config.json").read_text())["training"]["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 41))
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     assert not (out / CHECKPOINT).exists()
