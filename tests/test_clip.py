@@ -124,6 +124,12 @@ def test_zero_shot_tag_eval_models_explain_bench(fetched, tmp_path):
     )
     assert explained.returncode == 0, explained.stderr
     assert list((tmp_path / "explained").glob("*.explain.png"))
+    # A ready-made model has no head to rebuild at another size: one line, exit 2 (it said "unknown
+    # method 'clip-zeroshot'" before).
+    resized = zstag(
+        "bench", "--model", "clip-vit-b32", "--quick", "--image-size", "32", "--device", "cpu", cwd=tmp_path
+    )
+    assert resized.returncode == 2 and "do not apply to the ready-made model clip-vit-b32" in resized.stderr
     # Every section on the ready-made model, with test_bench's small sizes: 4 photos in batches of 2.
     benched = zstag(
         "bench",

@@ -48,9 +48,10 @@ from zstag.bench.memory import LargestTensor, PeakMemory
 from zstag.bench.options import SECTIONS, BenchOptions
 from zstag.bench.photos import PHOTO_SIZE, write_photos
 from zstag.core import console
-from zstag.core.errors import MissingWeightsError
+from zstag.core.errors import MissingWeightsError, UsageError
 from zstag.data.labels import LabelSet
 from zstag.engine.engine import Engine, ImageFiles, available_cores, compile_settings
+from zstag.methods import METHODS
 from zstag.methods.base import Method
 from zstag.store.model import Model
 
@@ -220,6 +221,11 @@ class Bench:
             backbone = self.opts.backbone or config["backbone"]
             if (backbone, size) != (config["backbone"], model.image_size):
                 method, hp = config["method"], config["hp"]
+                if method not in METHODS and method != "ensemble":  # a ready-made model (CLIP zero-shot)
+                    raise UsageError(
+                        f"--backbone and --image-size do not apply to the ready-made model {self.opts.model}: "
+                        f"it has no trained head to rebuild (measure it as it is, at {model.image_size} px)"
+                    )
                 if method == "ensemble":  # the targets name one head on that backbone (VGG19 + LESA)
                     method, hp = hp["members"][0]["method"], hp["members"][0]["hp"]
                 hp = {**hp, "finetune_backbone": True}  # so the backbone's tensors are saved with it
