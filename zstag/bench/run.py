@@ -51,7 +51,7 @@ from zstag.core import console
 from zstag.core.errors import MissingWeightsError, UsageError
 from zstag.data.labels import LabelSet
 from zstag.engine.engine import Engine, ImageFiles, available_cores, compile_settings
-from zstag.methods import METHODS
+from zstag.methods import ASSEMBLED, METHODS
 from zstag.methods.base import Method
 from zstag.store.model import Model
 
@@ -221,7 +221,7 @@ class Bench:
             backbone = self.opts.backbone or config["backbone"]
             if (backbone, size) != (config["backbone"], model.image_size):
                 method, hp = config["method"], config["hp"]
-                if method not in METHODS and method != "ensemble":  # a ready-made model (CLIP zero-shot)
+                if method not in METHODS and method not in ASSEMBLED:  # a ready-made model (CLIP zero-shot)
                     raise UsageError(
                         f"--backbone and --image-size do not apply to the ready-made model {self.opts.model}: "
                         f"it has no trained head to rebuild (measure it as it is, at {model.image_size} px)"
