@@ -78,6 +78,10 @@ def test_bench_tensor_sections(cli, tmp_path, monkeypatch):
     assert (eager["compiled"], compiled["compiled"]) == (False, True)
     assert compiled["speedup"] == pytest.approx(compiled["images_per_s"] / eager["images_per_s"])
     assert compiled["max_abs_difference"] < 1e-4 and compiled["compile_s"] >= 0
+    # The pipeline cut after each stage: every prefix of tagging, then the whole job, over the same photos.
+    stages = sections["pipeline"]["rows"]
+    assert [r["stage"] for r in stages] == ["read", "decode", "score", "score, compiled", "tag"]
+    assert all(r["images_per_s"] == pytest.approx(4 / r["seconds"]) for r in stages)
     assert report["plan"]["repeats"] == 1
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from zstag.bench.photos import write_photos
 from zstag.data.jpeg import exif_orientation, read_header, read_jpeg
 from zstag.engine import engine as engine_module
-from zstag.engine.engine import CPU, GPU_JPEG, Engine, ImageFiles, collate, decode_route
+from zstag.engine.engine import CPU, GPU_JPEG, Engine, ImageFiles, Undecoded, collate, decode_route
 
 CUDA, CPU_DEVICE = torch.device("cuda"), torch.device("cpu")
 # Calibrated scores (what `zstag tag` prints) may differ this much between the two decoders: they
@@ -153,7 +153,8 @@ def test_dataset_leaves_gpu_jpegs_undecoded(files):
     indices, batch, failures, undecoded = collate(items)
     assert indices == [1, 3] and batch.shape == (2, 3, 32, 32)
     assert failures == [(2, "truncated JPEG")]
-    assert [i for i, _ in undecoded] == [0]
+    assert undecoded.indices == [0] and len(undecoded) == 1
+    assert bytes(undecoded.files()[0].numpy()) == files["baseline"].read_bytes()
 
 
 def test_gpu_decode_switch(monkeypatch):
@@ -194,12 +195,13 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
     paths = [photos[0], files["png"], photos[1], moved]
     dataset = ImageFiles(paths, size, jpeg_device=CUDA)
     indices, batch, failures, undecoded = collate([dataset[i] for i in range(len(paths))])
-    assert indices == [1] and [i for i, _ in undecoded] == [0, 2, 3]
+    assert indices == [1] and undecoded.indices == [0, 2, 3]
 
-    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, undecoded[:2])
+    first_two = Undecoded.pack(list(zip(undecoded.indices, undecoded.files()))[:2])
+    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, first_two)
     assert order == [0, 1, 2] and failed == []
     assert torch.equal(pixels[1], batch[0])
-    assert torch.equal(pixels[0], engine.decode_jpegs([undecoded[0][1]], size)[0])
+    assert torch.equal(pixels[0], engine.decode_jpegs(undecoded.files()[:1], size)[0])
 
     def refuse(files, size):
         raise RuntimeError("nvjpeg refused the batch")

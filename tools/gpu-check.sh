@@ -154,6 +154,9 @@ bench() {
 # DataLoader loop. Two runs, so that a timeout in one cannot lose the other's report.
 bench bench-224 60 150 --backbone vgg19 --image-size $SIZE_224 --only forward,decode,vocab-scale \
     "${E2E[@]}" "${FORWARD[@]}"
+# Where the end-to-end time goes: the engine's run cut after each stage (read, decode, score eager
+# and compiled, the whole tag job).
+bench pipeline 60 150 --backbone vgg19 --image-size $SIZE_224 --only pipeline "${E2E_SMALL[@]}" "${FORWARD[@]}"
 bench bench-224-e2e 60 150 --backbone vgg19 --image-size $SIZE_224 --only end-to-end "${E2E[@]}"
 # Every method's inference and training, batch 256, VGG19 and ResNet-101.
 bench bench-methods 60 150 --only methods "${METHODS[@]}"

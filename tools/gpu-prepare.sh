@@ -11,7 +11,9 @@
 #                 the 90 MB text model stays behind.
 #                 Backbone weights are left out on purpose: the bench uses random weights of the
 #                 same shape (speed does not depend on them) and says so in its `weights` field.
-# .device/wheels  platformdirs, which zstag imports at start-up and the GPU image lacks.
+# .device/wheels  platformdirs, which zstag imports at start-up and the GPU image lacks, and
+#                 huggingface_hub 2 with its httpx2 (the image has 1.x, which zstag's hub code and
+#                 tools/random_clip.py's fetch through the fake hub do not run on).
 # .device/fallback
 #                 typer and its dependencies at the versions tested here, installed there only if
 #                 `python3 -m zstag --help` fails with the image's own typer.
@@ -40,7 +42,9 @@ download() {
         -d "$@"
 }
 version() { python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
-download "$dev/wheels" "platformdirs==$(version platformdirs)"
+for package in platformdirs huggingface_hub httpx2 httpcore2 truststore; do
+    download "$dev/wheels" "$package==$(version "$package")"
+done
 for package in typer pydantic pydantic-core annotated-types typing-inspection annotated-doc shellingham rich; do
     download "$dev/fallback" "$package==$(version "$package")"
 done

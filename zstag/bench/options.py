@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("end-to-end", "forward", "vocab-scale", "methods", "decode")
+SECTIONS = ("end-to-end", "forward", "vocab-scale", "methods", "decode", "pipeline")
 
 
 @dataclass

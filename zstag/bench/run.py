@@ -14,6 +14,9 @@ Sections (`--only` picks some):
 - methods: every method's head on one backbone: inference and training images/s, peak memory.
 - decode: the engine's CPU path (Pillow, one process) against its device path
   (`torchvision.io.decode_jpeg` in batches + resize; nvJPEG on CUDA, libjpeg-turbo on a CPU).
+- pipeline: where `zstag tag`'s time goes: the engine's run cut after each stage (files read,
+  decoded, scored eager and compiled with the scores on the host, then the whole job with writing),
+  images/s of each prefix over the end-to-end photos, so the slowest stage shows as the first drop.
 
 Every number is measured here and now: the best of a few timed repeats after a warm-up (the best,
 because on a shared machine interference only ever adds time), and what is compared takes turns
@@ -213,7 +216,7 @@ class Bench:
         initialisation (the `weights` field says which).
         """
         if self._model is None:
-            from zstag.store.model import build_model, load_model
+            from zstag.store.model import build_model, load_model, save_model
 
             model = load_model(self.opts.model)
             model.config["weights"] = "trained"
@@ -236,20 +239,17 @@ class Bench:
                 except MissingWeightsError:
                     model = build_model(*args, pretrained=False)
                     model.config["weights"] = "random init"
+                # Saved now, for `zstag tag` and the loop to load (`model_ref`), before a section
+                # folds its batch norms (`Engine.for_inference` changes the modules in place).
+                model.path = self.work / "model"
+                save_model(model, model.path)
             self._model = model
         return self._model
 
     def model_ref(self) -> str:
-        """How `zstag tag` and the loop name the model: a rebuilt one is saved in the work folder first."""
+        """How `zstag tag` and the loop name the model: `--model`, or the rebuilt one's folder."""
         model = self.model()
-        if model.config["weights"] == "trained":
-            return self.opts.model
-        if model.path is None:
-            from zstag.store.model import save_model
-
-            model.path = self.work / "model"
-            save_model(model, model.path)
-        return str(model.path)
+        return self.opts.model if model.config["weights"] == "trained" else str(model.path)
 
     def describe_model(self) -> dict[str, Any]:
         config = self.model().config
@@ -293,35 +293,39 @@ class Bench:
 # -- sections -----------------------------------------------------------------------------------
 
 
+def tag_job(bench: Bench, inputs: list[str]) -> None:
+    """`zstag tag`'s own code on `inputs`, as the bench's options ask, into the work folder."""
+    from zstag.jobs.options import TagOptions
+    from zstag.jobs.tag import tag
+
+    news = io.StringIO()
+    with contextlib.redirect_stderr(news):  # the job's own news would break up the tables
+        code = tag(
+            TagOptions(
+                inputs=inputs,
+                labels=bench.vocabulary(),
+                model=bench.model_ref(),
+                top_k=TOP_K,
+                output=str(bench.work / "tags.jsonl"),
+                batch_size=bench.plan.batch_size,
+                device=str(bench.engine.device),
+                workers=bench.opts.workers,
+                compile=bench.opts.compile,
+            )
+        )
+    if code:
+        raise RuntimeError(f"zstag tag exited with {code}: {news.getvalue().strip()}")
+
+
 def end_to_end(bench: Bench) -> dict[str, Any]:
     """`zstag tag` against the straightforward loop: throughput in this process, then latency of one photo."""
     from zstag.bench.naive import BATCH, tag_loop
-    from zstag.jobs.options import TagOptions
-    from zstag.jobs.tag import tag
 
     ref, model = bench.model_ref(), bench.model()
     photos, vocab, device = bench.photos(), bench.vocabulary(), str(bench.engine.device)
     batch = bench.plan.batch_size
     out = bench.work / "tags.jsonl"
-
-    def zstag_tag(inputs: list[str]) -> None:
-        news = io.StringIO()
-        with contextlib.redirect_stderr(news):  # the job's own news would break up the tables
-            code = tag(
-                TagOptions(
-                    inputs=inputs,
-                    labels=vocab,
-                    model=ref,
-                    top_k=TOP_K,
-                    output=str(out),
-                    batch_size=batch,
-                    device=device,
-                    workers=bench.opts.workers,
-                    compile=bench.opts.compile,
-                )
-            )
-        if code:
-            raise RuntimeError(f"zstag tag exited with {code}: {news.getvalue().strip()}")
+    zstag_tag = partial(tag_job, bench)
 
     # On a GPU the loop is what one writes for one: a DataLoader with a Pillow worker per core and
     # pinned memory, in batches of the engine's size; on a CPU the one-process loop of the tutorials.
@@ -671,12 +675,74 @@ def decode(bench: Bench) -> dict[str, Any]:
     }
 
 
+def pipeline(bench: Bench) -> dict[str, Any]:
+    """`zstag tag`'s run cut after each stage, so the profile shows which one bounds the whole."""
+    from zstag.bench.heads import random_labels
+
+    model = bench.model()
+    engine, photos, size = bench.engine, bench.photos(), model.image_size
+    method = engine.for_inference(model.method)
+    labels = random_labels(len(VOCABULARY), method.dim)
+    dataset = ImageFiles(photos, size, jpeg_device=engine.device if engine.gpu_decode else None)
+    compiling = copy.copy(engine)
+    compiling.compile = True
+    compiled = compiling.compiled(copy.copy(method))  # compiled once, in the warm-up round
+
+    def drain(batches) -> None:
+        for _ in batches:
+            pass
+
+    stages: dict[str, tuple[str, Callable[[], object]]] = {
+        "read": (
+            "workers read the files (on a CPU, or for files nvJPEG cannot take, they decode too)",
+            lambda: drain(engine.loader(dataset)),
+        ),
+        "decode": ("+ decoded and resized on the device, in input order", lambda: drain(engine.decoded(dataset))),
+        "score": (
+            "+ forward and scoring, eager, scores on the host (Engine.run)",
+            lambda: drain(engine.run(method, photos, labels, size)),
+        ),
+    }
+    if bench.compiles():
+        stages["score, compiled"] = (
+            "+ the same with the image side compiled, steady state (the warm-up round compiled it)",
+            lambda: drain(compiling.run(compiled, photos, labels, size)),
+        )
+    stages["tag"] = (
+        "+ loading the model, embedding the labels, selecting and writing tags (zstag tag)",
+        lambda: tag_job(bench, [str(photos[0].parent)]),
+    )
+    seconds = bench.timed({name: call for name, (_, call) in stages.items()})
+    n = len(photos)
+    rows = [
+        bench.row(
+            bench.plan.batch_size,
+            size,
+            stage=name,
+            includes=what,
+            images_per_s=n / seconds[name],
+            seconds=seconds[name],
+            **bench.describe_model(),
+        )
+        for name, (what, _) in stages.items()
+    ]
+    return {
+        "rows": rows,
+        "notes": [
+            f"{n} synthetic {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs; each stage runs the pipeline up to it "
+            f"(workers: {engine.workers}); {len(VOCABULARY)} random label vectors except in `tag`, which embeds "
+            f"the words; best of {bench.plan.repeats} after a warm-up round",
+        ],
+    }
+
+
 SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "end-to-end": end_to_end,
     "forward": forward,
     "vocab-scale": vocab_scale,
     "methods": methods,
     "decode": decode,
+    "pipeline": pipeline,
 }
 
 
