@@ -63,6 +63,37 @@ def test_round_trip_gives_identical_scores(word_vectors, tmp_path):
         assert not torch.allclose(other.score(other.encode(images), labels), before)
 
 
+def test_a_backbone_the_file_holds_is_not_initialised_first(saved, monkeypatch):
+    """The file replaces every backbone tensor, so loading builds the backbone on the meta device
+    and fills uninitialised memory from the file (VGG19's random initialisation cost a second per
+    load); a backbone with a buffer no file holds (non-persistent) is built the ordinary way."""
+    import zstag.store.model as store
+
+    devices: list[str] = []
+    build = store.build_backbone
+
+    def recording(name, pretrained=True):
+        devices.append(str(torch.get_default_device()))
+        return build(name, pretrained=pretrained)
+
+    monkeypatch.setattr(store, "build_backbone", recording)
+    loaded = load_model(saved)
+    assert devices == ["meta"]
+    on_disk = load_file(str(saved / WEIGHTS))
+    assert all(torch.equal(t, on_disk[k]) for k, t in loaded.method.state_dict().items())
+
+    def with_a_derived_buffer(name, pretrained=True):
+        net = build(name, pretrained=pretrained)
+        net.register_buffer("derived", torch.ones(2), persistent=False)
+        devices.append(str(torch.get_default_device()))
+        return net
+
+    devices.clear()
+    monkeypatch.setattr(store, "build_backbone", with_a_derived_buffer)
+    loaded = load_model(saved)
+    assert devices == ["meta", "cpu"] and torch.equal(loaded.method.backbone.derived, torch.ones(2))
+
+
 def test_config_records_what_rebuilds_the_model(saved, word_vectors):
     config = json.loads((saved / CONFIG).read_text())
     assert config["method"] == "fast0tag" and config["backbone"] == "small"

@@ -353,7 +353,7 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             zstag_images_per_s=zstag_ips,
             loop_images_per_s=loop_ips,
             loop_workers=loop_workers,
-            compiled=bench.engine.compiles(n),  # as `zstag tag` decided, by the same rule
+            compiled=bench.engine.compiles(n, size),  # as `zstag tag` decided, by the same rule
             ratio=zstag_ips / loop_ips,
             target=TARGETS["end-to-end"],
             meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"],

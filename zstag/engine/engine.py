@@ -63,11 +63,14 @@ GPU_JPEG, CPU = "gpu-jpeg", "cpu"
 # Batches whose scores may still be on their way to the host when the next is queued, on CUDA:
 # while the caller writes batch i, the GPU computes batch i+1 and decodes batch i+2.
 CUDA_IN_FLIGHT = 2
-# With `compile=None`, runs of at least this many images on CUDA compile the method's image side.
-# Compiling VGG19 costs tens of seconds (less with inductor's on-disk cache warm) and saves about
-# 1/7,018 - 1/11,520 s per image (H100, the issue's figures), so it pays from a few hundred
-# thousand images; `zstag bench` reports the measured break-even (`forward`, `break_even_images`).
-COMPILE_MIN_IMAGES = 200_000
+# With `compile=None`, CUDA runs of at least this many 224 px images compile the method's image
+# side (fewer at larger sizes: `Engine.compiles`). Measured on an H200 (VGG19 + LESA, batch 256,
+# docs/results/bench-h200-run1.json): compiling costs 9.4 s at 224 px and saves 1/7,560 - 1/12,741 s
+# per image, so it pays from 174,000 images; at 448 px 7.0 s against 1/1,771 - 1/3,099 s, from
+# 29,000. The compile time hardly depends on the size while the saving grows with the pixels, so
+# the threshold scales with 1/pixels (43,750 at 448 px, on the safe side of the measured 29,000).
+COMPILE_MIN_IMAGES = 175_000
+COMPILE_REFERENCE_SIZE = 224
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -402,8 +405,8 @@ class Engine:
         compile: bool | None = None,
     ) -> None:
         """`gpu_decode`: decode plain JPEGs with nvJPEG on CUDA (None: yes unless ZSTAG_GPU_DECODE=0).
-        `compile`: compile the method's image side with `torch.compile` (None: on CUDA for runs of
-        at least COMPILE_MIN_IMAGES images, where it pays for itself; never on a CPU)."""
+        `compile`: compile the method's image side with `torch.compile` (None: on CUDA for runs
+        long enough for it to pay for itself, `compiles`; never on a CPU)."""
         self.device = resolve_device(device)
         self.compile = compile
         self.batch_size = max(1, batch_size)
@@ -480,11 +483,12 @@ class Engine:
         in place, so from then on the method serves inference only."""
         return self.prepare(fold_batch_norms(method.eval()))
 
-    def compiles(self, images: int) -> bool:
-        """Whether a run over `images` images compiles (`compile=`)."""
+    def compiles(self, images: int, image_size: int = COMPILE_REFERENCE_SIZE) -> bool:
+        """Whether a run over `images` images of `image_size` px compiles (`compile=`)."""
         if self.compile is not None:
             return self.compile
-        return self.device.type == "cuda" and images >= COMPILE_MIN_IMAGES
+        pixels = images * (image_size / COMPILE_REFERENCE_SIZE) ** 2
+        return self.device.type == "cuda" and pixels >= COMPILE_MIN_IMAGES
 
     def compiled(self, method: Method) -> Method:
         """`method` with its `encode` compiled for this engine's batch size (`PaddedEncoder`), in
@@ -581,7 +585,12 @@ class Engine:
         `method` is readied for inference in place (`for_inference`): load a model afresh to train it.
         """
         method = self.for_inference(method)
-        if self.compiles(len(paths)):
+        if self.device.type == "cuda":
+            # cuDNN's benchmark mode times every algorithm of each convolution on the first batch
+            # of a shape: worth it over many batches, start-up cost for one (the one-photo row of
+            # `zstag bench`, where zstag trailed the plain loop on the H200, 15.3 s against 13.4).
+            torch.backends.cudnn.benchmark = len(paths) > self.batch_size
+        if self.compiles(len(paths), image_size):
             method = self.compiled(method)
         labels = self.vocabulary(method, labels)
         dataset = ImageFiles(paths, image_size, jpeg_device=self.device if self.gpu_decode else None)
