@@ -60,7 +60,7 @@ FLAGS = {
 
 def run(opts: BenchOptions) -> None:
     """Measure tagging speed on this machine: end to end against a plain loop, model, vocabulary size, methods,
-    decoding.
+    decoding, and where a tagging run's time goes (pipeline).
 
     Tables go to stderr; numbers are measured, never looked up.
 
@@ -68,6 +68,7 @@ def run(opts: BenchOptions) -> None:
       zstag bench --device cpu --json bench.json\n
       zstag bench --device cuda --backbone vgg19 --image-size 224\n
       zstag bench --quick --only forward,vocab-scale
+      zstag bench --device cuda --only pipeline --images 4096
     """
     if opts.json_path is not None and str(opts.json_path) != "-":
         check_report_file(opts.json_path)
