@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,7 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
     assert indices == [1] and undecoded.indices == [0, 2, 3]
 
     first_two = Undecoded.pack(list(zip(undecoded.indices, undecoded.files()))[:2])
-    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, first_two)
+    order, pixels, failed, _ = engine.pixels(dataset, indices, batch, failures, first_two)
     assert order == [0, 1, 2] and failed == []
     assert torch.equal(pixels[1], batch[0])
     assert torch.equal(pixels[0], engine.decode_jpegs(undecoded.files()[:1], size)[0])
@@ -208,7 +209,7 @@ def test_pixels_merges_in_input_order_and_falls_back_to_pillow(photos, files, tm
 
     monkeypatch.setattr(engine, "decode_jpegs", refuse)
     moved.unlink()  # Pillow, reading the file again, finds it gone and says so
-    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, undecoded)
+    order, pixels, failed, _ = engine.pixels(dataset, indices, batch, failures, undecoded)
     assert order == [0, 1, 2] and failed == [(3, "no such file")]
     assert torch.equal(pixels[0], dataset.decode(0)[0]) and torch.equal(pixels[2], dataset.decode(2)[0])
 
@@ -288,6 +289,7 @@ class RecordingSide(engine_module.SideStream):
         super().__init__(device)
         self.log: list[tuple[str, object]] = []
         self.inside = False
+        self.threads: list[str] = []
 
     def work(self):
         import contextlib
@@ -304,8 +306,13 @@ class RecordingSide(engine_module.SideStream):
 
         return noted()
 
-    def hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.log.append(("hand over", tuple(tensor.shape)))
+    def done(self):
+        self.log.append(("done", None))
+        return "ready"
+
+    def hand_over(self, tensor: torch.Tensor, ready) -> torch.Tensor:
+        self.log.append(("hand over", (tuple(tensor.shape), ready)))
+        self.threads.append(threading.current_thread().name)
         return tensor
 
 
@@ -325,11 +332,44 @@ def test_device_decoding_runs_on_the_side_stream_and_hands_over_the_merged_batch
     monkeypatch.setattr(engine, "decode_jpegs", decode_inside)
     dataset = ImageFiles([photos[0], files["png"], photos[1]], 40, jpeg_device=CUDA)
     indices, batch, failures, undecoded = collate([dataset[i] for i in range(3)])
-    order, pixels, failed = engine.pixels(dataset, indices, batch, failures, undecoded)
+    order, pixels, failed, ready = engine.pixels(dataset, indices, batch, failures, undecoded)
     assert order == [0, 1, 2] and failed == [] and pixels.shape == (3, 3, 40, 40)
-    assert side.log == [("enter", None), ("decode", 2), ("exit", None), ("hand over", (3, 3, 40, 40))]
+    assert side.log == [("enter", None), ("decode", 2), ("exit", None), ("done", None)] and ready == "ready"
 
     plain = engine_module.SideStream(CPU_DEVICE)
     with plain.work():
         assert plain.stream is None
-    assert plain.hand_over(pixels) is pixels
+    assert plain.done() is None and plain.hand_over(pixels, None) is pixels
+
+
+def test_workers_batches_are_decoded_ahead_in_a_thread_and_handed_over_where_they_are_used(photos, files):
+    """With decoding workers, a thread of its own receives and merges the batches (nvJPEG's host
+    side on a GPU) while the calling thread computes; the hand-over to the compute stream happens
+    in the calling thread, once per batch, and the batches are those of the in-line path."""
+    paths = [photos[0], files["png"], photos[1], files["truncated"], photos[2]]
+    runs = {}
+    for workers in (0, 1):
+        engine = Engine("cpu", batch_size=2, workers=workers)
+        side = engine.side = RecordingSide(engine.device)
+        decode_jpegs = engine.decode_jpegs
+
+        def decode_noting_thread(files, size, side=side, decode_jpegs=decode_jpegs):
+            side.log.append(("decode in", threading.current_thread().name))
+            return decode_jpegs(files, size)
+
+        engine.decode_jpegs = decode_noting_thread
+        dataset = ImageFiles(paths, 40, jpeg_device=CUDA)
+        runs[workers] = [(i, b, f) for i, b, f in engine.decoded(dataset)]
+        decoders = {name for event, name in side.log if event == "decode in"}
+        assert decoders == ({"zstag-decode"} if workers else {threading.current_thread().name})
+        assert side.threads == [threading.current_thread().name] * 3  # three batches, each handed over here
+    assert (
+        [(i, f) for i, _, f in runs[0]]
+        == [(i, f) for i, _, f in runs[1]]
+        == [
+            ([0, 1], []),
+            ([2], [(3, "truncated JPEG")]),
+            ([4], []),
+        ]
+    )
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(runs[0], runs[1]))

@@ -158,8 +158,6 @@ bench bench-224 60 150 --backbone vgg19 --image-size $SIZE_224 --only forward,de
 # and compiled, the whole tag job).
 bench pipeline 60 150 --backbone vgg19 --image-size $SIZE_224 --only pipeline "${E2E_SMALL[@]}" "${FORWARD[@]}"
 bench bench-224-e2e 60 150 --backbone vgg19 --image-size $SIZE_224 --only end-to-end "${E2E[@]}"
-# Every method's inference and training, batch 256, VGG19 and ResNet-101.
-bench bench-methods 60 150 --only methods "${METHODS[@]}"
 # Issue #21's GPU column: the ready-made models (docs/usage.md, "Photos, no training"), with RANDOM
 # WEIGHTS OF THE REAL SHAPES (no network here; speed does not depend on the values; their reports
 # say so in `weights_source`): tools/random_clip.py generates CLIP ViT-B/32 and ResNet-101 and
@@ -188,6 +186,10 @@ bench bench-224-compiled 60 120 --backbone vgg19 --image-size $SIZE_224 --only e
 # The compile mode, measured: CUDA graphs (the engine pads batches to one shape) against bench-224's default mode.
 ZSTAG_COMPILE_MODE=reduce-overhead bench bench-224-cudagraphs 45 90 --backbone vgg19 --image-size $SIZE_224 \
     --only forward "${E2E_SMALL[@]}" "${FORWARD[@]}"
+
+# Every method's inference and training, batch 256, VGG19 and ResNet-101 (measured in the first
+# H200 run, docs/results/bench-h200-run1.json: last, so that what changed since is measured first).
+bench bench-methods 60 150 --only methods "${METHODS[@]}"
 
 echo "=== steps: ${RESULTS[*]} (${SECONDS}s in all)"
 merge && echo "wrote $OUT/gpu-check.json"

@@ -22,8 +22,9 @@ forked), hence the split. `decode_route` decides per file; every file it does no
 and every batch nvJPEG refuses, takes the Pillow path, so results and error reports for odd files
 stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off. nvJPEG runs on a stream of
 its own (`SideStream`), handed over to the compute stream by an event, so the GPU decodes batch
-i+1 while it computes batch i; two batches stay in flight, so it also computes while the caller
-writes results. On CUDA, long runs compile the method's image side (`torch.compile`, `compile=`).
+i+1 while it computes batch i, and in a thread of its own (`ahead`), since its host side blocks
+until the batch is decoded; two batches stay in flight, so the GPU also computes while the
+caller writes results. On CUDA, long runs compile the method's image side (`torch.compile`, `compile=`).
 docs/performance.md has the measurements behind each choice (the side stream and compiling are
 not yet measured on a GPU).
 """
@@ -34,7 +35,7 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from zstag.backbones.base import Backbone
 from zstag.core.errors import ImageError, UsageError
 from zstag.data.jpeg import read_header, read_jpeg
 from zstag.data.labels import LabelSet
+from zstag.engine.ahead import ahead
 from zstag.methods.base import ImageCode, Method
 
 # Labels scored at once; a (batch x chunk) score block stays small whatever the vocabulary. Larger
@@ -63,6 +65,9 @@ GPU_JPEG, CPU = "gpu-jpeg", "cpu"
 # Batches whose scores may still be on their way to the host when the next is queued, on CUDA:
 # while the caller writes batch i, the GPU computes batch i+1 and decodes batch i+2.
 CUDA_IN_FLIGHT = 2
+# Batches the decoding thread may have ready before the computing thread takes them (`decoded`):
+# each holds a batch of pixels on the device.
+DECODE_AHEAD = 2
 # With `compile=None`, CUDA runs of at least this many 224 px images compile the method's image
 # side (fewer at larger sizes: `Engine.compiles`). Measured on an H200 (VGG19 + LESA, batch 256,
 # docs/results/bench-h200-run1.json): compiling costs 9.4 s at 224 px and saves 1/7,560 - 1/12,741 s
@@ -72,6 +77,9 @@ CUDA_IN_FLIGHT = 2
 COMPILE_MIN_IMAGES = 175_000
 COMPILE_REFERENCE_SIZE = 224
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+# A batch with its undecoded files merged in: (indices, uint8 pixels or None, failures, the event
+# after which the pixels are ready on the device, None where nothing is pending).
+Merged = tuple[list[int], torch.Tensor | None, list[tuple[int, str]], "torch.cuda.Event | None"]
 
 
 class IndexBatches(Protocol):
@@ -201,11 +209,20 @@ class SideStream:
             self.stream = torch.cuda.Stream(self.device)
         return torch.cuda.stream(self.stream)
 
-    def hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor`, made inside `work()`, ready to be used on the current (compute) stream."""
-        if self.stream is not None:
-            ready = torch.cuda.Event()
-            ready.record(self.stream)
+    def done(self) -> torch.cuda.Event | None:
+        """An event marking the work queued on the side stream so far (None on a CPU)."""
+        if self.stream is None:
+            return None
+        ready = torch.cuda.Event()
+        ready.record(self.stream)
+        return ready
+
+    def hand_over(self, tensor: torch.Tensor, ready: torch.cuda.Event | None) -> torch.Tensor:
+        """`tensor`, made inside `work()` before `ready` (`done`), for the calling thread's current
+        (compute) stream. Called by the thread that computes with it, when it is about to: a wait
+        queued earlier, from the decoding thread, would hold up the compute stream's work on the
+        batch before."""
+        if ready is not None:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(ready)
             tensor.record_stream(compute)
@@ -542,12 +559,12 @@ class Engine:
         batch: torch.Tensor | None,
         failures: list[tuple[int, str]],
         encoded: Undecoded,
-    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    ) -> Merged:
         """Merge the JPEGs the workers left undecoded into the batch, in input order, on this device.
 
-        The work runs on the side stream and its result is handed over to the compute stream
-        (`SideStream`). A batch nvJPEG refuses is decoded by Pillow instead, one file at a time, so
-        an unreadable file is reported exactly as on the CPU path.
+        The work runs on the side stream; the event it returns tells the compute stream when the
+        pixels are ready (`SideStream.hand_over`). A batch nvJPEG refuses is decoded by Pillow
+        instead, one file at a time, so an unreadable file is reported exactly as on the CPU path.
         """
         with self.side.work():
             parts = [] if batch is None else [(indices, batch.to(self.device, non_blocking=True))]
@@ -565,11 +582,11 @@ class Engine:
                         parts.append(([i], decoded[0].unsqueeze(0).to(self.device)))
                 failures.sort()
             if not parts:
-                return [], None, failures
+                return [], None, failures, None
             merged = [i for part, _ in parts for i in part]
             order = sorted(range(len(merged)), key=merged.__getitem__)
             images = torch.cat([t for _, t in parts])[order]
-        return [merged[k] for k in order], self.side.hand_over(images), failures
+        return [merged[k] for k in order], images, failures, self.side.done()
 
     @torch.inference_mode()
     def forward(self, method: Method, images: torch.Tensor, labels: LabelSet) -> torch.Tensor:
@@ -608,13 +625,30 @@ class Engine:
     def decoded(self, dataset: ImageFiles) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
         """(indices, uint8 batch on this device or None, failures) for every batch of `dataset`, in
         input order, through the loader (workers, or threads here) with the JPEGs the workers left
-        undecoded merged in. The caller computes inside: torch keeps to the cores workers leave free."""
+        undecoded merged in. The caller computes inside: torch keeps to the cores workers leave free.
+
+        Batches from worker processes are received and merged (nvJPEG on a GPU) by a thread of
+        their own, `DECODE_AHEAD` batches ahead (`ahead`), so that the calling thread only queues
+        forward passes and handles results."""
         loader = self.loader(dataset)
         with threads_beside(self.device, loader.num_workers):
+            steps = self.merged(dataset, loader)
+            if isinstance(loader, DataLoader):
+                steps = ahead(steps, DECODE_AHEAD, name="zstag-decode")
+            with contextlib.closing(steps):  # stopped early: the decoding thread and the workers stop too
+                for indices, batch, failures, ready in steps:
+                    yield indices, None if batch is None else self.side.hand_over(batch, ready), failures
+
+    def merged(self, dataset: ImageFiles, loader: DataLoader | DecodedHere) -> Generator[Merged, None, None]:
+        """The loader's batches with their undecoded JPEGs merged in (`pixels`), in whichever
+        thread iterates this; on CUDA with the engine's device current in that thread."""
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
             for indices, batch, failures, encoded in loader:
                 if encoded:
-                    indices, batch, failures = self.pixels(dataset, indices, batch, failures, encoded)
-                yield indices, batch, failures
+                    yield self.pixels(dataset, indices, batch, failures, encoded)
+                else:
+                    yield indices, batch, failures, None
 
     def images(
         self,
