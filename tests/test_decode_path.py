@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -289,7 +290,8 @@ class RecordingSide(engine_module.SideStream):
         super().__init__(device)
         self.log: list[tuple[str, object]] = []
         self.inside = False
-        self.threads: list[str] = []
+        self.tokens = 0
+        self.handed: list[tuple[object, str]] = []
 
     def work(self):
         import contextlib
@@ -307,12 +309,14 @@ class RecordingSide(engine_module.SideStream):
         return noted()
 
     def done(self):
+        """A token per call standing in for the event, naming the batch's first index and the thread."""
         self.log.append(("done", None))
-        return "ready"
+        self.tokens += 1
+        return (self.tokens, threading.current_thread().name)
 
     def hand_over(self, tensor: torch.Tensor, ready) -> torch.Tensor:
         self.log.append(("hand over", (tuple(tensor.shape), ready)))
-        self.threads.append(threading.current_thread().name)
+        self.handed.append((ready, threading.current_thread().name))
         return tensor
 
 
@@ -334,7 +338,8 @@ def test_device_decoding_runs_on_the_side_stream_and_hands_over_the_merged_batch
     indices, batch, failures, undecoded = collate([dataset[i] for i in range(3)])
     order, pixels, failed, ready = engine.pixels(dataset, indices, batch, failures, undecoded)
     assert order == [0, 1, 2] and failed == [] and pixels.shape == (3, 3, 40, 40)
-    assert side.log == [("enter", None), ("decode", 2), ("exit", None), ("done", None)] and ready == "ready"
+    assert side.log == [("enter", None), ("decode", 2), ("exit", None), ("done", None)]
+    assert ready == (1, threading.current_thread().name)
 
     plain = engine_module.SideStream(CPU_DEVICE)
     with plain.work():
@@ -343,26 +348,23 @@ def test_device_decoding_runs_on_the_side_stream_and_hands_over_the_merged_batch
 
 
 def test_workers_batches_are_decoded_ahead_in_a_thread_and_handed_over_where_they_are_used(photos, files):
-    """With decoding workers, a thread of its own receives and merges the batches (nvJPEG's host
-    side on a GPU) while the calling thread computes; the hand-over to the compute stream happens
-    in the calling thread, once per batch, and the batches are those of the in-line path."""
+    """With decoding workers, a thread of its own merges and decodes each batch (nvJPEG's host
+    side on a GPU) while the calling thread receives the next and computes; each batch is handed
+    over to the compute stream in the calling thread with the event made after its own decoding,
+    and the batches are those of the in-line path."""
     paths = [photos[0], files["png"], photos[1], files["truncated"], photos[2]]
+    here = threading.current_thread().name
     runs = {}
     for workers in (0, 1):
         engine = Engine("cpu", batch_size=2, workers=workers)
         side = engine.side = RecordingSide(engine.device)
-        decode_jpegs = engine.decode_jpegs
-
-        def decode_noting_thread(files, size, side=side, decode_jpegs=decode_jpegs):
-            side.log.append(("decode in", threading.current_thread().name))
-            return decode_jpegs(files, size)
-
-        engine.decode_jpegs = decode_noting_thread
         dataset = ImageFiles(paths, 40, jpeg_device=CUDA)
-        runs[workers] = [(i, b, f) for i, b, f in engine.decoded(dataset)]
-        decoders = {name for event, name in side.log if event == "decode in"}
-        assert decoders == ({"zstag-decode"} if workers else {threading.current_thread().name})
-        assert side.threads == [threading.current_thread().name] * 3  # three batches, each handed over here
+        runs[workers] = list(engine.decoded(dataset))
+        decoder = "zstag-decode" if workers else here
+        # Every batch holds a GPU-bound JPEG, so each was decoded once and handed over once, in order,
+        # here, with the token its own decoding made, in the decoding thread.
+        assert [token for token, _ in side.handed] == [(1, ANY), (2, ANY), (3, ANY)]
+        assert all(thread == here and token[1].startswith(decoder) for token, thread in side.handed)
     assert (
         [(i, f) for i, _, f in runs[0]]
         == [(i, f) for i, _, f in runs[1]]
@@ -373,3 +375,16 @@ def test_workers_batches_are_decoded_ahead_in_a_thread_and_handed_over_where_the
         ]
     )
     assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(runs[0], runs[1]))
+
+
+def test_the_pinning_thread_pins_the_packed_bytes(files, monkeypatch):
+    """The DataLoader's pinning thread (pin_memory=True on CUDA) pins a batch's undecoded files
+    through `Undecoded.pin_memory`, one tensor, not file by file."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+    monkeypatch.setattr(Undecoded, "pin_memory", lambda self: pinned.append(list(self.indices)) or self)
+    dataset = ImageFiles([files["baseline"], files["upright-exif"], files["png"]], 32, jpeg_device=CUDA)
+    indices, batch, failures, undecoded = collate([dataset[i] for i in (0, 1)])  # both left for the GPU
+    assert batch is None and undecoded.indices == [0, 1]
+    assert pin_memory((indices, batch, failures, undecoded))[3] is undecoded and pinned == [[0, 1]]

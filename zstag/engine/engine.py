@@ -22,8 +22,8 @@ forked), hence the split. `decode_route` decides per file; every file it does no
 and every batch nvJPEG refuses, takes the Pillow path, so results and error reports for odd files
 stay those of `zstag.data.images`. `ZSTAG_GPU_DECODE=0` turns it off. nvJPEG runs on a stream of
 its own (`SideStream`), handed over to the compute stream by an event, so the GPU decodes batch
-i+1 while it computes batch i, and in a thread of its own (`ahead`), since its host side blocks
-until the batch is decoded; two batches stay in flight, so the GPU also computes while the
+i+1 while it computes batch i, and in a thread of its own (`Engine.decoded`), since its host side
+blocks until the batch is decoded; two batches stay in flight, so the GPU also computes while the
 caller writes results. On CUDA, long runs compile the method's image side (`torch.compile`, `compile=`).
 docs/performance.md has the measurements behind each choice (the side stream and compiling are
 not yet measured on a GPU).
@@ -35,7 +35,7 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,6 @@ from zstag.backbones.base import Backbone
 from zstag.core.errors import ImageError, UsageError
 from zstag.data.jpeg import read_header, read_jpeg
 from zstag.data.labels import LabelSet
-from zstag.engine.ahead import ahead
 from zstag.methods.base import ImageCode, Method
 
 # Labels scored at once; a (batch x chunk) score block stays small whatever the vocabulary. Larger
@@ -65,8 +64,8 @@ GPU_JPEG, CPU = "gpu-jpeg", "cpu"
 # Batches whose scores may still be on their way to the host when the next is queued, on CUDA:
 # while the caller writes batch i, the GPU computes batch i+1 and decodes batch i+2.
 CUDA_IN_FLIGHT = 2
-# Batches the decoding thread may have ready before the computing thread takes them (`decoded`):
-# each holds a batch of pixels on the device.
+# Batches the decoding thread may be given before the computing thread takes the first of them
+# (`decoded`): each holds a batch of pixels on the device.
 DECODE_AHEAD = 2
 # With `compile=None`, CUDA runs of at least this many 224 px images compile the method's image
 # side (fewer at larger sizes: `Engine.compiles`). Measured on an H200 (VGG19 + LESA, batch 256,
@@ -77,6 +76,9 @@ DECODE_AHEAD = 2
 COMPILE_MIN_IMAGES = 175_000
 COMPILE_REFERENCE_SIZE = 224
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+# A batch as `collate` makes it: (indices of decoded images, their uint8 pixels or None, failures,
+# the JPEGs left for the device to decode).
+Collated = tuple[list[int], torch.Tensor | None, list[tuple[int, str]], "Undecoded"]
 # A batch with its undecoded files merged in: (indices, uint8 pixels or None, failures, the event
 # after which the pixels are ready on the device, None where nothing is pending).
 Merged = tuple[list[int], torch.Tensor | None, list[tuple[int, str]], "torch.cuda.Event | None"]
@@ -373,12 +375,12 @@ class Undecoded:
         return Undecoded(self.indices, self.data.pin_memory(), self.lengths)
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
+def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Collated:
     """(indices of decoded images, their stacked uint8 batch or None, [(index, reason)] failures,
     the JPEGs left for the device to decode as `Undecoded`)."""
     ok = [(i, t) for i, t, _ in items if t is not None and t.ndim == 3]
     encoded = Undecoded.pack([(i, t) for i, t, _ in items if t is not None and t.ndim == 1])
-    failures = [(i, reason) for i, t, reason in items if t is None]
+    failures = [(i, reason) for i, _, reason in items if reason is not None]  # a reason exactly when no image
     batch = torch.stack([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], batch, failures, encoded
 
@@ -627,28 +629,50 @@ class Engine:
         input order, through the loader (workers, or threads here) with the JPEGs the workers left
         undecoded merged in. The caller computes inside: torch keeps to the cores workers leave free.
 
-        Batches from worker processes are received and merged (nvJPEG on a GPU) by a thread of
-        their own, `DECODE_AHEAD` batches ahead (`ahead`), so that the calling thread only queues
-        forward passes and handles results."""
+        Batches from worker processes are merged (`pixels`: nvJPEG on a GPU, whose host side
+        blocks until the batch is decoded) by a thread of their own, up to `DECODE_AHEAD` batches
+        ahead, while this thread receives the next batch and its caller queues forward passes and
+        writes results. The loader itself stays in this thread, so a worker's death and Ctrl-C
+        are noticed and handled as without that thread, which has only one batch's decoding to
+        finish when the run stops."""
         loader = self.loader(dataset)
         with threads_beside(self.device, loader.num_workers):
-            steps = self.merged(dataset, loader)
-            if isinstance(loader, DataLoader):
-                steps = ahead(steps, DECODE_AHEAD, name="zstag-decode")
-            with contextlib.closing(steps):  # stopped early: the decoding thread and the workers stop too
-                for indices, batch, failures, ready in steps:
-                    yield indices, None if batch is None else self.side.hand_over(batch, ready), failures
+            if not isinstance(loader, DataLoader):
+                for item in loader:
+                    yield self.handed_over(self.merge(dataset, item))
+                return
+            # The device, with its index: a bare "cuda" would mean device 0 in the decoding thread.
+            device = self.device
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            pool = ThreadPoolExecutor(1, thread_name_prefix="zstag-decode")
+            try:
+                pending: deque[Future[Merged]] = deque()
+                for item in loader:
+                    pending.append(pool.submit(self.merge, dataset, item, device))
+                    if len(pending) > DECODE_AHEAD:
+                        yield self.handed_over(pending.popleft().result())
+                while pending:
+                    yield self.handed_over(pending.popleft().result())
+            finally:
+                pool.shutdown(cancel_futures=True)  # stopped early: the batch being decoded finishes
 
-    def merged(self, dataset: ImageFiles, loader: DataLoader | DecodedHere) -> Generator[Merged, None, None]:
-        """The loader's batches with their undecoded JPEGs merged in (`pixels`), in whichever
-        thread iterates this; on CUDA with the engine's device current in that thread."""
-        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+    def merge(self, dataset: ImageFiles, item: Collated, device: torch.device | None = None) -> Merged:
+        """One batch from the loader (`collate`'s) with its undecoded JPEGs merged in (`pixels`), in
+        whichever thread calls this; with `device`, that CUDA device is made current in it first."""
+        indices, batch, failures, encoded = item
+        if not encoded:
+            return indices, batch, failures, None
+        on_device = (
+            torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext()
+        )
         with on_device:
-            for indices, batch, failures, encoded in loader:
-                if encoded:
-                    yield self.pixels(dataset, indices, batch, failures, encoded)
-                else:
-                    yield indices, batch, failures, None
+            return self.pixels(dataset, indices, batch, failures, encoded)
+
+    def handed_over(self, merged: Merged) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+        """A merged batch for the compute stream of the calling thread (`SideStream.hand_over`)."""
+        indices, batch, failures, ready = merged
+        return indices, None if batch is None else self.side.hand_over(batch, ready), failures
 
     def images(
         self,
