@@ -95,6 +95,11 @@ def test_bench_every_section(cli, tmp_path):
     batch, single = report["sections"]["end-to-end"]["rows"]
     assert batch["ratio"] == pytest.approx(batch["zstag_images_per_s"] / batch["loop_images_per_s"])
     assert batch["meets_target"] == (batch["ratio"] >= batch["target"] == 1.5)
+    for side in ("zstag", "loop"):  # the steady state and the fixed cost split each run's time
+        if batch[f"{side}_steady_images_per_s"] is not None:
+            whole = batch["images"] / batch[f"{side}_images_per_s"]
+            steady = batch["images"] / batch[f"{side}_steady_images_per_s"]
+            assert batch[f"{side}_fixed_s"] == pytest.approx(whole - steady)
     assert single["ratio"] == pytest.approx(single["loop_seconds"] / single["zstag_seconds"])
     assert single["zstag_command"].split()[1:4] == ["-m", "zstag", "-q"]
 

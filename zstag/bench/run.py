@@ -338,11 +338,20 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
 
     zstag_tag([str(p) for p in photos[:2]])  # warm-up: imports, label vectors into the cache
     loop(photos[:2])
+    # Each side also tags the first half: the difference is the steady state, without what a run
+    # pays once (loading the model, starting workers, compiling), which comes out as `fixed_s`.
+    n, half = len(photos), photos[: len(photos) // 2]
     seconds = bench.timed(
-        {"zstag": lambda: zstag_tag([str(photos[0].parent)]), "loop": lambda: loop(photos)}, warm_up=False
+        {
+            "zstag": lambda: zstag_tag([str(p) for p in photos]),
+            "zstag_half": lambda: zstag_tag([str(p) for p in half]),
+            "loop": lambda: loop(photos),
+            "loop_half": lambda: loop(half),
+        },
+        warm_up=False,
     )
-    n = len(photos)
     zstag_ips, loop_ips = n / seconds["zstag"], n / seconds["loop"]
+    steady = {side: steady_rate(n - len(half), seconds[side] - seconds[f"{side}_half"]) for side in ("zstag", "loop")}
     size = model.image_size
     rows = [
         bench.row(
@@ -357,6 +366,11 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             ratio=zstag_ips / loop_ips,
             target=TARGETS["end-to-end"],
             meets_target=zstag_ips / loop_ips >= TARGETS["end-to-end"],
+            zstag_steady_images_per_s=steady["zstag"],
+            loop_steady_images_per_s=steady["loop"],
+            steady_ratio=ratio_of(steady["zstag"], steady["loop"]),
+            zstag_fixed_s=fixed_seconds(n, seconds["zstag"], steady["zstag"]),
+            loop_fixed_s=fixed_seconds(n, seconds["loop"], steady["loop"]),
             **bench.describe_model(),
         )
     ]
@@ -405,6 +419,9 @@ def end_to_end(bench: Bench) -> dict[str, Any]:
             + (f"a DataLoader with {loop_workers} workers and pinned memory" if loop_workers else "one process")
             + f"); best of {bench.plan.repeats} after a warm-up on two photos",
             "ratio: zstag images/s over the loop's (batch), the loop's seconds over zstag's (one photo)",
+            f"steady: images/s of the second half alone, from the difference between tagging all {n} photos and "
+            f"the first {len(half)}; fixed_s: the rest of a run's time (loading the model, embedding the labels, "
+            "starting workers, compiling), paid once per run",
         ],
     }
 
@@ -750,6 +767,20 @@ SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def steady_rate(images: int, seconds: float) -> float | None:
+    """Images/s from the extra time of a longer run; None when timing noise leaves no extra time."""
+    return images / seconds if seconds > 0 else None
+
+
+def ratio_of(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def fixed_seconds(images: int, seconds: float, steady: float | None) -> float | None:
+    """The part of a run's `seconds` that its length does not explain at the `steady` rate."""
+    return None if steady is None else seconds - images / steady
 
 
 def precision(engine: Engine) -> str:
