@@ -101,6 +101,35 @@ def test_the_ensemble_scores_the_mean_of_its_members_standardised_scores(members
     assert torch.allclose(scores_of(load_model(out), images, labels), got, atol=1e-4)
 
 
+def test_chunks_of_a_large_vocabulary_reuse_the_members_seen_label_statistics(members, tmp_path, monkeypatch):
+    """The image side of the one-product path (`Ensemble.linear_parts`) is computed once per batch,
+    in `encode`, not again for each chunk of a vocabulary larger than LABEL_CHUNK; the chunked
+    scores equal the unchunked ones."""
+    from zstag.data.labels import LabelSet
+    from zstag.engine import engine as engine_module
+
+    out = tmp_path / "ensemble"
+    assemble_ensemble([str(m) for m in members], out)
+    ensemble = load_model(out)
+    engine = Engine("cpu", batch_size=4, workers=0)
+    method = engine.for_inference(ensemble.method)
+    vectors = torch.nn.functional.normalize(
+        torch.randn(50, method.dim, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    labels = engine.vocabulary(method, LabelSet([f"l{i}" for i in range(50)], vectors))
+    images = torch.randn(3, 3, 64, 64)
+    calls = []
+    original = type(method).linear_parts
+    monkeypatch.setattr(type(method), "linear_parts", lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.inference_mode():
+        code = method.encode(images)
+        whole = engine.score(method, code, labels)
+        monkeypatch.setattr(engine_module, "LABEL_CHUNK", 16)  # 50 labels: four chunks
+        chunked = engine.score(method, code, labels)
+    assert calls == [1]  # in encode only
+    assert torch.allclose(chunked, whole, atol=1e-5)
+
+
 def test_a_member_that_does_not_score_linearly_takes_the_member_by_member_path(
     members, dataset, word_vectors, tmp_path
 ):
