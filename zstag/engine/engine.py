@@ -35,9 +35,10 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -76,6 +77,8 @@ DECODE_AHEAD = 2
 COMPILE_MIN_IMAGES = 175_000
 COMPILE_REFERENCE_SIZE = 224
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 # A batch as `collate` makes it: (indices of decoded images, their uint8 pixels or None, failures,
 # the JPEGs left for the device to decode).
 Collated = tuple[list[int], torch.Tensor | None, list[tuple[int, str]], "Undecoded"]
@@ -291,6 +294,26 @@ class ImageFiles(SizedDataset):
             return to_tensor(decode_image(self.paths[index], self.size), self.size), None
         except ImageError as exc:
             return None, str(exc)
+
+
+def in_order(
+    work: Callable[[ItemT], ResultT], items: Iterable[ItemT], threads: int, ahead: int, name: str
+) -> Iterator[ResultT]:
+    """`work(item)` for each of `items`, run by a pool of `threads` threads, yielded in input order,
+    with at most `ahead` results waiting beyond the one being taken. `items` is iterated in the
+    calling thread. Stopped early (Ctrl-C, a closed generator), the items under way finish and no
+    more start."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    try:
+        queued: deque[Future[ResultT]] = deque()
+        for item in items:
+            queued.append(pool.submit(work, item))
+            if len(queued) > ahead:
+                yield queued.popleft().result()
+        while queued:
+            yield queued.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 class DecodedHere:
@@ -645,17 +668,9 @@ class Engine:
             device = self.device
             if device.type == "cuda" and device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
-            pool = ThreadPoolExecutor(1, thread_name_prefix="zstag-decode")
-            try:
-                pending: deque[Future[Merged]] = deque()
-                for item in loader:
-                    pending.append(pool.submit(self.merge, dataset, item, device))
-                    if len(pending) > DECODE_AHEAD:
-                        yield self.handed_over(pending.popleft().result())
-                while pending:
-                    yield self.handed_over(pending.popleft().result())
-            finally:
-                pool.shutdown(cancel_futures=True)  # stopped early: the batch being decoded finishes
+            merge = partial(self.merge, dataset, device=device)
+            for merged in in_order(merge, loader, threads=1, ahead=DECODE_AHEAD, name="zstag-decode"):
+                yield self.handed_over(merged)
 
     def merge(self, dataset: ImageFiles, item: Collated, device: torch.device | None = None) -> Merged:
         """One batch from the loader (`collate`'s) with its undecoded JPEGs merged in (`pixels`), in
@@ -719,17 +734,7 @@ class Engine:
             return self.scored(method, labels, *collate([dataset[i] for i in indices])[:3])
 
         with torch_threads(threads):
-            pool = ThreadPoolExecutor(streams, thread_name_prefix="zstag-stream")
-            try:
-                queued: deque[Future[Batch]] = deque()
-                for indices in batches:
-                    queued.append(pool.submit(score, indices))
-                    if len(queued) > streams:
-                        yield queued.popleft().result()
-                while queued:
-                    yield queued.popleft().result()
-            finally:
-                pool.shutdown(cancel_futures=True)  # Ctrl-C or a closed generator: the batches under way finish
+            yield from in_order(score, batches, threads=streams, ahead=streams, name="zstag-stream")
 
     def to_host(self, batch: Batch) -> tuple[Batch, torch.cuda.Event | None]:
         """Start moving a batch's scores to the CPU; on CUDA into pinned memory, without waiting."""
